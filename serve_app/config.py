@@ -1,0 +1,217 @@
+"""Typed application configuration.
+
+The Ray Serve config file's ``args`` block is exactly :class:`AppConfig`, so ``serve run``,
+``serve deploy`` and Python callers share one validation. Validation is pure: it reads no
+files, starts nothing and imports neither Ray nor vLLM.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+EMBEDDED_PREFIX = "embedded:"
+EMBEDDED_MODELS = ("smollm2-135m-instruct", "all-minilm-l6-v2")
+
+# Options our typed fields own; passing them again through engine_options would be ambiguous.
+_TYPED_ENGINE_FIELDS = frozenset(
+    {
+        "model",
+        "served_model_name",
+        "dtype",
+        "quantization",
+        "kv_cache_dtype",
+        "max_model_len",
+        "tensor_parallel_size",
+        "pipeline_parallel_size",
+        "enforce_eager",
+        "seed",
+    }
+)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be served; the message names the offending key path."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AutoscalingConfig(StrictModel):
+    """Replica autoscaling driven by engine signals (see serve_app.core.autoscaling)."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    initial_replicas: int | None = Field(None, ge=0)
+    target_ongoing_requests: float = Field(8.0, gt=0)
+    target_waiting_requests: float = Field(2.0, ge=0)
+    max_kv_cache_usage: float = Field(0.85, gt=0, le=1)
+    upscale_delay_s: float = Field(10.0, ge=0)
+    downscale_delay_s: float = Field(60.0, ge=0)
+    metrics_interval_s: float = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
+        if self.initial_replicas is not None and not (
+            self.min_replicas <= self.initial_replicas <= self.max_replicas
+        ):
+            raise ValueError("initial_replicas must lie between min_replicas and max_replicas")
+        return self
+
+
+class BatchingConfig(StrictModel):
+    """Router-side dynamic batching. A zero timeout sends each request at once (vLLM batches
+    continuously inside the engine); embeddings gain most from a small positive timeout."""
+
+    max_batch_size: int = Field(1, ge=1, le=1024)
+    batch_timeout_ms: float = Field(0.0, ge=0, le=10_000)
+    length_bins: list[int] = Field(default_factory=list)
+
+    @field_validator("length_bins")
+    @classmethod
+    def _sorted_bins(cls, bins: list[int]) -> list[int]:
+        if any(b <= 0 for b in bins) or bins != sorted(set(bins)):
+            raise ValueError("length_bins must be strictly increasing positive token counts")
+        return bins
+
+
+class ActorOptions(StrictModel):
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    memory: int | None = Field(None, ge=0)
+    resources: dict[str, float] = Field(default_factory=dict)
+    env_vars: dict[str, str] = Field(default_factory=dict)
+
+
+class ModelConfig(StrictModel):
+    id: str = Field(..., min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+    source: str = EMBEDDED_PREFIX + "smollm2-135m-instruct"
+    task: Literal["generate", "embed"] = "generate"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    quantization: str | None = None
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
+    max_model_len: int | None = Field(2048, ge=16)
+    tensor_parallel_size: int = Field(1, ge=1, le=64)
+    pipeline_parallel_size: int = Field(1, ge=1, le=64)
+    enforce_eager: bool = False
+    seed: int = 0
+    engine_options: dict[str, Any] = Field(default_factory=dict)
+    num_replicas: int = Field(1, ge=1)
+    autoscaling: AutoscalingConfig | None = None
+    max_ongoing_requests: int = Field(256, ge=1)
+    ray_actor_options: ActorOptions = Field(default_factory=ActorOptions)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    default_max_tokens: int = Field(256, ge=1)
+    max_tokens_limit: int = Field(4096, ge=1)
+    max_n: int = Field(8, ge=1, le=128)
+    readiness_timeout_s: float = Field(30.0, gt=0)
+
+    @field_validator("source")
+    @classmethod
+    def _known_embedded(cls, source: str) -> str:
+        if source.startswith(EMBEDDED_PREFIX) and source[len(EMBEDDED_PREFIX) :] not in EMBEDDED_MODELS:
+            raise ValueError(f"unknown embedded model {source!r}; known: {', '.join(EMBEDDED_MODELS)}")
+        return source
+
+    @field_validator("engine_options")
+    @classmethod
+    def _no_shadowed_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        shadowed = sorted(_TYPED_ENGINE_FIELDS & options.keys())
+        if shadowed:
+            raise ValueError(f"engine_options repeats typed field(s) {shadowed}; set them on the model instead")
+        return options
+
+    @model_validator(mode="after")
+    def _limits(self) -> ModelConfig:
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise ValueError("default_max_tokens exceeds max_tokens_limit")
+        return self
+
+    @property
+    def gpus_per_replica(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+
+class RouterConfig(StrictModel):
+    policy: Literal["pow2", "prefix", "round_robin"] = "pow2"
+    prefix_chars: int = Field(256, ge=1)
+    prefix_load_factor: float = Field(1.5, ge=1.0)
+    max_queued_requests: int = Field(1024, ge=1)
+    max_queued_tokens: int = Field(2_000_000, ge=1)
+    overflow_status: Literal[429, 503] = 429
+    retry_after_s: int = Field(1, ge=1)
+    request_timeout_s: float = Field(600.0, gt=0)
+    num_replicas: int = Field(1, ge=1)
+    max_ongoing_requests: int = Field(4096, ge=1)
+    num_cpus: float = Field(0.5, ge=0)
+
+
+class ServerConfig(StrictModel):
+    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    readiness_prompt: str = "What is the capital of France?"
+    log_prompts: bool = False
+
+
+class AppConfig(StrictModel):
+    models: list[ModelConfig] = Field(..., min_length=1)
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    model_cache_dir: str | None = None
+
+    @field_validator("models")
+    @classmethod
+    def _unique_ids(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        ids = [m.id for m in models]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"duplicate model id(s): {dupes}")
+        return models
+
+    def model(self, model_id: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.id == model_id), None)
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<root>"
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    """One line per problem, naming the key path, e.g. ``models[0].foo: unknown key``."""
+    lines = []
+    for e in err.errors():
+        path = _format_loc(tuple(e["loc"]))
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{path}: unknown key {str(e['loc'][-1])!r}")
+        else:
+            lines.append(f"{path}: {e['msg']}")
+    return "; ".join(lines)
+
+
+def load_config(data: dict[str, Any] | AppConfig) -> AppConfig:
+    if isinstance(data, AppConfig):
+        return data
+    try:
+        return AppConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"invalid serve_app config: {describe_validation_error(err)}") from None
+
+
+def app_args_from_serve_file(path: str | Path, app_name: str | None = None) -> dict[str, Any]:
+    """The ``args`` block of one application in a Ray Serve config file."""
+    doc = yaml.safe_load(Path(path).read_text())
+    apps = doc.get("applications") if isinstance(doc, dict) else None
+    if not apps:
+        raise ConfigError(f"{path}: no 'applications' list")
+    chosen = apps[0] if app_name is None else next((a for a in apps if a.get("name") == app_name), None)
+    if chosen is None:
+        raise ConfigError(f"{path}: no application named {app_name!r}")
+    return dict(chosen.get("args") or {})
