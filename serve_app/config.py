@@ -58,9 +58,7 @@ class AutoscalingConfig(StrictModel):
     def _bounds(self) -> AutoscalingConfig:
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
-        if self.initial_replicas is not None and not (
-            self.min_replicas <= self.initial_replicas <= self.max_replicas
-        ):
+        if self.initial_replicas is not None and not (self.min_replicas <= self.initial_replicas <= self.max_replicas):
             raise ValueError("initial_replicas must lie between min_replicas and max_replicas")
         return self
 
@@ -110,6 +108,9 @@ class ModelConfig(StrictModel):
     default_max_tokens: int = Field(256, ge=1)
     max_tokens_limit: int = Field(4096, ge=1)
     max_n: int = Field(8, ge=1, le=128)
+    readiness_prompt: str = Field("What is the capital of France?", min_length=1)
+    # A substring the readiness answer must contain (a golden check), e.g. "Paris" for the embedded model.
+    readiness_expect: str | None = None
     readiness_timeout_s: float = Field(30.0, gt=0)
 
     @field_validator("source")
@@ -154,7 +155,6 @@ class RouterConfig(StrictModel):
 
 class ServerConfig(StrictModel):
     max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
-    readiness_prompt: str = "What is the capital of France?"
     log_prompts: bool = False
 
 

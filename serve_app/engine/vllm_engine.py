@@ -66,7 +66,9 @@ class _StatsHolder:
             def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
                 pass
 
-            def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx: int = 0) -> None:
+            def record(
+                self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx: int = 0
+            ) -> None:
                 if scheduler_stats is not None:
                     holder.update(scheduler_stats)
 
@@ -117,7 +119,9 @@ class VllmEngine:
                     list(request.messages), add_generation_prompt=True, tokenize=True
                 )
             except Exception as err:  # a template that rejects the messages is the client's error
-                raise EngineRequestError(RequestError(400, f"messages cannot be rendered: {err}", param="messages")) from None
+                raise EngineRequestError(
+                    RequestError(400, f"messages cannot be rendered: {err}", param="messages")
+                ) from None
             if isinstance(ids, dict) or hasattr(ids, "input_ids"):
                 ids = ids["input_ids"]
             return list(ids)
@@ -186,10 +190,14 @@ class VllmEngine:
             ids = list(self._tokenizer.encode(text))
             if len(ids) > self._max_model_len:
                 return EmbeddingResult(
-                    error=RequestError(400, f"input {i} has {len(ids)} tokens; the limit is {self._max_model_len}", param="input")
+                    error=RequestError(
+                        400, f"input {i} has {len(ids)} tokens; the limit is {self._max_model_len}", param="input"
+                    )
                 )
             final = None
-            async for out in self._llm.encode({"prompt_token_ids": ids}, PoolingParams(task="embed"), f"{request.request_id}-{i}"):
+            async for out in self._llm.encode(
+                {"prompt_token_ids": ids}, PoolingParams(task="embed"), f"{request.request_id}-{i}"
+            ):
                 final = out
             assert final is not None
             vectors.append([float(x) for x in final.outputs.data.tolist()])

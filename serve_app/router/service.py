@@ -1,0 +1,134 @@
+"""Request handling behind the HTTP routes: model lookup, deadlines, streams and readiness.
+
+Kept apart from FastAPI so that it can be driven in-process with fake replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from serve_app.config import AppConfig, ModelConfig
+from serve_app.engine.types import EmbeddingRequest, EmbeddingResult, GenerationChunk, GenerationRequest
+from serve_app.router.client import ReplicaClient
+from serve_app.router.errors import OpenAIError
+from serve_app.router.translate import ChoiceState
+
+_READY_CACHE_S = 5.0
+
+
+@dataclass
+class ReadinessState:
+    checked_at: float = 0.0
+    ready: bool = False
+    detail: dict[str, str] = field(default_factory=dict)
+
+
+class RouterService:
+    def __init__(self, config: AppConfig, client: ReplicaClient) -> None:
+        self.config = config
+        self.client = client
+        self._readiness = ReadinessState()
+        self._readiness_lock = asyncio.Lock()
+
+    def model(self, name: str | None) -> ModelConfig:
+        if name is None:
+            return self.config.models[0]
+        found = self.config.model(name)
+        if found is None:
+            raise OpenAIError(404, f"The model {name!r} does not exist", param="model", code="model_not_found")
+        return found
+
+    def generation_model(self, name: str | None) -> ModelConfig:
+        model = self.model(name)
+        if model.task != "generate":
+            raise OpenAIError(400, f"model {model.id!r} serves embeddings, not completions", param="model")
+        return model
+
+    def _deadline(self) -> float:
+        return time.monotonic() + self.config.router.request_timeout_s
+
+    async def open_stream(
+        self, model: ModelConfig, requests: list[GenerationRequest]
+    ) -> AsyncIterator[GenerationChunk]:
+        """Start the choices' streams and wait for the first chunk, so that errors before the first
+        token become a plain HTTP error (and lost replicas a transparent retry)."""
+        deadline = self._deadline()
+        stream = self.client.stream(model.id, requests).__aiter__()
+        try:
+            first = await asyncio.wait_for(anext(stream), timeout=max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            await stream.aclose()
+            raise OpenAIError(504, "the request timed out before the first token", code="timeout") from None
+        except StopAsyncIteration:
+            raise OpenAIError(503, "the replica ended the stream without output", type="service_unavailable") from None
+        if first.error is not None:
+            await stream.aclose()
+            raise OpenAIError.from_request_error(first.error)
+        return self._continue(first, stream, deadline)
+
+    async def _continue(
+        self, first: GenerationChunk, rest: AsyncIterator[GenerationChunk], deadline: float
+    ) -> AsyncIterator[GenerationChunk]:
+        try:
+            yield first
+            while True:
+                remaining = deadline - time.monotonic()
+                try:
+                    chunk = await asyncio.wait_for(anext(rest), timeout=max(0.0, remaining))
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise OpenAIError(504, "the request timed out", code="timeout") from None
+                if chunk.error is not None:
+                    raise OpenAIError.from_request_error(chunk.error)
+                yield chunk
+        finally:
+            await rest.aclose()
+
+    async def complete(self, model: ModelConfig, requests: list[GenerationRequest]) -> list[ChoiceState]:
+        states = [ChoiceState() for _ in requests]
+        async for chunk in await self.open_stream(model, requests):
+            states[chunk.index].add(chunk)
+        return states
+
+    async def embed(self, model: ModelConfig, request: EmbeddingRequest) -> EmbeddingResult:
+        if model.task != "embed":
+            raise OpenAIError(400, f"model {model.id!r} does not serve embeddings", param="model")
+        try:
+            result = await asyncio.wait_for(
+                self.client.embed(model.id, request), timeout=self.config.router.request_timeout_s
+            )
+        except TimeoutError:
+            raise OpenAIError(504, "the request timed out", code="timeout") from None
+        if result.error is not None:
+            raise OpenAIError.from_request_error(result.error)
+        return result
+
+    async def readiness(self) -> ReadinessState:
+        """Every model must answer a real short greedy generation (cached briefly: probes cost work)."""
+        async with self._readiness_lock:
+            state = self._readiness
+            if state.ready and time.monotonic() - state.checked_at < _READY_CACHE_S:
+                return state
+            results = await asyncio.gather(*(self._probe(m) for m in self.config.models))
+            detail = dict(zip((m.id for m in self.config.models), results, strict=True))
+            self._readiness = ReadinessState(time.monotonic(), all(v == "ok" for v in detail.values()), detail)
+            return self._readiness
+
+    async def _probe(self, model: ModelConfig) -> str:
+        try:
+            answer = await asyncio.wait_for(
+                self.client.probe(model.id, model.readiness_prompt), timeout=model.readiness_timeout_s
+            )
+        except TimeoutError:
+            return f"no answer within {model.readiness_timeout_s:g} s"
+        except Exception as err:
+            return f"probe failed: {type(err).__name__}: {err}"[:300]
+        if not answer.strip():
+            return "empty answer"
+        if model.readiness_expect and model.readiness_expect.lower() not in answer.lower():
+            return f"answer {answer[:80]!r} lacks {model.readiness_expect!r}"
+        return "ok"

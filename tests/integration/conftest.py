@@ -1,0 +1,81 @@
+"""Fixtures that run the real stack: Ray Serve + the router + vLLM (CPU) on the embedded model."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from serve_app.config import AppConfig, app_args_from_serve_file, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+LOCAL_CONFIG = REPO / "configs" / "local.yaml"
+START_TIMEOUT_S = 420
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(base_url: str, timeout_s: float = START_TIMEOUT_S) -> float:
+    """Poll /ready until it answers 200; returns the seconds it took."""
+    started = time.monotonic()
+    last = "no answer"
+    while time.monotonic() - started < timeout_s:
+        try:
+            resp = httpx.get(f"{base_url}/ready", timeout=60)
+            if resp.status_code == 200:
+                return time.monotonic() - started
+            last = resp.text
+        except httpx.HTTPError as err:
+            last = repr(err)
+        time.sleep(2)
+    raise TimeoutError(f"{base_url} not ready after {timeout_s} s: {last}")
+
+
+def local_config(**model_overrides: Any) -> AppConfig:
+    args = app_args_from_serve_file(LOCAL_CONFIG)
+    args["models"][0].update(model_overrides)
+    return load_config(args)
+
+
+@dataclass
+class RunningApp:
+    base_url: str
+    config: AppConfig
+    ready_after_s: float
+
+
+@pytest.fixture(scope="module")
+def serve_app_factory() -> Iterator[Any]:
+    """Starts Ray once per module; ``start(config)`` deploys an app and waits for /ready."""
+    import ray
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    port = free_port()
+    # Logical CPUs: the machine has 2 cores, but router + replicas each reserve some.
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+
+    def start(config: AppConfig, name: str = "serve-app") -> RunningApp:
+        started = time.monotonic()
+        serve.run(build_app(config), name=name, route_prefix="/", blocking=False)
+        base_url = f"http://127.0.0.1:{port}"
+        wait_ready(base_url)
+        return RunningApp(base_url, config, time.monotonic() - started)
+
+    try:
+        yield start
+    finally:
+        serve.shutdown()
+        ray.shutdown()

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from serve_app.config import AppConfig, ModelConfig
+from serve_app.engine.fake import FakeEngine
+from serve_app.replica.deployment import LLMReplica
+from serve_app.router.client import LocalReplicaClient
+from serve_app.router.ingress import build_fastapi
+from serve_app.router.service import RouterService
+
+
+def make_replica(model: ModelConfig, engine: FakeEngine) -> LLMReplica:
+    replica = LLMReplica.__new__(LLMReplica)
+    asyncio.run(
+        LLMReplica.__init__(replica, model, None, engine_factory=lambda _m, _p: engine)  # type: ignore[misc]
+    )
+    return replica
+
+
+@pytest.fixture
+def fake_engine() -> FakeEngine:
+    return FakeEngine(max_model_len=64)
+
+
+@pytest.fixture
+def app_config() -> AppConfig:
+    return AppConfig(
+        models=[
+            ModelConfig(id="fake", source="/nonexistent/fake", max_tokens_limit=32, default_max_tokens=8, max_n=4),
+            ModelConfig(id="fake-embed", source="/nonexistent/embed", task="embed"),
+        ]
+    )
+
+
+@pytest.fixture
+def client(app_config: AppConfig, fake_engine: FakeEngine) -> Iterator[TestClient]:
+    replicas = {m.id: make_replica(m, fake_engine) for m in app_config.models}
+    service = RouterService(app_config, LocalReplicaClient(replicas))
+    with TestClient(build_fastapi(service)) as test_client:
+        yield test_client
+    for replica in replicas.values():
+        asyncio.run(replica.__del__())
