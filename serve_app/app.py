@@ -12,7 +12,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from serve_app.config import AppConfig, ModelConfig, load_config
+from serve_app.config import AppConfig, ModelConfig, RouterConfig, load_config
 from serve_app.replica.deployment import LLMReplica
 from serve_app.router.deployment import RouterDeployment
 
@@ -24,6 +24,7 @@ def replica_deployment_name(model: ModelConfig) -> str:
 
 
 def _autoscaling(model: ModelConfig) -> dict[str, Any] | None:
+    """Ray Serve autoscaling driven by our engine-signal policy (serve_app.core.autoscaling)."""
     a = model.autoscaling
     if a is None:
         return None
@@ -32,13 +33,30 @@ def _autoscaling(model: ModelConfig) -> dict[str, Any] | None:
         "max_replicas": a.max_replicas,
         "initial_replicas": a.initial_replicas,
         "target_ongoing_requests": a.target_ongoing_requests,
-        "upscale_delay_s": a.upscale_delay_s,
-        "downscale_delay_s": a.downscale_delay_s,
         "metrics_interval_s": a.metrics_interval_s,
+        "look_back_period_s": max(2 * a.metrics_interval_s, 4.0),
+        # Ray applies its own delays after a custom policy; ours travel in policy_kwargs, so
+        # Ray's must be zero or the two would add up.
+        "upscale_delay_s": 0,
+        "downscale_delay_s": 0,
+        "policy": {
+            "policy_function": "serve_app.replica.autoscaling_policy.EngineSignalPolicy",
+            "policy_kwargs": a.model_dump(mode="json"),
+        },
     }
 
 
-def replica_options(model: ModelConfig) -> dict[str, Any]:
+def _request_router(router: RouterConfig) -> dict[str, Any]:
+    """Replica choice by our policies (pow2 on tokens, prefix affinity, round robin), inside Ray
+    Serve's own router so that its replica tracking, back-pressure and retries stay in place."""
+    return {
+        "request_router_class": "serve_app.router.replica_router.PolicyRequestRouter",
+        "request_router_kwargs": router.model_dump(mode="json"),
+        "request_routing_stats_period_s": 2.0,
+    }
+
+
+def replica_options(model: ModelConfig, router: RouterConfig) -> dict[str, Any]:
     actor = model.ray_actor_options
     ray_actor_options: dict[str, Any] = {"num_cpus": actor.num_cpus, "num_gpus": actor.num_gpus}
     if actor.memory:
@@ -55,6 +73,7 @@ def replica_options(model: ModelConfig) -> dict[str, Any]:
         "health_check_timeout_s": 30,
         "graceful_shutdown_wait_loop_s": 2,
         "graceful_shutdown_timeout_s": 120,
+        "request_router_config": _request_router(router),
     }
     autoscaling = _autoscaling(model)
     if autoscaling is None:
@@ -67,7 +86,7 @@ def replica_options(model: ModelConfig) -> dict[str, Any]:
 def build_app(args: AppConfig) -> Application:
     config = load_config(args) if not isinstance(args, AppConfig) else args
     replicas = {
-        m.id: serve.deployment(LLMReplica).options(**replica_options(m)).bind(m, config.model_cache_dir)
+        m.id: serve.deployment(LLMReplica).options(**replica_options(m, config.router)).bind(m, config.model_cache_dir)
         for m in config.models
     }
     router = serve.deployment(serve.ingress()(RouterDeployment)).options(

@@ -38,6 +38,9 @@ class SamplingOptions:
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    top_k: int = -1
+    min_tokens: int = 0
     ignore_eos: bool = False
 
 

@@ -153,6 +153,9 @@ class VllmEngine:
             seed=s.seed,
             presence_penalty=s.presence_penalty,
             frequency_penalty=s.frequency_penalty,
+            repetition_penalty=s.repetition_penalty,
+            top_k=s.top_k if s.top_k > 0 else 0,
+            min_tokens=s.min_tokens,
             ignore_eos=s.ignore_eos,
             output_kind=RequestOutputKind.DELTA,
         )

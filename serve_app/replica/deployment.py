@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.config import ModelConfig
+from serve_app.core.autoscaling import ReplicaSignals
 from serve_app.engine.protocol import Engine
 from serve_app.engine.types import (
     EmbeddingRequest,
@@ -157,6 +158,11 @@ class LLMReplica:
             "waiting": stats.waiting,
             "kv_cache_usage": stats.kv_cache_usage,
         }
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Engine signals for the autoscaling policy (serve_app.replica.autoscaling_policy)."""
+        stats = self.engine.stats()
+        return ReplicaSignals(len(self._inflight), stats.waiting, stats.kv_cache_usage).as_stats()
 
     def engine_stats(self) -> dict[str, Any]:
         return self.record_routing_stats() | {"prefix_cache_hit_rate": self.engine.stats().prefix_cache_hit_rate}

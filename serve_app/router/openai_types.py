@@ -62,6 +62,11 @@ class _SamplingFields(_Strict):
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
     frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
     user: str | None = Field(None, max_length=256)
+    # vLLM-compatible extensions (sent by vLLM's own benchmark client, among others).
+    repetition_penalty: Annotated[float, Field(gt=0.0, le=2.0)] = 1.0
+    top_k: Annotated[int, Field(ge=-1, le=1000)] = -1
+    min_tokens: Annotated[int, Field(ge=0)] = 0
+    ignore_eos: bool = False
 
     @field_validator("stop")
     @classmethod

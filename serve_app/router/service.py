@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from serve_app.config import AppConfig, ModelConfig
+from serve_app.core.admission import AdmissionController, AdmissionTicket, Rejection
 from serve_app.engine.types import EmbeddingRequest, EmbeddingResult, GenerationChunk, GenerationRequest
+from serve_app.router.batch_dispatch import BatchDispatcher
 from serve_app.router.client import ReplicaClient
 from serve_app.router.errors import OpenAIError
 from serve_app.router.translate import ChoiceState
@@ -32,6 +34,26 @@ class RouterService:
         self.client = client
         self._readiness = ReadinessState()
         self._readiness_lock = asyncio.Lock()
+        self.admission = AdmissionController.from_config(config.router)
+        self._batchers = {m.id: BatchDispatcher(client, m) for m in config.models if m.batching.max_batch_size > 1}
+
+    def admit(self, cost: int) -> AdmissionTicket:
+        """Bounded admission: past the router's request or token budget, answer 429/503 with
+        Retry-After at once instead of queueing without limit."""
+        decision = self.admission.try_admit(cost)
+        if isinstance(decision, Rejection):
+            raise OpenAIError(
+                decision.status,
+                decision.message,
+                code=decision.reason,
+                type="rate_limit_error" if decision.status == 429 else "service_unavailable",
+                headers={"Retry-After": str(decision.retry_after_s)},
+            )
+        return decision
+
+    def _source(self, model: ModelConfig, requests: list[GenerationRequest]) -> AsyncIterator[GenerationChunk]:
+        batcher = self._batchers.get(model.id)
+        return batcher.stream(requests) if batcher else self.client.stream(model.id, requests)
 
     def model(self, name: str | None) -> ModelConfig:
         if name is None:
@@ -55,22 +77,28 @@ class RouterService:
     ) -> AsyncIterator[GenerationChunk]:
         """Start the choices' streams and wait for the first chunk, so that errors before the first
         token become a plain HTTP error (and lost replicas a transparent retry)."""
+        ticket = self.admit(sum(r.cost_hint for r in requests))
         deadline = self._deadline()
-        stream = self.client.stream(model.id, requests).__aiter__()
+        stream = self._source(model, requests).__aiter__()
         try:
             first = await asyncio.wait_for(anext(stream), timeout=max(0.0, deadline - time.monotonic()))
+            if first.error is not None:
+                raise OpenAIError.from_request_error(first.error)
         except TimeoutError:
+            ticket.release()
             await stream.aclose()
             raise OpenAIError(504, "the request timed out before the first token", code="timeout") from None
         except StopAsyncIteration:
+            ticket.release()
             raise OpenAIError(503, "the replica ended the stream without output", type="service_unavailable") from None
-        if first.error is not None:
+        except BaseException:
+            ticket.release()
             await stream.aclose()
-            raise OpenAIError.from_request_error(first.error)
-        return self._continue(first, stream, deadline)
+            raise
+        return self._continue(first, stream, deadline, ticket)
 
     async def _continue(
-        self, first: GenerationChunk, rest: AsyncIterator[GenerationChunk], deadline: float
+        self, first: GenerationChunk, rest: AsyncIterator[GenerationChunk], deadline: float, ticket: AdmissionTicket
     ) -> AsyncIterator[GenerationChunk]:
         try:
             yield first
@@ -86,6 +114,7 @@ class RouterService:
                     raise OpenAIError.from_request_error(chunk.error)
                 yield chunk
         finally:
+            ticket.release()
             await rest.aclose()
 
     async def complete(self, model: ModelConfig, requests: list[GenerationRequest]) -> list[ChoiceState]:
@@ -97,12 +126,13 @@ class RouterService:
     async def embed(self, model: ModelConfig, request: EmbeddingRequest) -> EmbeddingResult:
         if model.task != "embed":
             raise OpenAIError(400, f"model {model.id!r} does not serve embeddings", param="model")
-        try:
-            result = await asyncio.wait_for(
-                self.client.embed(model.id, request), timeout=self.config.router.request_timeout_s
-            )
-        except TimeoutError:
-            raise OpenAIError(504, "the request timed out", code="timeout") from None
+        batcher = self._batchers.get(model.id)
+        call = batcher.embed(request) if batcher else self.client.embed(model.id, request)
+        with self.admit(sum(len(t) // 4 + 1 for t in request.inputs)):
+            try:
+                result = await asyncio.wait_for(call, timeout=self.config.router.request_timeout_s)
+            except TimeoutError:
+                raise OpenAIError(504, "the request timed out", code="timeout") from None
         if result.error is not None:
             raise OpenAIError.from_request_error(result.error)
         return result

@@ -40,14 +40,19 @@ def _check_unsupported(req: ApiRequest, model: ModelConfig) -> None:
 
 
 def sampling_options(req: ApiRequest, model: ModelConfig) -> SamplingOptions:
+    max_tokens = _max_tokens(req.requested_max_tokens(), model)
     return SamplingOptions(
-        max_tokens=_max_tokens(req.requested_max_tokens(), model),
+        max_tokens=max_tokens,
         temperature=1.0 if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p,
         stop=req.stop_list(),
         seed=req.seed,
         presence_penalty=req.presence_penalty,
         frequency_penalty=req.frequency_penalty,
+        repetition_penalty=req.repetition_penalty,
+        top_k=req.top_k,
+        min_tokens=min(req.min_tokens, max_tokens),
+        ignore_eos=req.ignore_eos,
     )
 
 

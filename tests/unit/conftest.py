@@ -14,12 +14,14 @@ from serve_app.router.ingress import build_fastapi
 from serve_app.router.service import RouterService
 
 
-def make_replica(model: ModelConfig, engine: FakeEngine) -> LLMReplica:
+async def make_replica_async(model: ModelConfig, engine: FakeEngine) -> LLMReplica:
     replica = LLMReplica.__new__(LLMReplica)
-    asyncio.run(
-        LLMReplica.__init__(replica, model, None, engine_factory=lambda _m, _p: engine)  # type: ignore[misc]
-    )
+    await LLMReplica.__init__(replica, model, None, engine_factory=lambda _m, _p: engine)  # type: ignore[misc]
     return replica
+
+
+def make_replica(model: ModelConfig, engine: FakeEngine) -> LLMReplica:
+    return asyncio.run(make_replica_async(model, engine))
 
 
 @pytest.fixture

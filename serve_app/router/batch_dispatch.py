@@ -1,0 +1,116 @@
+"""Router-side dynamic batching: requests queue per model, a batch closes at ``max_batch_size`` or
+``batch_timeout_ms`` (serve_app.core.batching), goes to ONE replica in ONE call, and each
+request's chunks come back to its own caller.
+
+Generation: vLLM batches continuously inside the engine, so for streaming generation batching
+mostly saves router->replica calls; embeddings (many small requests) gain the most.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+
+from serve_app.config import ModelConfig
+from serve_app.core.batching import AsyncBatcher
+from serve_app.engine.types import EmbeddingRequest, EmbeddingResult, GenerationChunk, GenerationRequest, RequestError
+from serve_app.router.client import ReplicaClient
+
+logger = logging.getLogger("serve_app.router")
+
+
+@dataclass
+class _GenerationJob:
+    requests: list[GenerationRequest]
+    out: asyncio.Queue[GenerationChunk | None] = field(default_factory=asyncio.Queue)
+    abandoned: bool = False
+
+
+@dataclass
+class _EmbeddingJob:
+    request: EmbeddingRequest
+    result: asyncio.Future[EmbeddingResult]
+
+
+def _failure(message: str) -> RequestError:
+    return RequestError(503, message, type="service_unavailable")
+
+
+class BatchDispatcher:
+    def __init__(self, client: ReplicaClient, model: ModelConfig) -> None:
+        self.client = client
+        self.model_id = model.id
+        self._generation: AsyncBatcher[_GenerationJob] = AsyncBatcher.from_config(self._dispatch, model.batching)
+        self._embedding: AsyncBatcher[_EmbeddingJob] = AsyncBatcher.from_config(self._dispatch_embed, model.batching)
+
+    @property
+    def queued(self) -> int:
+        return self._generation.queued + self._embedding.queued
+
+    async def stream(self, requests: list[GenerationRequest]) -> AsyncIterator[GenerationChunk]:
+        job = _GenerationJob(requests)
+        await self._generation.submit(job, cost=sum(r.cost_hint for r in requests))
+        try:
+            while (chunk := await job.out.get()) is not None:
+                yield chunk
+        finally:
+            job.abandoned = True
+
+    async def _dispatch(self, batch: list[_GenerationJob]) -> None:
+        owners = [(job, i) for job in batch for i in range(len(job.requests))]
+        flat = [r for job in batch for r in job.requests]
+        stream = self.client.stream(self.model_id, flat)
+        try:
+            async for chunk in stream:
+                job, own_index = owners[chunk.index]
+                job.out.put_nowait(replace(chunk, index=own_index))
+                if all(j.abandoned for j in batch):
+                    break  # closing the stream cancels the replica call, which aborts the engine requests
+        except Exception as err:  # one failed batch call fails its requests, not the router
+            logger.warning("batch of %d failed: %s", len(flat), err)
+            for job in batch:
+                for i in range(len(job.requests)):
+                    job.out.put_nowait(GenerationChunk(index=i, error=_failure(f"batch failed: {err}")))
+        finally:
+            await stream.aclose()
+            for job in batch:
+                job.out.put_nowait(None)
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        job = _EmbeddingJob(request, asyncio.get_running_loop().create_future())
+        await self._embedding.submit(job, cost=sum(len(t) // 4 + 1 for t in request.inputs))
+        return await job.result
+
+    async def _dispatch_embed(self, batch: list[_EmbeddingJob]) -> None:
+        inputs = tuple(text for job in batch for text in job.request.inputs)
+        combined = EmbeddingRequest(batch[0].request.request_id + "-batch", self.model_id, inputs)
+        try:
+            result = await self.client.embed(self.model_id, combined)
+        except Exception as err:
+            result = EmbeddingResult(error=_failure(f"batch failed: {err}"))
+        if result.error is not None and len(batch) > 1:
+            # One bad input must fail only its own request: retry each request on its own.
+            await asyncio.gather(*(self._embed_alone(job) for job in batch))
+            return
+        offset = 0
+        for job in batch:
+            n = len(job.request.inputs)
+            vectors = result.vectors[offset : offset + n]
+            offset += n
+            share = result.prompt_tokens * n // max(1, len(inputs))
+            if not job.result.done():
+                job.result.set_result(EmbeddingResult(vectors=vectors, prompt_tokens=share, error=result.error))
+
+    async def _embed_alone(self, job: _EmbeddingJob) -> None:
+        try:
+            result = await self.client.embed(self.model_id, job.request)
+        except Exception as err:
+            result = EmbeddingResult(error=_failure(f"embedding failed: {err}"))
+        if not job.result.done():
+            job.result.set_result(result)
+
+    async def close(self) -> None:
+        await self._generation.close()
+        await self._embedding.close()

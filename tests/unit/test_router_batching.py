@@ -1,0 +1,122 @@
+"""Router batching and admission through the real router code, in-process with FakeEngine."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from serve_app.config import AppConfig, ModelConfig, RouterConfig
+from serve_app.engine.fake import FakeEngine
+from serve_app.router.client import LocalReplicaClient
+from serve_app.router.ingress import build_fastapi
+from serve_app.router.service import RouterService
+from tests.unit.conftest import make_replica_async
+
+
+class CountingClient(LocalReplicaClient):
+    """Counts replica calls and their sizes, to see batches form."""
+
+    def __init__(self, replicas: dict) -> None:
+        super().__init__(replicas)
+        self.batch_sizes: list[int] = []
+        self.embed_sizes: list[int] = []
+
+    def stream(self, model, requests):
+        self.batch_sizes.append(len(requests))
+        return super().stream(model, requests)
+
+    async def embed(self, model, request):
+        self.embed_sizes.append(len(request.inputs))
+        return await super().embed(model, request)
+
+
+async def make_app(engine: FakeEngine, router: RouterConfig | None = None, **batching) -> tuple:
+    models = [
+        ModelConfig(id="fake", source="/x", batching=batching or {"max_batch_size": 1}),
+        ModelConfig(id="emb", source="/y", task="embed", batching=batching or {"max_batch_size": 1}),
+    ]
+    config = AppConfig(models=models, router=router or RouterConfig())
+    replicas = {m.id: await make_replica_async(m, engine) for m in models}
+    client = CountingClient(replicas)
+    app = build_fastapi(RouterService(config, client))
+    transport = httpx.ASGITransport(app=app)
+    return httpx.AsyncClient(transport=transport, base_url="http://test"), client
+
+
+def completion(prompt: str, **extra) -> dict:
+    return {"model": "fake", "prompt": prompt, "max_tokens": 4} | extra
+
+
+async def test_concurrent_requests_form_one_batch_and_each_gets_its_own_answer() -> None:
+    http, client = await make_app(FakeEngine(), max_batch_size=8, batch_timeout_ms=50)
+    async with http:
+        alone = [(await http.post("/v1/completions", json=completion(f"p{i}"))).json() for i in range(1)]
+        client.batch_sizes.clear()
+        responses = await asyncio.gather(*(http.post("/v1/completions", json=completion(f"p{i}")) for i in range(6)))
+    assert client.batch_sizes == [6]
+    texts = [r.json()["choices"][0]["text"] for r in responses]
+    assert texts[0] == alone[0]["choices"][0]["text"]  # same prompt, same answer, batched or not
+    assert len(set(texts)) > 1
+
+
+async def test_one_failing_request_fails_only_itself() -> None:
+    http, client = await make_app(FakeEngine(fail_on="poison"), max_batch_size=8, batch_timeout_ms=50)
+    async with http:
+        prompts = ["good one", "poison pill", "good two"]
+        responses = await asyncio.gather(*(http.post("/v1/completions", json=completion(p)) for p in prompts))
+    assert client.batch_sizes == [3]
+    assert [r.status_code for r in responses] == [200, 500, 200]
+    assert responses[1].json()["error"]["message"] == "injected engine failure"
+
+
+async def test_batch_closes_on_size() -> None:
+    http, client = await make_app(FakeEngine(), max_batch_size=2, batch_timeout_ms=5_000)
+    async with http:
+        responses = await asyncio.wait_for(
+            asyncio.gather(*(http.post("/v1/completions", json=completion(f"q{i}")) for i in range(4))), timeout=3
+        )
+    assert [r.status_code for r in responses] == [200] * 4
+    assert client.batch_sizes == [2, 2]
+
+
+async def test_embeddings_are_batched_and_split_back() -> None:
+    http, client = await make_app(FakeEngine(), max_batch_size=16, batch_timeout_ms=50)
+    async with http:
+        bodies = [{"model": "emb", "input": [f"text {i}", f"more {i}"]} for i in range(5)]
+        responses = await asyncio.gather(*(http.post("/v1/embeddings", json=b) for b in bodies))
+        single = (await http.post("/v1/embeddings", json=bodies[3])).json()
+    assert client.embed_sizes[0] == 10
+    assert responses[3].json()["data"] == single["data"]
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_overflow_is_rejected_with_retry_after(status: int) -> None:
+    router = RouterConfig(max_queued_requests=2, overflow_status=status, retry_after_s=3)
+    http, _ = await make_app(FakeEngine(token_delay_s=0.05), router=router)
+    async with http:
+        responses = await asyncio.gather(
+            *(http.post("/v1/completions", json=completion(f"r{i}", max_tokens=8)) for i in range(5))
+        )
+        after = await http.post("/v1/completions", json=completion("later"))
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [200, 200, status, status, status]
+    rejected = next(r for r in responses if r.status_code == status)
+    assert rejected.headers["Retry-After"] == "3"
+    assert rejected.json()["error"]["code"] == "queue_full"
+    assert after.status_code == 200, "capacity must come back once requests finish"
+
+
+async def test_streaming_releases_admission_when_client_stops_reading() -> None:
+    router = RouterConfig(max_queued_requests=1)
+    engine = FakeEngine(token_delay_s=0.01)
+    http, _ = await make_app(engine, router=router)
+    async with http:
+        async with http.stream("POST", "/v1/completions", json=completion("s", stream=True, max_tokens=20)) as r:
+            assert r.status_code == 200
+            async for _ in r.aiter_lines():
+                break
+        await asyncio.sleep(0.1)
+        assert (await http.post("/v1/completions", json=completion("t"))).status_code == 200
+    assert not engine.running
