@@ -80,6 +80,27 @@ class GenerationChunk:
     index: int = 0
 
 
+def merge_chunks(chunks: list[GenerationChunk]) -> list[GenerationChunk]:
+    """Merge the chunks of each request (text joined, latest counts), keeping each request's
+    order; an error chunk is never merged, so it stays the last item of its request."""
+    merged: list[GenerationChunk] = []
+    open_by_index: dict[int, GenerationChunk] = {}
+    for chunk in chunks:
+        target = open_by_index.get(chunk.index)
+        if chunk.error is None and target is not None:
+            target.text += chunk.text
+            target.prompt_tokens = chunk.prompt_tokens or target.prompt_tokens
+            target.completion_tokens = chunk.completion_tokens
+            target.finish_reason = chunk.finish_reason or target.finish_reason
+            continue
+        merged.append(chunk)
+        if chunk.error is None:
+            open_by_index[chunk.index] = chunk
+        else:
+            open_by_index.pop(chunk.index, None)
+    return merged
+
+
 @dataclass(frozen=True)
 class EmbeddingRequest:
     request_id: str

@@ -15,6 +15,7 @@ from typing import Any
 
 from serve_app.config import ModelConfig
 from serve_app.core.autoscaling import ReplicaSignals
+from serve_app.core.coalesce import coalesced
 from serve_app.engine.protocol import Engine
 from serve_app.engine.types import (
     EmbeddingRequest,
@@ -25,6 +26,7 @@ from serve_app.engine.types import (
     GenerationRequest,
     RequestError,
     SamplingOptions,
+    merge_chunks,
 )
 
 logger = logging.getLogger("serve_app.replica")
@@ -69,7 +71,7 @@ class LLMReplica:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Stream one completion. Client-facing errors come back as a chunk with ``error`` set
         (not an exception) so the router can map them without unpicking Ray's error wrappers."""
-        async for chunk in self._stream(request, index=0):
+        async for chunk in coalesced(self._stream(request, index=0), merge_chunks):
             yield chunk
 
     async def generate_batch(self, requests: list[GenerationRequest]) -> AsyncIterator[GenerationChunk]:
@@ -88,11 +90,12 @@ class LLMReplica:
         remaining = len(tasks)
         try:
             while remaining:
-                item = await queue.get()
-                if item is None:
-                    remaining -= 1
-                else:
-                    yield item
+                items = [await queue.get()]
+                while not queue.empty():
+                    items.append(queue.get_nowait())
+                remaining -= sum(1 for item in items if item is None)
+                for chunk in merge_chunks([item for item in items if item is not None]):
+                    yield chunk
         finally:
             for t in tasks:
                 t.cancel()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -11,8 +10,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from serve_app.core.coalesce import drained
 from serve_app.engine.types import EmbeddingRequest as EngineEmbeddingRequest
-from serve_app.engine.types import GenerationChunk
+from serve_app.engine.types import GenerationChunk, merge_chunks
 from serve_app.router.body_limit import BodySizeLimit
 from serve_app.router.errors import OpenAIError, install_error_handlers
 from serve_app.router.openai_types import (
@@ -21,7 +21,6 @@ from serve_app.router.openai_types import (
     EmbeddingRequest,
     GenerateRequest,
     model_card,
-    usage,
 )
 from serve_app.router.service import RouterService
 from serve_app.router.translate import (
@@ -131,21 +130,18 @@ async def _sse(
     the stream with an explicit error event and ``[DONE]``, never a silent cut."""
     states = [ChoiceState() for _ in range(n)]
     try:
-        async for chunk in stream:
-            states[chunk.index].add(chunk)
-            event = formatter.chunk(chunk)
-            if event is not None:
-                yield event
+        async for arrived in drained(stream):
+            events = []
+            for chunk in merge_chunks(arrived):
+                states[chunk.index].add(chunk)
+                event = formatter.chunk(chunk)
+                if event is not None:
+                    events.append(event)
+            if events:
+                yield "".join(events)  # one write (one proxy message) for what arrived together
     except OpenAIError as err:
         yield err.sse_event()
     else:
         if include_usage:
             yield formatter.usage_event(states)
     yield formatter.done()
-
-
-def error_json(status: int, message: str) -> str:
-    return json.dumps(OpenAIError(status, message).body())
-
-
-__all__ = ["REQUEST_ID_HEADER", "build_fastapi", "usage"]
