@@ -13,6 +13,8 @@ from ray import serve
 from ray.serve import Application
 
 from serve_app.config import AppConfig, ModelConfig, RouterConfig, load_config
+from serve_app.core.nccl import NcclConfig
+from serve_app.core.placement import load_model_shape, plan_replica_placement
 from serve_app.replica.deployment import LLMReplica
 from serve_app.router.deployment import RouterDeployment
 
@@ -56,15 +58,19 @@ def _request_router(router: RouterConfig) -> dict[str, Any]:
     }
 
 
-def replica_options(model: ModelConfig, router: RouterConfig) -> dict[str, Any]:
+def replica_options(model: ModelConfig, router: RouterConfig, nccl: NcclConfig) -> dict[str, Any]:
     actor = model.ray_actor_options
-    ray_actor_options: dict[str, Any] = {"num_cpus": actor.num_cpus, "num_gpus": actor.num_gpus}
+    placement = plan_replica_placement(model, load_model_shape(model))
+    # A multi-GPU replica's GPUs are its placement group's worker bundles, not the actor's own.
+    num_gpus = 0 if placement.strategy is not None else actor.num_gpus
+    ray_actor_options: dict[str, Any] = {"num_cpus": actor.num_cpus, "num_gpus": num_gpus}
     if actor.memory:
         ray_actor_options["memory"] = actor.memory
     if actor.resources:
         ray_actor_options["resources"] = dict(actor.resources)
-    if actor.env_vars:
-        ray_actor_options["runtime_env"] = {"env_vars": dict(actor.env_vars)}
+    env_vars = nccl.env_vars() | dict(actor.env_vars)  # the model's own values win
+    if env_vars:
+        ray_actor_options["runtime_env"] = {"env_vars": env_vars}
     options: dict[str, Any] = {
         "name": replica_deployment_name(model),
         "ray_actor_options": ray_actor_options,
@@ -74,6 +80,7 @@ def replica_options(model: ModelConfig, router: RouterConfig) -> dict[str, Any]:
         "graceful_shutdown_wait_loop_s": 2,
         "graceful_shutdown_timeout_s": 120,
         "request_router_config": _request_router(router),
+        **placement.deployment_options(),
     }
     autoscaling = _autoscaling(model)
     if autoscaling is None:
@@ -86,7 +93,9 @@ def replica_options(model: ModelConfig, router: RouterConfig) -> dict[str, Any]:
 def build_app(args: AppConfig) -> Application:
     config = load_config(args) if not isinstance(args, AppConfig) else args
     replicas = {
-        m.id: serve.deployment(LLMReplica).options(**replica_options(m, config.router)).bind(m, config.model_cache_dir)
+        m.id: serve.deployment(LLMReplica)
+        .options(**replica_options(m, config.router, config.nccl))
+        .bind(m, config.model_cache_dir, export_metrics=True)
         for m in config.models
     }
     router = serve.deployment(serve.ingress()(RouterDeployment)).options(

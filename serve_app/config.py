@@ -13,6 +13,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from serve_app.core.nccl import NcclConfig
+from serve_app.quantize.architectures import PRESETS as SHAPE_PRESETS
+from serve_app.quantize.onload import QuantizationSetting, quantization_problem
+
 EMBEDDED_PREFIX = "embedded:"
 EMBEDDED_MODELS = ("smollm2-135m-instruct", "all-minilm-l6-v2")
 
@@ -87,6 +91,17 @@ class ActorOptions(StrictModel):
     env_vars: dict[str, str] = Field(default_factory=dict)
 
 
+class PlacementConfig(StrictModel):
+    """Where a multi-GPU replica's workers go (see serve_app.core.placement)."""
+
+    gpus_per_node: int = Field(8, ge=1, le=64)
+    # Used only when tensor x pipeline parallel GPUs exceed one node; one node is always STRICT_PACK.
+    multi_node_strategy: Literal["PACK", "SPREAD"] = "PACK"
+    cpus_per_worker: float = Field(1.0, ge=0)
+    # The all-reduce check across a multi-GPU replica's workers before it takes traffic.
+    preflight_timeout_s: float = Field(60.0, gt=0)
+
+
 class ModelConfig(StrictModel):
     id: str = Field(..., min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     source: str = EMBEDDED_PREFIX + "smollm2-135m-instruct"
@@ -97,6 +112,10 @@ class ModelConfig(StrictModel):
     max_model_len: int | None = Field(2048, ge=16)
     tensor_parallel_size: int = Field(1, ge=1, le=64)
     pipeline_parallel_size: int = Field(1, ge=1, le=64)
+    placement: PlacementConfig = Field(default_factory=PlacementConfig)
+    # A known architecture (serve_app.quantize.architectures.PRESETS) that gives the model's head
+    # counts when its source folder is not readable where the app is built (e.g. on the Ray head).
+    shape_preset: str | None = None
     enforce_eager: bool = False
     seed: int = 0
     engine_options: dict[str, Any] = Field(default_factory=dict)
@@ -112,6 +131,8 @@ class ModelConfig(StrictModel):
     # A substring the readiness answer must contain (a golden check), e.g. "Paris" for the embedded model.
     readiness_expect: str | None = None
     readiness_timeout_s: float = Field(30.0, gt=0)
+    # Serve a quantized checkpoint even without a passing evaluation report (see serve_app.quantize.gate).
+    allow_ungated: bool = False
 
     @field_validator("source")
     @classmethod
@@ -119,6 +140,13 @@ class ModelConfig(StrictModel):
         if source.startswith(EMBEDDED_PREFIX) and source[len(EMBEDDED_PREFIX) :] not in EMBEDDED_MODELS:
             raise ValueError(f"unknown embedded model {source!r}; known: {', '.join(EMBEDDED_MODELS)}")
         return source
+
+    @field_validator("shape_preset")
+    @classmethod
+    def _known_preset(cls, preset: str | None) -> str | None:
+        if preset is not None and preset not in SHAPE_PRESETS:
+            raise ValueError(f"unknown shape_preset {preset!r}; known: {', '.join(SHAPE_PRESETS)}")
+        return preset
 
     @field_validator("engine_options")
     @classmethod
@@ -132,6 +160,21 @@ class ModelConfig(StrictModel):
     def _limits(self) -> ModelConfig:
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError("default_max_tokens exceeds max_tokens_limit")
+        return self
+
+    @model_validator(mode="after")
+    def _quantization_combination(self) -> ModelConfig:
+        setting = QuantizationSetting(
+            quantization=self.quantization,
+            dtype=self.dtype,
+            # a multi-GPU replica's GPUs sit in its placement group, not on the actor
+            num_gpus=self.ray_actor_options.num_gpus if self.gpus_per_replica == 1 else float(self.gpus_per_replica),
+            source=self.source,
+            embedded_prefix=EMBEDDED_PREFIX,
+        )
+        problem = quantization_problem(setting)
+        if problem:
+            raise ValueError(f"quantization: {problem}")
         return self
 
     @property
@@ -162,6 +205,7 @@ class AppConfig(StrictModel):
     models: list[ModelConfig] = Field(..., min_length=1)
     router: RouterConfig = Field(default_factory=RouterConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    nccl: NcclConfig = Field(default_factory=NcclConfig)
     model_cache_dir: str | None = None
 
     @field_validator("models")

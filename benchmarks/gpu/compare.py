@@ -54,18 +54,19 @@ def _spawn(cmd: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
 
 
-def start(out: Path, timeout_s: float) -> None:
+def start(out: Path, timeout_s: float, tp: int) -> None:
     subprocess.run([sys.executable, "-m", "serve_app.cli", "prepare-model", "--cache-dir", str(CACHE)], check=True)
     subprocess.run(
         [sys.executable, str(HERE / "make_8b_dummy.py"), str(CACHE / "smollm2-135m-instruct"), str(DUMMY)], check=True
     )
     plain = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(DUMMY)]
     plain += ["--served-model-name", MODEL, "--load-format", "dummy", "--dtype", "bfloat16", "--port", "8100"]
-    plain += ["--gpu-memory-utilization", "0.42", "--max-model-len", "4096"]
+    plain += ["--gpu-memory-utilization", "0.42", "--max-model-len", "4096", "--tensor-parallel-size", str(tp)]
     started = time.monotonic()
     proc = _spawn(plain, Path("/tmp/plain.log"))
     print(f"plain vLLM healthy after {wait_for(PLAIN_URL + '/health', timeout_s, proc):.0f} s", flush=True)
-    _spawn([shutil.which("serve") or "serve", "run", str(HERE / "stack-8b-dummy.yaml")], Path("/tmp/stack.log"))
+    stack_config = HERE / ("stack-8b-dummy.yaml" if tp == 1 else f"stack-8b-dummy-tp{tp}.yaml")
+    _spawn([shutil.which("serve") or "serve", "run", str(stack_config)], Path("/tmp/stack.log"))
     (out / "start.json").write_text(json.dumps({"plain_start_s": time.monotonic() - started}))
 
 
@@ -122,10 +123,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/out")))
     parser.add_argument("--timeout", type=float, default=420)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--tp", type=int, default=1, help="tensor parallel size of both servers")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.phase == "start":
-        start(args.out, args.timeout)
+        start(args.out, args.timeout, args.tp)
     else:
         bench(args.out, args.timeout, args.rounds)
 

@@ -18,6 +18,7 @@ from serve_app.engine.types import (
     GenerationRequest,
     RequestError,
 )
+from serve_app.replica.preflight import WORKER_EXTENSION, ensure_engine_workers_ready
 
 # Our dtype names -> vLLM's.
 _DTYPES = {"auto": "auto", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
@@ -44,7 +45,9 @@ def engine_args_dict(config: ModelConfig, model_path: Path) -> dict[str, Any]:
     if config.task == "embed":
         args["runner"] = "pooling"
     if config.gpus_per_replica > 1:
+        # Workers go into the replica's Ray placement group (serve_app.core.placement).
         args["distributed_executor_backend"] = "ray"
+        args["worker_extension_cls"] = WORKER_EXTENSION
     args.update(config.engine_options)
     return args
 
@@ -108,9 +111,22 @@ class VllmEngine:
         unknown = sorted(set(args) - known)
         if unknown:
             raise ValueError(f"model {self.config.id!r}: engine_options {unknown} are not vLLM AsyncEngineArgs fields")
-        self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args), stat_loggers=[self._stats.factory])
+        vllm_config = AsyncEngineArgs(**args).create_engine_config()
+        if self.config.gpus_per_replica > 1:
+            # The engine core runs in a subprocess: hand it the replica's placement group, or it
+            # would create a second one and wait forever for GPUs the first one holds.
+            import ray
+
+            vllm_config.parallel_config.placement_group = ray.util.get_current_placement_group()
+        self._llm = AsyncLLM.from_vllm_config(vllm_config, stat_loggers=[self._stats.factory])
         self._tokenizer = self._llm.get_tokenizer()
         self._max_model_len = self._llm.model_config.max_model_len
+        if self.config.gpus_per_replica > 1:
+            # Pre-flight: an all-reduce across every worker before the replica takes traffic;
+            # raises with the failing rank and the likely cause (NCCL settings, a dead worker).
+            await ensure_engine_workers_ready(
+                self._llm.collective_rpc, self.config.gpus_per_replica, self.config.placement.preflight_timeout_s
+            )
 
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
         if request.messages is not None:

@@ -28,6 +28,7 @@ from serve_app.engine.types import (
     SamplingOptions,
     merge_chunks,
 )
+from serve_app.observability.recorder import ServeAppMetrics
 
 logger = logging.getLogger("serve_app.replica")
 
@@ -38,6 +39,12 @@ def vllm_engine_factory(config: ModelConfig, path: Path) -> Engine:
     from serve_app.engine.vllm_engine import VllmEngine
 
     return VllmEngine(config, path)
+
+
+def _replica_name() -> str:
+    from ray import serve
+
+    return serve.get_replica_context().replica_id.unique_id
 
 
 def resolve_model_path(config: ModelConfig, cache_dir: str | None) -> Path:
@@ -55,8 +62,11 @@ class LLMReplica:
         cache_dir: str | None = None,
         engine_factory: EngineFactory | None = None,
         drain_timeout_s: float = 60.0,
+        export_metrics: bool = False,
     ) -> None:
         self.model = model
+        self.metrics = ServeAppMetrics.for_ray() if export_metrics else ServeAppMetrics.disabled()
+        self.replica_name = _replica_name() if export_metrics else "local"
         self.drain_timeout_s = drain_timeout_s
         self._inflight: dict[str, int] = {}  # request id -> expected tokens (prompt + max_tokens)
         self._shutting_down = False
@@ -153,10 +163,14 @@ class LLMReplica:
         await self.engine.check_health()
 
     def record_routing_stats(self) -> dict[str, Any]:
+        """Called by Ray Serve every couple of seconds: routing load, and the engine gauges."""
         stats = self.engine.stats()
+        outstanding_tokens = sum(self._inflight.values())
+        self.metrics.engine_stats(self.model.id, self.replica_name, stats)
+        self.metrics.replica_load(self.model.id, self.replica_name, len(self._inflight), outstanding_tokens)
         return {
             "outstanding_requests": len(self._inflight),
-            "outstanding_tokens": sum(self._inflight.values()),
+            "outstanding_tokens": outstanding_tokens,
             "running": stats.running,
             "waiting": stats.waiting,
             "kv_cache_usage": stats.kv_cache_usage,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from serve_app.config import ModelConfig
 from serve_app.core.batching import AsyncBatcher
 from serve_app.engine.types import EmbeddingRequest, EmbeddingResult, GenerationChunk, GenerationRequest, RequestError
+from serve_app.observability.recorder import ServeAppMetrics
 from serve_app.router.client import ReplicaClient
 
 logger = logging.getLogger("serve_app.router")
@@ -39,8 +40,9 @@ def _failure(message: str) -> RequestError:
 
 
 class BatchDispatcher:
-    def __init__(self, client: ReplicaClient, model: ModelConfig) -> None:
+    def __init__(self, client: ReplicaClient, model: ModelConfig, metrics: ServeAppMetrics) -> None:
         self.client = client
+        self.metrics = metrics
         self.model_id = model.id
         self._generation: AsyncBatcher[_GenerationJob] = AsyncBatcher.from_config(self._dispatch, model.batching)
         self._embedding: AsyncBatcher[_EmbeddingJob] = AsyncBatcher.from_config(self._dispatch_embed, model.batching)
@@ -61,6 +63,7 @@ class BatchDispatcher:
     async def _dispatch(self, batch: list[_GenerationJob]) -> None:
         owners = [(job, i) for job in batch for i in range(len(job.requests))]
         flat = [r for job in batch for r in job.requests]
+        self.metrics.router_batch(self.model_id, len(flat))
         stream = self.client.stream(self.model_id, flat)
         try:
             async for chunk in stream:
@@ -85,6 +88,7 @@ class BatchDispatcher:
 
     async def _dispatch_embed(self, batch: list[_EmbeddingJob]) -> None:
         inputs = tuple(text for job in batch for text in job.request.inputs)
+        self.metrics.router_batch(self.model_id, len(batch))
         combined = EmbeddingRequest(batch[0].request.request_id + "-batch", self.model_id, inputs)
         try:
             result = await self.client.embed(self.model_id, combined)

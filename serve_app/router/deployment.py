@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from serve_app.config import AppConfig
+from serve_app.observability.recorder import ServeAppMetrics
 from serve_app.router.client import RayReplicaClient
 from serve_app.router.ingress import build_fastapi
 from serve_app.router.service import RouterService
@@ -17,7 +18,7 @@ class RouterDeployment:
 
     def __init__(self, config: AppConfig, replicas: Mapping[str, Any]) -> None:
         self.config = config
-        self.service = RouterService(config, RayReplicaClient(replicas))
+        self.service = RouterService(config, RayReplicaClient(replicas), ServeAppMetrics.for_ray())
 
     def __serve_build_asgi_app__(self) -> Any:
         return build_fastapi(self.service)

@@ -48,7 +48,15 @@ def build_fastapi(service: RouterService) -> FastAPI:
         # when no one did (e.g. in-process use) do we make one up and echo it ourselves.
         incoming = request.headers.get(REQUEST_ID_HEADER)
         request.state.request_id = (incoming or uuid.uuid4().hex)[:128]
+        started = time.monotonic()
         response = await call_next(request)
+        route = request.scope.get("route")
+        service.metrics.request_finished(
+            getattr(route, "path", "unmatched"),
+            getattr(request.state, "model", "none"),
+            response.status_code,
+            time.monotonic() - started,
+        )
         if incoming is None:
             response.headers[REQUEST_ID_HEADER] = request.state.request_id
         return response
@@ -69,10 +77,12 @@ def build_fastapi(service: RouterService) -> FastAPI:
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatCompletionRequest, request: Request) -> Any:
+        request.state.model = _model_tag(service, body.model)
         return await _completion(service, body, "chat", request.state.request_id)
 
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Any:
+        request.state.model = _model_tag(service, body.model)
         return await _completion(service, body, "completion", request.state.request_id)
 
     @app.post("/generate")
@@ -100,6 +110,11 @@ def build_fastapi(service: RouterService) -> FastAPI:
         }
 
     return app
+
+
+def _model_tag(service: RouterService, name: str) -> str:
+    """A metric label: configured model ids only, so clients cannot grow label cardinality."""
+    return name if service.config.model(name) is not None else "unknown"
 
 
 async def _completion(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from serve_app.config import AppConfig, ModelConfig
 from serve_app.core.admission import AdmissionController, AdmissionTicket, Rejection
 from serve_app.engine.types import EmbeddingRequest, EmbeddingResult, GenerationChunk, GenerationRequest
+from serve_app.observability.recorder import ServeAppMetrics, StreamTimer
 from serve_app.router.batch_dispatch import BatchDispatcher
 from serve_app.router.client import ReplicaClient
 from serve_app.router.errors import OpenAIError
@@ -29,19 +30,23 @@ class ReadinessState:
 
 
 class RouterService:
-    def __init__(self, config: AppConfig, client: ReplicaClient) -> None:
+    def __init__(self, config: AppConfig, client: ReplicaClient, metrics: ServeAppMetrics | None = None) -> None:
         self.config = config
         self.client = client
+        self.metrics = metrics or ServeAppMetrics.disabled()
         self._readiness = ReadinessState()
         self._readiness_lock = asyncio.Lock()
         self.admission = AdmissionController.from_config(config.router)
-        self._batchers = {m.id: BatchDispatcher(client, m) for m in config.models if m.batching.max_batch_size > 1}
+        self._batchers = {
+            m.id: BatchDispatcher(client, m, self.metrics) for m in config.models if m.batching.max_batch_size > 1
+        }
 
     def admit(self, cost: int) -> AdmissionTicket:
         """Bounded admission: past the router's request or token budget, answer 429/503 with
         Retry-After at once instead of queueing without limit."""
         decision = self.admission.try_admit(cost)
         if isinstance(decision, Rejection):
+            self.metrics.request_rejected(decision.reason)
             raise OpenAIError(
                 decision.status,
                 decision.message,
@@ -78,6 +83,7 @@ class RouterService:
         """Start the choices' streams and wait for the first chunk, so that errors before the first
         token become a plain HTTP error (and lost replicas a transparent retry)."""
         ticket = self.admit(sum(r.cost_hint for r in requests))
+        timer = self.metrics.stream_timer(model.id, time.monotonic())
         deadline = self._deadline()
         stream = self._source(model, requests).__aiter__()
         try:
@@ -95,12 +101,21 @@ class RouterService:
             ticket.release()
             await stream.aclose()
             raise
-        return self._continue(first, stream, deadline, ticket)
+        return self._continue(model.id, first, stream, deadline, ticket, timer)
 
     async def _continue(
-        self, first: GenerationChunk, rest: AsyncIterator[GenerationChunk], deadline: float, ticket: AdmissionTicket
+        self,
+        model_id: str,
+        first: GenerationChunk,
+        rest: AsyncIterator[GenerationChunk],
+        deadline: float,
+        ticket: AdmissionTicket,
+        timer: StreamTimer,
     ) -> AsyncIterator[GenerationChunk]:
+        completion: dict[int, int] = {}
         try:
+            completion[first.index] = first.completion_tokens
+            timer.on_tokens(sum(completion.values()), time.monotonic())
             yield first
             while True:
                 remaining = deadline - time.monotonic()
@@ -112,8 +127,12 @@ class RouterService:
                     raise OpenAIError(504, "the request timed out", code="timeout") from None
                 if chunk.error is not None:
                     raise OpenAIError.from_request_error(chunk.error)
+                completion[chunk.index] = chunk.completion_tokens
+                timer.on_tokens(sum(completion.values()), time.monotonic())
                 yield chunk
         finally:
+            timer.finish()
+            self.metrics.request_tokens(model_id, first.prompt_tokens, sum(completion.values()))
             ticket.release()
             await rest.aclose()
 

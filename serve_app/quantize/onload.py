@@ -1,0 +1,61 @@
+"""Quantize-on-load settings (``ModelConfig.quantization``): which combinations can work (pure).
+
+Called from a ModelConfig validator, so it reads no files: it judges the config's own fields
+only. Whether a checkpoint really is AWQ/GPTQ/compressed-tensors is vLLM's check at load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Our names -> vLLM's ``quantization`` argument.
+VLLM_NAMES = {
+    "int8-weight-only": "int8_per_channel_weight_only",
+    "fp8": "fp8",
+    "bitsandbytes": "bitsandbytes",
+    "awq": "awq",
+    "gptq": "gptq",
+    "compressed-tensors": "compressed-tensors",
+}
+# Methods that read scales from a pre-quantized checkpoint rather than quantizing at load.
+CHECKPOINT_METHODS = frozenset({"awq", "gptq", "compressed-tensors"})
+HALF_DTYPES = ("bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class QuantizationSetting:
+    quantization: str | None
+    dtype: str
+    num_gpus: float
+    source: str
+    embedded_prefix: str = "embedded:"
+
+
+def quantization_problem(s: QuantizationSetting) -> str | None:
+    """The reason a setting cannot work, or None. One message per rule so users learn the rule."""
+    q = s.quantization
+    if q is None:
+        return None
+    if q not in VLLM_NAMES:
+        return f"unknown quantization {q!r}; choose one of: {', '.join(VLLM_NAMES)}"
+    on_gpu = s.num_gpus > 0
+    if q == "int8-weight-only" and s.dtype not in HALF_DTYPES:
+        return (
+            "int8-weight-only (vLLM int8_per_channel_weight_only) needs dtype bfloat16 or float16, "
+            f"not {s.dtype!r}; note that vLLM 0.32 applies it to MoE expert weights only"
+        )
+    if q == "fp8" and not on_gpu:
+        return "fp8 quantize-on-load needs a GPU (set ray_actor_options.num_gpus); FP8 compute needs Hopper+"
+    if q == "fp8" and s.dtype == "float32":
+        return "fp8 computes in 16-bit; use dtype bfloat16, float16 or auto"
+    if q == "bitsandbytes" and not on_gpu:
+        return "bitsandbytes runs on CUDA GPUs only (set ray_actor_options.num_gpus)"
+    if q in CHECKPOINT_METHODS and s.source.startswith(s.embedded_prefix):
+        return f"{q} needs a pre-quantized checkpoint; {s.source} is unquantized (run `serve-app quantize`)"
+    if q in ("awq", "gptq") and s.dtype == "float32":
+        return f"vLLM's {q} kernels compute in 16-bit; use dtype bfloat16, float16 or auto"
+    return None
+
+
+def vllm_quantization_name(quantization: str) -> str:
+    return VLLM_NAMES.get(quantization, quantization)
