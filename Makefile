@@ -22,6 +22,11 @@ $(STAMP): requirements/cpu.txt requirements/cpu-nodeps.txt pyproject.toml
 
 $(TEST_STAMP): $(STAMP) requirements/test.txt
 	$(PIP) install -r requirements/test.txt
+	# A real Prometheus for tests/integration/test_prometheus.py (Debian/Ubuntu package; sudo unless root).
+	command -v prometheus >/dev/null || { \
+		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 	touch $@
 
 install: $(STAMP)

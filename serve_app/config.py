@@ -7,6 +7,7 @@ files, starts nothing and imports neither Ray nor vLLM.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -198,7 +199,29 @@ class RouterConfig(StrictModel):
 
 class ServerConfig(StrictModel):
     max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    # Request head limits (431 past them): uvicorn's parser may let far larger heads through.
+    max_header_bytes: int = Field(16 * 1024, ge=1024)
+    max_headers: int = Field(100, ge=16)
     log_prompts: bool = False
+    # API keys: the name of an environment variable holding comma-separated keys, and/or a file of
+    # one key a line. Both are read when the app is built (never here); with any key configured,
+    # every route but /health and /ready needs ``Authorization: Bearer <key>``.
+    api_keys_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    api_keys_file: str | None = Field(None, min_length=1)
+    # Per-client limits (per API key; per client address when no keys are configured), enforced by
+    # each router replica on its own: the cluster-wide limit is this times the router replicas.
+    rate_limit_requests_per_minute: int | None = Field(None, ge=1)
+    rate_limit_tokens_per_minute: int | None = Field(None, ge=1)
+    # Browser origins allowed to call the API (CORS); empty = no CORS headers at all.
+    cors_allow_origins: list[str] = Field(default_factory=list)
+
+    @field_validator("cors_allow_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin != "*" and not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", origin):
+                raise ValueError(f"CORS origin {origin!r} must be '*' or scheme://host[:port] without a path")
+        return origins
 
 
 class AppConfig(StrictModel):

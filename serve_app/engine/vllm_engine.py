@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -203,25 +204,23 @@ class VllmEngine:
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         from vllm import PoolingParams
 
-        vectors: list[list[float]] = []
-        tokens = 0
-        for i, text in enumerate(request.inputs):
-            ids = list(self._tokenizer.encode(text))
+        token_ids = [list(self._tokenizer.encode(text)) for text in request.inputs]
+        for i, ids in enumerate(token_ids):
             if len(ids) > self._max_model_len:
-                return EmbeddingResult(
-                    error=RequestError(
-                        400, f"input {i} has {len(ids)} tokens; the limit is {self._max_model_len}", param="input"
-                    )
-                )
+                message = f"input {i} has {len(ids)} tokens; the limit is {self._max_model_len}"
+                return EmbeddingResult(error=RequestError(400, message, param="input"))
+
+        async def one(i: int, ids: list[int]) -> list[float]:
             final = None
-            async for out in self._llm.encode(
-                {"prompt_token_ids": ids}, PoolingParams(task="embed"), f"{request.request_id}-{i}"
-            ):
+            prompt = {"prompt_token_ids": ids}
+            async for out in self._llm.encode(prompt, PoolingParams(task="embed"), f"{request.request_id}-{i}"):
                 final = out
             assert final is not None
-            vectors.append([float(x) for x in final.outputs.data.tolist()])
-            tokens += len(ids)
-        return EmbeddingResult(vectors=vectors, prompt_tokens=tokens)
+            return [float(x) for x in final.outputs.data.tolist()]
+
+        # All inputs enter the engine at once, so that it batches them.
+        vectors = await asyncio.gather(*(one(i, ids) for i, ids in enumerate(token_ids)))
+        return EmbeddingResult(vectors=list(vectors), prompt_tokens=sum(len(ids) for ids in token_ids))
 
     async def abort(self, request_id: str) -> None:
         if self._llm is not None:

@@ -82,7 +82,8 @@ def measure_model(
         ]  # fmt: skip
         if quantization:
             cmd += ["--quantization", quantization]
-        code = subprocess.run(cmd, check=False, env=env).returncode
+        # The worker's (vLLM's) log goes to stderr so that stdout carries only our report.
+        code = subprocess.run(cmd, check=False, env=env, stdout=sys.stderr).returncode
         if code != 0 or not out.is_file():
             raise RunnerError(f"evaluating {model} failed (exit {code}); see the log above")
         return ModelMeasurement.from_dict(json.loads(out.read_text()))

@@ -59,6 +59,7 @@ from serve_app.core.autoscaling import (
     ScalingDecision,
     decide,
 )
+from serve_app.observability.recorder import ServeAppMetrics
 
 logger = logging.getLogger("serve_app.autoscaling")
 
@@ -97,6 +98,9 @@ class EngineSignalPolicy:
     def __init__(self, **autoscaling_config: Any) -> None:
         self.config = AutoscalingConfig.model_validate(autoscaling_config)
         self.last_decision: ScalingDecision | None = None
+        # Ray creates the policy once per deployment inside the Serve controller, so these are the
+        # controller's metrics (serve_app_replicas, serve_app_autoscaling_*).
+        self.metrics = ServeAppMetrics.for_ray()
 
     def __call__(self, ctx: AutoscalingContext) -> tuple[int, dict[str, Any]]:
         decision = self.decide(ctx)
@@ -105,6 +109,13 @@ class EngineSignalPolicy:
         else:
             logger.debug("%s: %s (%s)", ctx.deployment_name, decision.detail, decision.reason)
         self.last_decision = decision
+        self.metrics.autoscaling_decision(
+            ctx.deployment_name,
+            current_replicas=len(ctx.running_replicas),
+            desired_replicas=decision.desired_replicas,
+            target_replicas=decision.target_replicas,
+            reason=decision.reason,
+        )
         return decision.target_replicas, decision.state.to_dict()
 
     def decide(self, ctx: AutoscalingContext) -> ScalingDecision:

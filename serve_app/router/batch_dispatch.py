@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 
@@ -27,12 +28,14 @@ class _GenerationJob:
     requests: list[GenerationRequest]
     out: asyncio.Queue[GenerationChunk | None] = field(default_factory=asyncio.Queue)
     abandoned: bool = False
+    submitted_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
 class _EmbeddingJob:
     request: EmbeddingRequest
     result: asyncio.Future[EmbeddingResult]
+    submitted_at: float = field(default_factory=time.monotonic)
 
 
 def _failure(message: str) -> RequestError:
@@ -63,7 +66,7 @@ class BatchDispatcher:
     async def _dispatch(self, batch: list[_GenerationJob]) -> None:
         owners = [(job, i) for job in batch for i in range(len(job.requests))]
         flat = [r for job in batch for r in job.requests]
-        self.metrics.router_batch(self.model_id, len(flat))
+        self._record_dispatch(len(flat), [job.submitted_at for job in batch])
         stream = self.client.stream(self.model_id, flat)
         try:
             async for chunk in stream:
@@ -81,6 +84,12 @@ class BatchDispatcher:
             for job in batch:
                 job.out.put_nowait(None)
 
+    def _record_dispatch(self, batch_size: int, submitted_at: list[float]) -> None:
+        now = time.monotonic()
+        self.metrics.router_batch(self.model_id, batch_size)
+        for at in submitted_at:
+            self.metrics.queue_wait(self.model_id, max(0.0, now - at))
+
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         job = _EmbeddingJob(request, asyncio.get_running_loop().create_future())
         await self._embedding.submit(job, cost=sum(len(t) // 4 + 1 for t in request.inputs))
@@ -88,7 +97,7 @@ class BatchDispatcher:
 
     async def _dispatch_embed(self, batch: list[_EmbeddingJob]) -> None:
         inputs = tuple(text for job in batch for text in job.request.inputs)
-        self.metrics.router_batch(self.model_id, len(batch))
+        self._record_dispatch(len(batch), [job.submitted_at for job in batch])
         combined = EmbeddingRequest(batch[0].request.request_id + "-batch", self.model_id, inputs)
         try:
             result = await self.client.embed(self.model_id, combined)

@@ -17,8 +17,15 @@ class RouterDeployment:
     ``__serve_build_asgi_app__`` after the constructor to get the FastAPI app."""
 
     def __init__(self, config: AppConfig, replicas: Mapping[str, Any]) -> None:
+        from ray import serve
+
         self.config = config
-        self.service = RouterService(config, RayReplicaClient(replicas), ServeAppMetrics.for_ray())
+        self.service = RouterService(
+            config,
+            RayReplicaClient(replicas),
+            ServeAppMetrics.for_ray(),
+            replica_name=serve.get_replica_context().replica_id.unique_id,
+        )
 
     def __serve_build_asgi_app__(self) -> Any:
         return build_fastapi(self.service)

@@ -15,6 +15,7 @@ from serve_app.engine.types import EmbeddingRequest as EngineEmbeddingRequest
 from serve_app.engine.types import GenerationChunk, merge_chunks
 from serve_app.router.body_limit import BodySizeLimit
 from serve_app.router.errors import OpenAIError, install_error_handlers
+from serve_app.router.head_limits import RequestHeadLimits
 from serve_app.router.openai_types import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -22,6 +23,7 @@ from serve_app.router.openai_types import (
     GenerateRequest,
     model_card,
 )
+from serve_app.router.security import install_cors, install_security
 from serve_app.router.service import RouterService
 from serve_app.router.translate import (
     ChoiceState,
@@ -39,7 +41,11 @@ REQUEST_ID_HEADER = "X-Request-Id"
 def build_fastapi(service: RouterService) -> FastAPI:
     app = FastAPI(title="serve-app", version="0.1.0")
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=service.config.server.max_body_bytes)
+    server = service.config.server
+    # Middleware added later runs earlier: CORS, request id, head limits, body cap, then keys and rate limits.
+    install_security(app, service.config, service.metrics.request_rejected)  # reads the API keys, once
+    app.add_middleware(BodySizeLimit, max_bytes=server.max_body_bytes)
+    app.add_middleware(RequestHeadLimits, max_header_bytes=server.max_header_bytes, max_headers=server.max_headers)
     created = int(time.time())
 
     @app.middleware("http")
@@ -109,6 +115,7 @@ def build_fastapi(service: RouterService) -> FastAPI:
             "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
         }
 
+    install_cors(app, server.cors_allow_origins)
     return app
 
 

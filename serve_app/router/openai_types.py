@@ -1,7 +1,8 @@
 """OpenAI-compatible request bodies (validated strictly) and the simple /generate API.
 
 Requests reject unknown fields: a misspelt parameter silently ignored is a worse failure for a
-client than a clear 400 naming it.
+client than a clear 400 naming it. Types are strict for the same reason:
+``"5"``, ``true`` or ``2.0`` where an integer belongs is an error, not a silent coercion.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ MAX_STOP_CHARS = 256
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class TextPart(_Strict):
@@ -120,7 +121,7 @@ class GenerateRequest(_Strict):
 
     prompt: str = Field(..., min_length=1)
     max_new_tokens: Annotated[int, Field(ge=1)] = 64
-    model: str | None = None
+    model: str | None = Field(None, min_length=1, max_length=256)
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.0
 
 

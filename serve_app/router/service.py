@@ -30,10 +30,18 @@ class ReadinessState:
 
 
 class RouterService:
-    def __init__(self, config: AppConfig, client: ReplicaClient, metrics: ServeAppMetrics | None = None) -> None:
+    def __init__(
+        self,
+        config: AppConfig,
+        client: ReplicaClient,
+        metrics: ServeAppMetrics | None = None,
+        replica_name: str = "local",
+    ) -> None:
         self.config = config
         self.client = client
         self.metrics = metrics or ServeAppMetrics.disabled()
+        # This router replica's id: the label of its admission-queue gauges.
+        self.replica_name = replica_name
         self._readiness = ReadinessState()
         self._readiness_lock = asyncio.Lock()
         self.admission = AdmissionController.from_config(config.router)
@@ -54,11 +62,26 @@ class RouterService:
                 type="rate_limit_error" if decision.status == 429 else "service_unavailable",
                 headers={"Retry-After": str(decision.retry_after_s)},
             )
+        self._record_queue()
         return decision
 
-    def _source(self, model: ModelConfig, requests: list[GenerationRequest]) -> AsyncIterator[GenerationChunk]:
+    def release(self, ticket: AdmissionTicket) -> None:
+        if ticket.release():
+            self._record_queue()
+
+    def _record_queue(self) -> None:
+        self.metrics.router_queue(self.replica_name, self.admission.queued_requests, self.admission.queued_tokens)
+
+    def _source(
+        self, model: ModelConfig, requests: list[GenerationRequest], admitted_at: float
+    ) -> AsyncIterator[GenerationChunk]:
         batcher = self._batchers.get(model.id)
-        return batcher.stream(requests) if batcher else self.client.stream(model.id, requests)
+        if batcher:
+            return batcher.stream(requests)  # the dispatcher records batch size and queue wait at dispatch
+        # Unbatched: the request goes out at once, as a batch of its own choices.
+        self.metrics.router_batch(model.id, len(requests))
+        self.metrics.queue_wait(model.id, time.monotonic() - admitted_at)
+        return self.client.stream(model.id, requests)
 
     def model(self, name: str | None) -> ModelConfig:
         if name is None:
@@ -83,22 +106,23 @@ class RouterService:
         """Start the choices' streams and wait for the first chunk, so that errors before the first
         token become a plain HTTP error (and lost replicas a transparent retry)."""
         ticket = self.admit(sum(r.cost_hint for r in requests))
-        timer = self.metrics.stream_timer(model.id, time.monotonic())
+        admitted_at = time.monotonic()
+        timer = self.metrics.stream_timer(model.id, admitted_at)
         deadline = self._deadline()
-        stream = self._source(model, requests).__aiter__()
+        stream = self._source(model, requests, admitted_at).__aiter__()
         try:
             first = await asyncio.wait_for(anext(stream), timeout=max(0.0, deadline - time.monotonic()))
             if first.error is not None:
                 raise OpenAIError.from_request_error(first.error)
         except TimeoutError:
-            ticket.release()
+            self.release(ticket)
             await stream.aclose()
             raise OpenAIError(504, "the request timed out before the first token", code="timeout") from None
         except StopAsyncIteration:
-            ticket.release()
+            self.release(ticket)
             raise OpenAIError(503, "the replica ended the stream without output", type="service_unavailable") from None
         except BaseException:
-            ticket.release()
+            self.release(ticket)
             await stream.aclose()
             raise
         return self._continue(model.id, first, stream, deadline, ticket, timer)
@@ -133,7 +157,7 @@ class RouterService:
         finally:
             timer.finish()
             self.metrics.request_tokens(model_id, first.prompt_tokens, sum(completion.values()))
-            ticket.release()
+            self.release(ticket)
             await rest.aclose()
 
     async def complete(self, model: ModelConfig, requests: list[GenerationRequest]) -> list[ChoiceState]:
@@ -145,13 +169,21 @@ class RouterService:
     async def embed(self, model: ModelConfig, request: EmbeddingRequest) -> EmbeddingResult:
         if model.task != "embed":
             raise OpenAIError(400, f"model {model.id!r} does not serve embeddings", param="model")
+        ticket = self.admit(sum(len(t) // 4 + 1 for t in request.inputs))
+        admitted_at = time.monotonic()
         batcher = self._batchers.get(model.id)
-        call = batcher.embed(request) if batcher else self.client.embed(model.id, request)
-        with self.admit(sum(len(t) // 4 + 1 for t in request.inputs)):
-            try:
-                result = await asyncio.wait_for(call, timeout=self.config.router.request_timeout_s)
-            except TimeoutError:
-                raise OpenAIError(504, "the request timed out", code="timeout") from None
+        if batcher:
+            call = batcher.embed(request)  # the dispatcher records batch size and queue wait at dispatch
+        else:
+            self.metrics.router_batch(model.id, 1)
+            self.metrics.queue_wait(model.id, time.monotonic() - admitted_at)
+            call = self.client.embed(model.id, request)
+        try:
+            result = await asyncio.wait_for(call, timeout=self.config.router.request_timeout_s)
+        except TimeoutError:
+            raise OpenAIError(504, "the request timed out", code="timeout") from None
+        finally:
+            self.release(ticket)
         if result.error is not None:
             raise OpenAIError.from_request_error(result.error)
         return result

@@ -20,12 +20,12 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-def _max_tokens(requested: int | None, model: ModelConfig) -> int:
+def _max_tokens(requested: int | None, model: ModelConfig, param: str = "max_tokens") -> int:
     if requested is None:
         return model.default_max_tokens
     if requested > model.max_tokens_limit:
         raise OpenAIError(
-            400, f"max_tokens {requested} exceeds this server's limit of {model.max_tokens_limit}", param="max_tokens"
+            400, f"{param} {requested} exceeds this server's limit of {model.max_tokens_limit}", param=param
         )
     return requested
 
@@ -84,7 +84,10 @@ def _with_seed(s: SamplingOptions, seed: int) -> SamplingOptions:
 
 
 def generate_request(req: GenerateRequest, model: ModelConfig, request_id: str) -> GenerationRequest:
-    sampling = SamplingOptions(max_tokens=_max_tokens(req.max_new_tokens, model), temperature=req.temperature)
+    requested = req.max_new_tokens
+    if "max_new_tokens" not in req.model_fields_set:
+        requested = min(requested, model.max_tokens_limit)  # the API's default must not fail on a lower limit
+    sampling = SamplingOptions(max_tokens=_max_tokens(requested, model, "max_new_tokens"), temperature=req.temperature)
     return GenerationRequest(f"{request_id}-0", model.id, sampling, prompt=req.prompt)
 
 

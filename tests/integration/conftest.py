@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,9 +55,9 @@ class RunningApp:
     ready_after_s: float
 
 
-@pytest.fixture(scope="module")
-def serve_app_factory() -> Iterator[Any]:
-    """Starts Ray once per module; ``start(config)`` deploys an app and waits for /ready."""
+@contextmanager
+def running_serve(**ray_init_options: Any) -> Iterator[Callable[..., RunningApp]]:
+    """Starts Ray and Serve; the yielded ``start(config)`` deploys an app and waits for /ready."""
     import ray
     from ray import serve
 
@@ -64,7 +65,7 @@ def serve_app_factory() -> Iterator[Any]:
 
     port = free_port()
     # Logical CPUs: the machine has 2 cores, but router + replicas each reserve some.
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, **ray_init_options)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
 
     def start(config: AppConfig, name: str = "serve-app") -> RunningApp:
@@ -81,3 +82,31 @@ def serve_app_factory() -> Iterator[Any]:
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def serve_app_factory() -> Iterator[Callable[..., RunningApp]]:
+    """Starts Ray once per module; ``start(config)`` deploys an app and waits for /ready."""
+    with running_serve() as start:
+        yield start
+
+
+@dataclass
+class MetricsServe:
+    start: Callable[..., RunningApp]
+    # host:port of this node's Ray metrics agent (Prometheus text format on /metrics).
+    metrics_target: str
+
+
+@pytest.fixture(scope="module")
+def serve_app_with_metrics() -> Iterator[MetricsServe]:
+    """Like ``serve_app_factory``, with Ray's metrics agent on a known free port, exporting every second."""
+    port = free_port()
+    # Ray's default export period is 10 s; 1 s keeps a test that waits for new series short.
+    options = {"_metrics_export_port": port, "_system_config": {"metrics_report_interval_ms": 1000}}
+    with running_serve(**options) as start:
+        import ray
+
+        (node,) = ray.nodes()
+        assert node["MetricsExportPort"] == port
+        yield MetricsServe(start, f"{node['NodeManagerAddress']}:{port}")

@@ -209,3 +209,22 @@ def test_ray_policy_validates_its_kwargs(bad: dict) -> None:
 
     with pytest.raises(ValidationError):
         EngineSignalPolicy(**bad)
+
+
+def test_ray_policy_records_each_decision() -> None:
+    from serve_app.observability import InMemoryMetricsBackend, ServeAppMetrics
+    from serve_app.replica.autoscaling_policy import EngineSignalPolicy
+
+    store = InMemoryMetricsBackend()
+    policy = EngineSignalPolicy(**CONFIG.model_dump(mode="json"))
+    policy.metrics = ServeAppMetrics(store)
+    _, ray_config = _ray_policy(CONFIG)
+    hot = ReplicaSignals(ongoing_requests=20).as_stats()
+    target, state = policy(_context(ray_config, 1, 1, 0.0, {}, hot))
+    policy(_context(ray_config, 1, 1, 1.0, state, hot))
+    assert target == 1  # the upscale delay holds the target ...
+    assert store.gauge("serve_app_autoscaling_desired_replicas", deployment="llm-test") == 3  # ... not the wish
+    assert store.gauge("serve_app_autoscaling_target_replicas", deployment="llm-test") == 1
+    assert store.gauge("serve_app_replicas", deployment="llm-test") == 1
+    reason = policy.last_decision.reason
+    assert store.counter("serve_app_autoscaling_decisions", deployment="llm-test", reason=reason) == 2

@@ -27,6 +27,7 @@ def _model(**kw: Any) -> ModelConfig:
         ({"quantization": "bitsandbytes"}, "CUDA GPUs only"),
         ({"quantization": "awq", "dtype": "bfloat16"}, "needs a pre-quantized checkpoint"),
         ({"quantization": "gptq", "source": "/models/x-gptq", "dtype": "float32"}, "compute in 16-bit"),
+        ({"quantization": "compressed-tensors", "source": "/models/x-w4a16", "dtype": "float32"}, "16-bit"),
         ({"quantization": "nf4"}, "unknown quantization 'nf4'"),
     ],
 )
@@ -43,7 +44,7 @@ def test_impossible_combinations_fail_validation(fields: dict[str, Any], reason:
         {"quantization": "fp8", "ray_actor_options": GPU},
         {"quantization": "bitsandbytes", "dtype": "bfloat16", "ray_actor_options": GPU},
         {"quantization": "awq", "source": "/models/x-awq", "dtype": "float16"},
-        {"quantization": "compressed-tensors", "source": "/models/x-w4a16", "dtype": "float32"},
+        {"quantization": "compressed-tensors", "source": "/models/x-w4a16", "dtype": "bfloat16"},
     ],
 )
 def test_workable_combinations_validate(fields: dict[str, Any]) -> None:

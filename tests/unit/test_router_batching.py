@@ -9,6 +9,7 @@ import pytest
 
 from serve_app.config import AppConfig, ModelConfig, RouterConfig
 from serve_app.engine.fake import FakeEngine
+from serve_app.observability import InMemoryMetricsBackend, ServeAppMetrics
 from serve_app.router.client import LocalReplicaClient
 from serve_app.router.ingress import build_fastapi
 from serve_app.router.service import RouterService
@@ -32,7 +33,9 @@ class CountingClient(LocalReplicaClient):
         return await super().embed(model, request)
 
 
-async def make_app(engine: FakeEngine, router: RouterConfig | None = None, **batching) -> tuple:
+async def make_app(
+    engine: FakeEngine, router: RouterConfig | None = None, metrics: ServeAppMetrics | None = None, **batching
+) -> tuple:
     models = [
         ModelConfig(id="fake", source="/x", batching=batching or {"max_batch_size": 1}),
         ModelConfig(id="emb", source="/y", task="embed", batching=batching or {"max_batch_size": 1}),
@@ -40,7 +43,7 @@ async def make_app(engine: FakeEngine, router: RouterConfig | None = None, **bat
     config = AppConfig(models=models, router=router or RouterConfig())
     replicas = {m.id: await make_replica_async(m, engine) for m in models}
     client = CountingClient(replicas)
-    app = build_fastapi(RouterService(config, client))
+    app = build_fastapi(RouterService(config, client, metrics, replica_name="router-1"))
     transport = httpx.ASGITransport(app=app)
     return httpx.AsyncClient(transport=transport, base_url="http://test"), client
 
@@ -120,3 +123,63 @@ async def test_streaming_releases_admission_when_client_stops_reading() -> None:
         await asyncio.sleep(0.1)
         assert (await http.post("/v1/completions", json=completion("t"))).status_code == 200
     assert not engine.running
+
+
+async def test_admission_queue_gauges_follow_admission_and_release() -> None:
+    store = InMemoryMetricsBackend()
+    http, _ = await make_app(FakeEngine(token_delay_s=0.05), metrics=ServeAppMetrics(store))
+    async with http:
+        request = asyncio.create_task(http.post("/v1/completions", json=completion("s", max_tokens=8)))
+        depths, tokens = [], []
+        while not request.done():
+            depths.append(store.gauge("serve_app_router_queue_depth", replica="router-1"))
+            tokens.append(store.gauge("serve_app_router_queued_tokens", replica="router-1"))
+            await asyncio.sleep(0.01)
+        assert request.result().status_code == 200
+    assert 1 in depths, "the gauge must show the request while it is admitted"
+    assert max(t or 0 for t in tokens) >= 8  # the estimate: prompt tokens + max_tokens
+    assert store.gauge("serve_app_router_queue_depth", replica="router-1") == 0
+    assert store.gauge("serve_app_router_queued_tokens", replica="router-1") == 0
+
+
+async def test_unbatched_requests_record_batches_of_one_and_their_queue_wait() -> None:
+    store = InMemoryMetricsBackend()
+    http, _ = await make_app(FakeEngine(), metrics=ServeAppMetrics(store))
+    async with http:
+        for i in range(2):
+            assert (await http.post("/v1/completions", json=completion(f"u{i}"))).status_code == 200
+        assert (await http.post("/v1/completions", json=completion("n", n=3))).status_code == 200
+        assert (await http.post("/v1/embeddings", json={"model": "emb", "input": "x"})).status_code == 200
+    assert store.observations("serve_app_router_batch_size", model="fake") == [1.0, 1.0, 3.0]
+    assert store.observations("serve_app_router_batch_size", model="emb") == [1.0]
+    waits = store.observations("serve_app_router_queue_wait_seconds", model="fake")
+    assert len(waits) == 3 and all(0 <= w < 1 for w in waits)
+
+
+async def test_batched_requests_record_the_batch_and_each_requests_wait() -> None:
+    store = InMemoryMetricsBackend()
+    http, _ = await make_app(FakeEngine(), metrics=ServeAppMetrics(store), max_batch_size=8, batch_timeout_ms=50)
+    async with http:
+        responses = await asyncio.gather(*(http.post("/v1/completions", json=completion(f"b{i}")) for i in range(3)))
+        assert [r.status_code for r in responses] == [200] * 3
+        bodies = [{"model": "emb", "input": f"e{i}"} for i in range(2)]
+        await asyncio.gather(*(http.post("/v1/embeddings", json=b) for b in bodies))
+    assert store.observations("serve_app_router_batch_size", model="fake") == [3.0]
+    assert store.observations("serve_app_router_batch_size", model="emb") == [2.0]
+    waits = store.observations("serve_app_router_queue_wait_seconds", model="fake")
+    # The batch closes 50 ms after its first request: that request waited at least that long.
+    assert len(waits) == 3 and max(waits) >= 0.045
+    assert len(store.observations("serve_app_router_queue_wait_seconds", model="emb")) == 2
+
+
+async def test_rejections_are_counted_by_reason() -> None:
+    store = InMemoryMetricsBackend()
+    router = RouterConfig(max_queued_requests=1)
+    http, _ = await make_app(FakeEngine(token_delay_s=0.05), router=router, metrics=ServeAppMetrics(store))
+    async with http:
+        responses = await asyncio.gather(
+            *(http.post("/v1/completions", json=completion(f"r{i}", max_tokens=8)) for i in range(3))
+        )
+    assert sorted(r.status_code for r in responses) == [200, 429, 429]
+    assert store.counter("serve_app_router_rejections", reason="queue_full") == 2
+    assert store.gauge("serve_app_router_queue_depth", replica="router-1") == 0

@@ -1,0 +1,81 @@
+"""Command wiring: `quantize` fails before any work; `evaluate` writes the report the gate reads.
+
+The vLLM measurement is replaced by fixed numbers here (the real worker runs vLLM and is exercised
+by the recorded runs in benchmarks/results/quantization); what is tested is the plumbing around it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from serve_app.commands import evaluate as evaluate_command
+from serve_app.commands import quantize as quantize_command
+from serve_app.quantize import runner
+from serve_app.quantize.evaluate import ModelMeasurement
+from serve_app.quantize.gate import GateError, check_deployable
+from serve_app.quantize.report import EVAL_REPORT
+
+SMOLLM2 = {"hidden_size": 576, "num_attention_heads": 9, "head_dim": 64, "intermediate_size": 1536}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    quantize_command.register(sub)
+    evaluate_command.register(sub)
+    return parser
+
+
+def _checkpoint(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(SMOLLM2 | {"quantization_config": {"format": "pack-quantized"}}))
+    (folder / "model.safetensors").write_bytes(b"\0" * 32)
+    return folder
+
+
+def test_quantize_refuses_a_bad_group_size_before_starting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(SMOLLM2))
+    argv = ["quantize", "--model", str(model), "--method", "awq", "--group-size", "128", "--out", str(tmp_path / "o")]
+    code = quantize_command.run(_parser().parse_args([*argv, "--quant-python", sys.executable]))
+    assert code == 2
+    assert "does not divide" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def _measurement(model: str, ppl: float, correct: int) -> ModelMeasurement:
+    golden = [{"question": f"q{i}", "answer": "a", "reply": "", "correct": i < correct} for i in range(10)]
+    return ModelMeasurement(model, "bfloat16", None, 100, 1.0, 1000, -1000.0, ppl, 10.0, golden, 64, 50.0)
+
+
+@pytest.mark.parametrize(("ppl", "correct", "code"), [(20.5, 10, 0), (30.0, 10, 1), (20.0, 5, 1)])
+def test_evaluate_writes_the_report_the_gate_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ppl: float, correct: int, code: int
+) -> None:
+    candidate, baseline = _checkpoint(tmp_path / "q"), tmp_path / "base"
+    baseline.mkdir()
+    fake = {str(candidate): _measurement("q", ppl, correct), str(baseline): _measurement("b", 20.0, 10)}
+    monkeypatch.setattr(runner, "measure_model", lambda model, *_a, **_k: fake[str(model)])
+    args = _parser().parse_args(["evaluate", "--model", str(candidate), "--baseline", str(baseline)])
+    assert evaluate_command.run(args) == code
+    report = json.loads((candidate / EVAL_REPORT).read_text())
+    assert report["passed"] is (code == 0)
+    model = type("M", (), {"id": "q", "allow_ungated": False})()
+    if code == 0:
+        check_deployable(model, candidate)
+    else:
+        with pytest.raises(GateError, match="evaluation failed"):
+            check_deployable(model, candidate)
+
+
+def test_evaluate_of_on_load_quantization_needs_an_explicit_report(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    args = _parser().parse_args(["evaluate", "--model", str(folder), "--quantization", "int8-weight-only"])
+    assert evaluate_command.run(args) == 2
