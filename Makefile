@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-cpu
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: install install-test serve test test-unit test-integration lint format check clean
+.PHONY: install install-test serve test test-unit test-integration soak lint format check clean
 
 $(STAMP): requirements/cpu.txt requirements/cpu-nodeps.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ test-unit: install-test
 test-integration: install-test
 	$(VENV)/bin/serve-app prepare-model --quiet
 	$(PY) -m pytest -q tests/integration
+
+## Every fault scenario with more load (the CI runs the quick subset); the report goes to benchmarks/results/faults.
+soak: install-test
+	$(VENV)/bin/serve-app prepare-model --quiet
+	$(PY) -m pytest -q -s -p no:cacheprovider tests/faults --soak --faults-report benchmarks/results/faults
 
 lint: install-test
 	$(VENV)/bin/ruff check serve_app tests benchmarks

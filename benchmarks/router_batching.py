@@ -3,12 +3,15 @@
 Generation: SmolLM2 at 32 concurrent clients x 200 new tokens (the seed's load) for every
 ``batch_timeout_ms`` in {0, 5, 20} x ``max_batch_size`` in {1, 8, 32}, measured by
 ``serve-app bench``. Embeddings: all-MiniLM-L6-v2 at 64 concurrent clients, one input each,
-with and without router batching.
+with and without router batching (the configurations deployed side by side, rounds alternating).
 
     python benchmarks/router_batching.py --out benchmarks/results/router-batching
+    # embeddings only, three alternating rounds per configuration, into their own folder:
+    python benchmarks/router_batching.py --no-generation --embed-rounds 3 \
+        --out benchmarks/results/router-batching/embeddings
 
-Each configuration is a fresh deployment (batching settings are part of the model config);
-configurations run back to back, so machine noise spreads over all of them.
+Each generation configuration is a fresh deployment (batching settings are part of the model
+config); configurations run back to back, so machine noise spreads over all of them.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from tests.integration.conftest import free_port, wait_ready  # noqa: E402
 
 TIMEOUTS_MS = (0, 5, 20)
 BATCH_SIZES = (1, 8, 32)
+# (max_batch_size, batch_timeout_ms): router batching off, then on.
+EMBED_CONFIGS = ((1, 0), (32, 5), (32, 20))
+EMBED_CLIENT_TIMEOUT_S = 120.0
 
 
 def generation_config(size: int, timeout_ms: int) -> Any:
@@ -79,19 +85,25 @@ def bench_generation(base_url: str, out: Path) -> dict[str, Any]:
 
 
 async def _embed_load(base_url: str, clients: int, requests: int) -> dict[str, float]:
+    """``clients`` closed-loop clients send ``requests`` one-input embedding requests in all; a
+    request that times out counts as a timeout (and its latency as the client timeout)."""
     latencies: list[float] = []
-    errors = 0
+    errors = timeouts = 0
     todo = iter(range(requests))
-    async with httpx.AsyncClient(base_url=base_url, timeout=120) as http:
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(base_url=base_url, timeout=EMBED_CLIENT_TIMEOUT_S, limits=limits) as http:
 
         async def client() -> None:
-            nonlocal errors
+            nonlocal errors, timeouts
             for i in todo:
                 t0 = time.perf_counter()
                 body = {"model": "all-minilm-l6-v2", "input": f"query number {i}: where is the capital of France?"}
-                resp = await http.post("/v1/embeddings", json=body)
+                try:
+                    resp = await http.post("/v1/embeddings", json=body)
+                    errors += resp.status_code != 200
+                except httpx.TimeoutException:
+                    timeouts += 1
                 latencies.append(time.perf_counter() - t0)
-                errors += resp.status_code != 200
 
         started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
@@ -100,8 +112,62 @@ async def _embed_load(base_url: str, clients: int, requests: int) -> dict[str, f
         "requests_per_s": requests / wall,
         "p50_ms": percentile(latencies, 50) * 1000,
         "p95_ms": percentile(latencies, 95) * 1000,
+        "max_ms": max(latencies) * 1000,
         "errors": errors,
+        "timeouts": timeouts,
     }
+
+
+def deploy_side_by_side(configs: tuple[tuple[int, int], ...], base_url: str) -> dict[tuple[int, int], str]:
+    """Each embeddings configuration as its own app under its own route prefix, all at once, so
+    that load rounds can alternate between them and a busy spell of the machine hits every
+    configuration alike. Returns each configuration's base URL."""
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    urls: dict[tuple[int, int], str] = {}
+    for size, timeout_ms in configs:
+        name = f"emb-b{size}-t{timeout_ms}"
+        serve.run(build_app(embedding_config(size, timeout_ms)), name=name, route_prefix=f"/{name}", blocking=False)
+        urls[(size, timeout_ms)] = f"{base_url}/{name}"
+    for url in urls.values():
+        wait_ready(url)
+    return urls
+
+
+def bench_embeddings(base_url: str, rounds: int) -> list[dict[str, Any]]:
+    """64 concurrent clients x 1,024 one-input requests per round, rounds alternating between
+    the configurations (deployed side by side)."""
+    urls = deploy_side_by_side(EMBED_CONFIGS, base_url)
+    for url in urls.values():
+        asyncio.run(_embed_load(url, 8, 32))  # warm-up
+    rows = []
+    for round_ in range(1, rounds + 1):
+        for (size, timeout_ms), url in urls.items():
+            result = asyncio.run(_embed_load(url, 64, 1024))
+            rows.append({"kind": "embeddings", "max_batch_size": size, "batch_timeout_ms": timeout_ms} | result)
+            rows[-1]["round"] = round_
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| kind | max_batch_size | batch_timeout_ms | round | req/s or tok/s | p50 (ms) | p95 (ms) | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r["kind"] == "embeddings":
+            cells = [r["round"], f"{r['requests_per_s']:.1f} req/s", f"{r['p50_ms']:.0f}", f"{r['p95_ms']:.0f}"]
+            cells.append(f"{r['errors']} (+{r['timeouts']} timeouts)")
+        else:
+            cells = ["", f"{r['output_tok_per_s']:.1f} tok/s", f"{r['p50_e2e_ms']:.0f}", f"{r['p95_e2e_ms']:.0f}"]
+            cells.append(r["failed"])
+        lines.append(
+            "| " + " | ".join(str(c) for c in [r["kind"], r["max_batch_size"], r["batch_timeout_ms"], *cells]) + " |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -112,6 +178,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--configs", default="", help="only these SIZExTIMEOUT pairs, e.g. 32x20 (default: all)")
     parser.add_argument("--no-embeddings", action="store_true")
+    parser.add_argument("--no-generation", action="store_true")
+    parser.add_argument("--embed-rounds", type=int, default=1, help="load rounds per embeddings configuration")
     args = parser.parse_args()
     wanted = {tuple(int(x) for x in pair.split("x")) for pair in args.configs.split(",") if pair}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -123,22 +191,21 @@ def main() -> None:
     try:
         for timeout_ms in TIMEOUTS_MS:
             for size in BATCH_SIZES:
-                if wanted and (size, timeout_ms) not in wanted:
+                if args.no_generation or (wanted and (size, timeout_ms) not in wanted):
                     continue
                 deploy(generation_config(size, timeout_ms), base_url)
                 summary = bench_generation(base_url, args.out / f"gen-b{size}-t{timeout_ms}")
                 rows.append({"kind": "generation", "max_batch_size": size, "batch_timeout_ms": timeout_ms} | summary)
                 print(json.dumps(rows[-1])[:300], flush=True)
-        for size, timeout_ms in () if args.no_embeddings else ((1, 0), (32, 5)):
-            deploy(embedding_config(size, timeout_ms), base_url)
-            asyncio.run(_embed_load(base_url, 8, 32))  # warm-up
-            result = asyncio.run(_embed_load(base_url, 64, 1024))
-            rows.append({"kind": "embeddings", "max_batch_size": size, "batch_timeout_ms": timeout_ms} | result)
-            print(json.dumps(rows[-1]), flush=True)
+        if not args.no_embeddings:
+            if "serve-app" in serve.status().applications:
+                serve.delete("serve-app")  # the generation app: its replica would compete for the CPU
+            rows += bench_embeddings(base_url, args.embed_rounds)
     finally:
         serve.shutdown()
         ray.shutdown()
     (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+    (args.out / "results.md").write_text(markdown(rows))
     (args.out / "command.txt").write_text("python " + " ".join(sys.argv) + "\n")
 
 

@@ -7,14 +7,16 @@ before calling this, so ``serve run``, ``serve deploy`` and Python share one val
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from ray import serve
 from ray.serve import Application
 
-from serve_app.config import AppConfig, ModelConfig, RouterConfig, load_config
+from serve_app.config import EMBEDDED_PREFIX, AppConfig, ModelConfig, RouterConfig, ServerConfig, load_config
 from serve_app.core.nccl import NcclConfig
 from serve_app.core.placement import load_model_shape, plan_replica_placement
+from serve_app.quantize.gate import check_deployable
 from serve_app.replica.deployment import LLMReplica
 from serve_app.router.deployment import RouterDeployment
 
@@ -58,7 +60,17 @@ def _request_router(router: RouterConfig) -> dict[str, Any]:
     }
 
 
-def replica_options(model: ModelConfig, router: RouterConfig, nccl: NcclConfig) -> dict[str, Any]:
+def ray_serve_env_vars(server: ServerConfig) -> dict[str, str]:
+    """Ray Serve's own per-process settings (read by Ray when a replica process starts)."""
+    return {
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1" if server.ray_serve_throughput_optimized else "0",
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1" if server.ray_serve_direct_ingress else "0",
+    }
+
+
+def replica_options(
+    model: ModelConfig, router: RouterConfig, nccl: NcclConfig, serve_env: dict[str, str] | None = None
+) -> dict[str, Any]:
     actor = model.ray_actor_options
     placement = plan_replica_placement(model, load_model_shape(model))
     # A multi-GPU replica's GPUs are its placement group's worker bundles, not the actor's own.
@@ -68,7 +80,7 @@ def replica_options(model: ModelConfig, router: RouterConfig, nccl: NcclConfig) 
         ray_actor_options["memory"] = actor.memory
     if actor.resources:
         ray_actor_options["resources"] = dict(actor.resources)
-    env_vars = nccl.env_vars() | dict(actor.env_vars)  # the model's own values win
+    env_vars = (serve_env or {}) | nccl.env_vars() | dict(actor.env_vars)  # the model's own values win
     if env_vars:
         ray_actor_options["runtime_env"] = {"env_vars": env_vars}
     options: dict[str, Any] = {
@@ -90,18 +102,28 @@ def replica_options(model: ModelConfig, router: RouterConfig, nccl: NcclConfig) 
     return options
 
 
+def check_quantization_gates(config: AppConfig) -> None:
+    """Refuse quantized checkpoints without a passing evaluation before anything is deployed
+    (serve_app.quantize.gate). Folders not readable here pass; each replica checks again on load."""
+    for model in config.models:
+        if not model.source.startswith(EMBEDDED_PREFIX):
+            check_deployable(model, Path(model.source).expanduser())
+
+
 def build_app(args: AppConfig) -> Application:
     config = load_config(args) if not isinstance(args, AppConfig) else args
+    check_quantization_gates(config)
+    serve_env = ray_serve_env_vars(config.server)
     replicas = {
         m.id: serve.deployment(LLMReplica)
-        .options(**replica_options(m, config.router, config.nccl))
-        .bind(m, config.model_cache_dir, export_metrics=True)
+        .options(**replica_options(m, config.router, config.nccl, serve_env))
+        .bind(m, config.model_cache_dir, export_metrics=True, json_logs=True)
         for m in config.models
     }
     router = serve.deployment(serve.ingress()(RouterDeployment)).options(
         name=ROUTER_DEPLOYMENT,
         num_replicas=config.router.num_replicas,
         max_ongoing_requests=config.router.max_ongoing_requests,
-        ray_actor_options={"num_cpus": config.router.num_cpus},
+        ray_actor_options={"num_cpus": config.router.num_cpus, "runtime_env": {"env_vars": serve_env}},
     )
     return router.bind(config, replicas)

@@ -5,9 +5,13 @@ are started in their own sessions):
 
     python benchmarks/gpu/compare.py start  --out $OUT   # model folders, plain vLLM, then the stack
     python benchmarks/gpu/compare.py bench  --out $OUT   # waits for both, then interleaved runs
+    python benchmarks/gpu/compare.py tp2    --out $OUT   # stops both, then the stack with TP=2
 
-Both servers share the GPU (0.42 of its memory each), so every pair of measurements runs on the
-same machine minutes apart, alternating plain/stack, two rounds.
+Both servers share one GPU (0.42 of its memory each), so every pair of measurements runs on the
+same machine minutes apart, alternating plain/stack, two rounds. The stack is measured through two
+front doors of the same deployment: Ray Serve's HTTP proxy (port 8000) and Ray Serve's direct
+ingress (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``: the router replica serves HTTP itself, on the
+first port of Ray's 30000-31000 range), which removes one process hop from every request.
 """
 
 from __future__ import annotations
@@ -28,7 +32,10 @@ DUMMY = Path("/tmp/llama8b-dummy")
 CACHE = Path("/tmp/mc")
 PLAIN_URL = "http://127.0.0.1:8100"
 STACK_URL = "http://127.0.0.1:8000"
+DIRECT_URL = "http://127.0.0.1:30000"
 MODEL = "llama-8b-dummy"
+# Every process here: NVLink multicast stays off on lent machines (their KINDS.md says why).
+GPU_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
 def _get(url: str) -> int:
@@ -50,23 +57,38 @@ def wait_for(url: str, timeout_s: float, proc: subprocess.Popen | None = None) -
     raise TimeoutError(f"{url} not 200 after {timeout_s} s")
 
 
-def _spawn(cmd: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
+def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    full_env = os.environ | GPU_ENV | (env or {})
+    return subprocess.Popen(
+        cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO, env=full_env
+    )
+
+
+def _stack_env(gpus: str) -> dict[str, str]:
+    # Ray workers (and vLLM's own Ray workers for TP) import serve_app from this checkout.
+    path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH", ""), str(REPO)) if p)
+    return {"CUDA_VISIBLE_DEVICES": gpus, "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "PYTHONPATH": path}
+
+
+def prepare_models() -> None:
+    """SmolLM2 converted in its own process (see ../shared/gpu/README.md), then the 8B-shaped folder."""
+    if not DUMMY.exists():
+        subprocess.run([sys.executable, "-m", "serve_app.cli", "prepare-model", "--cache-dir", str(CACHE)], check=True)
+        smollm2 = CACHE / "smollm2-135m-instruct"
+        subprocess.run([sys.executable, str(HERE / "make_8b_dummy.py"), str(smollm2), str(DUMMY)], check=True)
 
 
 def start(out: Path, timeout_s: float, tp: int) -> None:
-    subprocess.run([sys.executable, "-m", "serve_app.cli", "prepare-model", "--cache-dir", str(CACHE)], check=True)
-    subprocess.run(
-        [sys.executable, str(HERE / "make_8b_dummy.py"), str(CACHE / "smollm2-135m-instruct"), str(DUMMY)], check=True
-    )
+    prepare_models()
     plain = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(DUMMY)]
     plain += ["--served-model-name", MODEL, "--load-format", "dummy", "--dtype", "bfloat16", "--port", "8100"]
     plain += ["--gpu-memory-utilization", "0.42", "--max-model-len", "4096", "--tensor-parallel-size", str(tp)]
     started = time.monotonic()
-    proc = _spawn(plain, Path("/tmp/plain.log"))
+    proc = _spawn(plain, Path("/tmp/plain.log"), {"CUDA_VISIBLE_DEVICES": "0"})
     print(f"plain vLLM healthy after {wait_for(PLAIN_URL + '/health', timeout_s, proc):.0f} s", flush=True)
     stack_config = HERE / ("stack-8b-dummy.yaml" if tp == 1 else f"stack-8b-dummy-tp{tp}.yaml")
-    _spawn([shutil.which("serve") or "serve", "run", str(stack_config)], Path("/tmp/stack.log"))
+    gpus = ",".join(str(i) for i in range(tp))
+    _spawn([shutil.which("serve") or "serve", "run", str(stack_config)], Path("/tmp/stack.log"), _stack_env(gpus))
     (out / "start.json").write_text(json.dumps({"plain_start_s": time.monotonic() - started}))
 
 
@@ -89,10 +111,13 @@ def bench(out: Path, timeout_s: float, rounds: int) -> None:
     ready_s = wait_for(STACK_URL + "/ready", timeout_s)
     wait_for(PLAIN_URL + "/health", 60)
     results: list[dict] = []
-    plan = [(1, 40), (64, 320)]
+    servers = [("plain", PLAIN_URL), ("stack", STACK_URL)]
+    if _get(DIRECT_URL + "/ready") == 200:
+        servers.append(("stack-direct", DIRECT_URL))
+    plan = [(1, 30), (64, 320)]
     for r in range(rounds):
         for concurrency, prompts in plan:
-            for name, url in (("plain", PLAIN_URL), ("stack", STACK_URL)):
+            for name, url in servers:
                 metrics = bench_once(url, concurrency, prompts, seed=r)
                 results.append({"round": r, "server": name, "concurrency": concurrency} | metrics)
                 print(name, concurrency, round(metrics["output_throughput"], 1), flush=True)
@@ -107,29 +132,73 @@ def _mean(rows: list[dict], key: str) -> float:
 
 def summarize(results: list[dict]) -> str:
     keys = ["output_throughput", "median_ttft_ms", "median_tpot_ms", "median_itl_ms", "p99_ttft_ms"]
-    lines = ["| concurrency | metric | plain vLLM | this stack | stack / plain |", "|---|---|---|---|---|"]
+    names = [n for n in ("stack", "stack-direct") if any(r["server"] == n for r in results)]
+    head = "| concurrency | metric | plain vLLM | " + " | ".join(f"{n} | {n} / plain" for n in names) + " |"
+    lines = [head, "|" + "---|" * (3 + 2 * len(names))]
     for c in sorted({r["concurrency"] for r in results}):
-        plain = [r for r in results if r["concurrency"] == c and r["server"] == "plain"]
-        stack = [r for r in results if r["concurrency"] == c and r["server"] == "stack"]
+        rows = {n: [r for r in results if r["concurrency"] == c and r["server"] == n] for n in ("plain", *names)}
         for k in keys:
-            p, s = _mean(plain, k), _mean(stack, k)
-            lines.append(f"| {c} | {k} | {p:.2f} | {s:.2f} | {s / p:.3f} |")
+            p = _mean(rows["plain"], k)
+            cells = " | ".join(f"{_mean(rows[n], k):.2f} | {_mean(rows[n], k) / p:.3f}" for n in names)
+            lines.append(f"| {c} | {k} | {p:.2f} | {cells} |")
     return "\n".join(lines) + "\n"
+
+
+def stop_servers() -> None:
+    if ray := shutil.which("ray"):
+        subprocess.run([ray, "stop", "--force"], capture_output=True)
+    subprocess.run(["pkill", "-f", "[a]pi_server"], capture_output=True)
+    time.sleep(5)
+
+
+def tp2(out: Path, timeout_s: float) -> None:
+    """The stack alone with one TP=2 replica on both GPUs: start time, pre-flight, a short bench."""
+    stop_servers()
+    prepare_models()
+    started = time.monotonic()
+    config = HERE / "stack-8b-dummy-tp2.yaml"
+    proc = _spawn([shutil.which("serve") or "serve", "run", str(config)], Path("/tmp/stack-tp2.log"), _stack_env("0,1"))
+    ready_s = wait_for(STACK_URL + "/ready", timeout_s, proc)
+    print(f"TP=2 stack ready after {ready_s:.0f} s", flush=True)
+    runs = []
+    for concurrency, prompts in ((1, 20), (32, 160)):
+        metrics = bench_once(STACK_URL, concurrency, prompts, seed=0)
+        runs.append({"server": "stack-tp2", "concurrency": concurrency} | metrics)
+        print("stack-tp2", concurrency, round(metrics["output_throughput"], 1), flush=True)
+    payload = {"ready_after_s": ready_s, "start_wall_s": time.monotonic() - started, "runs": runs}
+    (out / "tp2.json").write_text(json.dumps(payload, indent=1))
+
+
+def collect_logs(out: Path) -> None:
+    """Server and Ray logs come back with the results (tails only: the transfer is limited)."""
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    candidates = [Path("/tmp/plain.log"), Path("/tmp/stack.log"), Path("/tmp/stack-tp2.log")]
+    candidates += sorted(Path("/tmp/ray/session_latest/logs/serve").glob("*.log"))
+    candidates += sorted(Path("/tmp/ray/session_latest/logs").glob("worker-*.err"))
+    for path in candidates:
+        if path.is_file() and path.stat().st_size:
+            (logs / path.name).write_bytes(path.read_bytes()[-200_000:])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("phase", choices=["start", "bench"])
+    parser.add_argument("phase", choices=["start", "bench", "tp2", "logs"])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/out")))
     parser.add_argument("--timeout", type=float, default=420)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--tp", type=int, default=1, help="tensor parallel size of both servers")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.phase == "start":
-        start(args.out, args.timeout, args.tp)
-    else:
-        bench(args.out, args.timeout, args.rounds)
+    try:
+        if args.phase == "start":
+            start(args.out, args.timeout, args.tp)
+        elif args.phase == "bench":
+            bench(args.out, args.timeout, args.rounds)
+        elif args.phase == "tp2":
+            tp2(args.out, args.timeout)
+    finally:
+        collect_logs(args.out)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from serve_app.bench.records import (
     Prompt,
     RequestRecord,
     http_error_kind,
+    is_openai_error,
+    is_openai_error_body,
 )
 from serve_app.bench.settings import Target
 from serve_app.bench.sse import DONE, SseParser
@@ -75,6 +77,7 @@ class _StreamState:
             raise ValueError("stream event is not a JSON object")
         if data.get("error") and not data.get("choices"):
             self.record.fail(STREAM_ERROR, json.dumps(data["error"])[:500])
+            self.record.openai_error = is_openai_error(data["error"])
             return
         if choices := data.get("choices"):
             if self.record.ttft_s is None:
@@ -118,14 +121,17 @@ async def _read_stream(
     async for raw in response.content.iter_any():
         now = clock()
         for payload in parser.feed(raw):
-            state.handle(payload, now)
-            if record.error_kind is not None:
-                return
+            # After an error event, only "[DONE]" is still of interest: it closes the stream cleanly.
+            if record.error_kind is None or payload == DONE:
+                state.handle(payload, now)
     for payload in parser.close():
-        state.handle(payload, clock())
+        if record.error_kind is None or payload == DONE:
+            state.handle(payload, clock())
+    record.stream_done = state.done
     record.latency_s = state.last_event - started
     _set_output_tokens(record, "".join(state.text_chunks), state.usage, count, len(state.text_chunks))
     if record.error_kind is not None:
+        record.latency_s = clock() - started
         return
     if not state.done:
         record.fail(CUT_STREAM, "the stream ended without [DONE]")
@@ -160,15 +166,20 @@ async def send_request(
 ) -> RequestRecord:
     """Send one request and fill ``record``; failures are recorded by kind, never raised."""
     payload = build_payload(target, prompt)
+    headers = {"X-Request-Id": record.request_id} if record.request_id else None
     started = clock()
     responded = False
     try:
-        async with session.post(target.request_url, json=payload) as response:
+        async with session.post(target.request_url, json=payload, headers=headers) as response:
             responded = True
+            record.http_status = response.status
+            record.echoed_request_id = response.headers.get("X-Request-Id")
+            record.retry_after = response.headers.get("Retry-After")
             if response.status != 200:
                 body = await response.text()
                 record.latency_s = clock() - started
                 record.fail(http_error_kind(response.status), body)
+                record.openai_error = is_openai_error_body(body)
                 return record
             reader = _read_stream if target.stream else _read_json
             await reader(response, record, started, clock, count_tokens)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,20 @@ BAD_RESPONSE = "bad_response"  # a body that is not the expected JSON
 
 def http_error_kind(status: int) -> str:
     return f"http_{status}"
+
+
+def is_openai_error(error: Any) -> bool:
+    """An OpenAI-style error object: ``{"message": str, ...}`` (the value under ``"error"``)."""
+    return isinstance(error, dict) and isinstance(error.get("message"), str) and bool(error["message"])
+
+
+def is_openai_error_body(body: str) -> bool:
+    """A response body that is ``{"error": {"message": ...}}``: an error a client can act on."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and is_openai_error(data.get("error"))
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,15 @@ class RequestRecord:
     success: bool = False
     error_kind: str | None = None
     error: str = ""
+    # What the fault ledger (serve_app.bench.ledger) checks: the X-Request-Id sent (when set) and
+    # the one the server echoed, the status and Retry-After header, whether a stream reached
+    # "data: [DONE]", and whether an error (HTTP body or stream event) was an OpenAI error object.
+    request_id: str = ""
+    echoed_request_id: str | None = None
+    http_status: int | None = None
+    retry_after: str | None = None
+    stream_done: bool = False
+    openai_error: bool = False
 
     def fail(self, kind: str, detail: str) -> None:
         self.success = False

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextvars
 import logging
 import time
 from collections import deque
@@ -195,7 +196,13 @@ class AsyncBatcher(Generic[T]):
             self._spawn(batch)
 
     def _spawn(self, batch: list[T]) -> None:
-        task = asyncio.create_task(self._run_dispatch(batch))
+        # A batch serves many requests, so it runs in an empty context, not in a copy of the
+        # context of whichever request closed it (or started the timer): frameworks keep
+        # per-request state in context variables. Ray Serve does: a replica call inherits the
+        # request id from it, its request router indexes calls pending assignment by that id,
+        # and of two batches sent under one id the second was never assigned (its requests hung);
+        # a client disconnect of that one request would also cancel the whole batch's call.
+        task = asyncio.create_task(self._run_dispatch(batch), context=contextvars.Context())
         self._inflight.add(task)
         task.add_done_callback(self._on_dispatch_done)
 
@@ -218,7 +225,7 @@ class AsyncBatcher(Generic[T]):
         if self._wakeup is None:
             self._wakeup = asyncio.Event()
         if self._timer is None or self._timer.done():
-            self._timer = asyncio.create_task(self._run_timer(self._wakeup))
+            self._timer = asyncio.create_task(self._run_timer(self._wakeup), context=contextvars.Context())
         return self._wakeup
 
     async def _run_timer(self, wakeup: asyncio.Event) -> None:

@@ -93,7 +93,12 @@ E2E_BUCKETS = (
     15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0, 600.0,
 )  # fmt: skip
 QUEUE_WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-BATCH_SIZE_BUCKETS = tuple(float(2**i) for i in range(11))  # 1 .. 1024
+# Batch sizes are whole numbers. Edges halfway between them give each size from 1 to 8 a bucket
+# centred on it: Ray's agent re-records every observation at its bucket's midpoint, so the mean
+# (_sum / _count) is exact there, and histogram_quantile reads 1 as the median of unbatched
+# traffic (with edges 1, 2, 4, ... size 1 fell in the lowest bucket, which it interpolates from
+# 0: a median of 0.5). Past 8 the widths double and the mean is approximate.
+BATCH_SIZE_BUCKETS = (*(n + 0.5 for n in range(9)), *(2.0**k + 0.5 for k in range(4, 11)))  # 0.5 .. 1024.5
 
 _C, _G, _H = MetricKind.COUNTER, MetricKind.GAUGE, MetricKind.HISTOGRAM
 _ROUTER, _REPLICA, _AUTOSCALER = Component.ROUTER, Component.REPLICA, Component.AUTOSCALER

@@ -50,6 +50,16 @@ def histogram_quantile(quantile: float, spec: MetricSpec, by: tuple[str, ...] = 
     return f"histogram_quantile({quantile}, sum{_by(('le', *by))}(rate({bucket}[{RATE_WINDOW}])))"
 
 
+def histogram_mean(spec: MetricSpec, by: tuple[str, ...] = (), matchers: str = "") -> str:
+    """Mean observation over the rate window (rate of ``_sum`` over rate of ``_count``)."""
+    _need(spec, MetricKind.HISTOGRAM, by)
+    rates = (
+        f"sum{_by(by)}(rate({selector(f'{spec.exported_name}_{part}', spec, matchers)}[{RATE_WINDOW}]))"
+        for part in ("sum", "count")
+    )
+    return " / ".join(rates)
+
+
 def gauge(spec: MetricSpec, by: tuple[str, ...] = (), aggregation: str = "sum", matchers: str = "") -> str:
     _need(spec, MetricKind.GAUGE, by)
     return f"{aggregation}{_by(by)}({selector(spec.exported_name, spec, matchers)})"

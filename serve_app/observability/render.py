@@ -27,8 +27,6 @@ MAIN_PANELS = (
     ("serve-app-overview", "Time per output token"),
     ("serve-app-overview", "Tokens/s"),
     ("serve-app-router", "Queue depth"),
-    # Not "Batch size": histogram_quantile interpolates inside the lowest bucket (0, 1], so
-    # unbatched traffic (every batch of 1) reads as a median of 0.5 in a static picture.
     ("serve-app-router", "Rejections/s by reason"),
     ("serve-app-engine", "KV-cache usage"),
     ("serve-app-autoscaling", "Replicas: running, desired, target"),

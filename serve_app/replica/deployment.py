@@ -7,6 +7,7 @@ importing this module starts nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -28,9 +29,12 @@ from serve_app.engine.types import (
     SamplingOptions,
     merge_chunks,
 )
+from serve_app.observability.logs import GenerationLog, install_json_logging
 from serve_app.observability.recorder import ServeAppMetrics
 
 logger = logging.getLogger("serve_app.replica")
+
+_ENGINE_FAILED = "the engine failed its health check; the replica is being replaced, retry"
 
 EngineFactory = Callable[[ModelConfig, Path], Engine]
 
@@ -48,9 +52,14 @@ def _replica_name() -> str:
 
 
 def resolve_model_path(config: ModelConfig, cache_dir: str | None) -> Path:
+    """The model folder on this node; a quantized one must pass the deployment gate here too,
+    since the app may have been built where the folder was not readable."""
     from serve_app.models.embedded import resolve_source
+    from serve_app.quantize.gate import check_deployable
 
-    return resolve_source(config.source, Path(cache_dir) if cache_dir else None)
+    path = resolve_source(config.source, Path(cache_dir) if cache_dir else None)
+    check_deployable(config, path)
+    return path
 
 
 class LLMReplica:
@@ -63,7 +72,10 @@ class LLMReplica:
         engine_factory: EngineFactory | None = None,
         drain_timeout_s: float = 60.0,
         export_metrics: bool = False,
+        json_logs: bool = False,
     ) -> None:
+        if json_logs:
+            install_json_logging()  # serve_app.observability.logs says why not Ray Serve's JSON encoding
         self.model = model
         self.metrics = ServeAppMetrics.for_ray() if export_metrics else ServeAppMetrics.disabled()
         self.replica_name = _replica_name() if export_metrics else "local"
@@ -72,6 +84,8 @@ class LLMReplica:
         self._shutting_down = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self._last_progress = time.monotonic()  # the last chunk out of the engine (see check_health)
+        self._engine_failed = False  # set when check_health fails: nothing left to drain
         path = await asyncio.to_thread(resolve_model_path, model, cache_dir)
         self.engine: Engine = (engine_factory or vllm_engine_factory)(model, path)
         started = time.monotonic()
@@ -81,7 +95,7 @@ class LLMReplica:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Stream one completion. Client-facing errors come back as a chunk with ``error`` set
         (not an exception) so the router can map them without unpicking Ray's error wrappers."""
-        async for chunk in coalesced(self._stream(request, index=0), merge_chunks):
+        async for chunk in coalesced(self._logged(request, index=0), merge_chunks):
             yield chunk
 
     async def generate_batch(self, requests: list[GenerationRequest]) -> AsyncIterator[GenerationChunk]:
@@ -91,7 +105,7 @@ class LLMReplica:
 
         async def pump(i: int, req: GenerationRequest) -> None:
             try:
-                async for chunk in self._stream(req, index=i):
+                async for chunk in self._logged(req, index=i):
                     queue.put_nowait(chunk)
             finally:
                 queue.put_nowait(None)
@@ -111,16 +125,34 @@ class LLMReplica:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    async def _logged(self, request: GenerationRequest, index: int) -> AsyncIterator[GenerationChunk]:
+        """``_stream`` plus one log line when the generation ends, keyed by the client's request id
+        (readiness probes call ``_stream`` directly and stay out of the log)."""
+        log = GenerationLog(request.request_id, self.model.id, self.replica_name, time.monotonic())
+        try:
+            async for chunk in self._stream(request, index):
+                log.add(chunk)
+                yield chunk
+        finally:
+            log.write(logger, time.monotonic())
+
     async def _stream(self, request: GenerationRequest, index: int) -> AsyncIterator[GenerationChunk]:
-        if self._shutting_down:
-            yield GenerationChunk(
-                index=index, error=RequestError(503, "replica is shutting down", type="service_unavailable")
-            )
+        if self._shutting_down or self._engine_failed:
+            reason = "replica is shutting down" if self._shutting_down else _ENGINE_FAILED
+            yield GenerationChunk(index=index, error=RequestError(503, reason, type="service_unavailable"))
             return
+        if not self._inflight:
+            self._last_progress = time.monotonic()  # an idle engine owes no progress until now
         self._inflight[request.request_id] = request.cost_hint
         self._idle.clear()
         try:
             async for chunk in self.engine.generate(request):
+                if self._engine_failed:  # aborted by check_health: an error, not a short answer
+                    yield GenerationChunk(
+                        index=index, error=RequestError(503, _ENGINE_FAILED, type="service_unavailable")
+                    )
+                    return
+                self._last_progress = time.monotonic()
                 chunk.index = index
                 yield chunk
         except EngineRequestError as err:
@@ -159,8 +191,47 @@ class LLMReplica:
         return "".join(parts)
 
     async def check_health(self) -> None:
-        """Called periodically by Ray Serve; raising makes Serve replace this replica."""
-        await self.engine.check_health()
+        """Called periodically by Ray Serve; raising makes Serve replace this replica.
+
+        The engine's own check only sees a dead engine. A hung one (a step that never returns: a
+        stuck kernel, a stopped process) passes it while every request on this replica waits
+        forever, so the replica also checks progress: with requests in flight, some chunk within
+        ``engine_stall_timeout_s``; idle, a one-token generation within that time.
+        """
+        try:
+            await self.engine.check_health()
+            if self._shutting_down:
+                return
+            stall_s = self.model.engine_stall_timeout_s
+            if self._inflight:
+                silent_s = time.monotonic() - self._last_progress
+                if silent_s > stall_s:
+                    raise EngineDeadError(f"engine made no progress for {silent_s:.0f} s ({len(self._inflight)} reqs)")
+            elif self.model.task == "generate":
+                await self._liveness_probe(stall_s)
+        except EngineDeadError:
+            # Fail what waits on this engine now (the abort wakes each request's stream, which then
+            # ends with a 503) and refuse new work, rather than hold requests until Serve, after
+            # three failed checks, stops the replica and waits out its graceful shutdown timeout
+            # for requests that will never finish.
+            self._engine_failed = True
+            for request_id in list(self._inflight):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.engine.abort(request_id), timeout=5.0)
+            raise
+        self._engine_failed = False  # a passing check (e.g. after a slow spell) takes work again
+
+    async def _liveness_probe(self, timeout_s: float) -> None:
+        # Straight to the engine: not counted as load, not refused while draining.
+        request = GenerationRequest(
+            f"liveness-{time.monotonic_ns()}", self.model.id, SamplingOptions(max_tokens=1, temperature=0.0), "Hi"
+        )
+        try:
+            async with asyncio.timeout(timeout_s):
+                async for _ in self.engine.generate(request):
+                    pass
+        except TimeoutError:
+            raise EngineDeadError(f"engine produced no token within {timeout_s:g} s while idle") from None
 
     def record_routing_stats(self) -> dict[str, Any]:
         """Called by Ray Serve every couple of seconds: routing load, and the engine gauges."""
@@ -193,9 +264,16 @@ class LLMReplica:
         return self._drain_and_stop()
 
     async def _drain_and_stop(self) -> None:
-        """Refuse new work, let in-flight requests finish (bounded), then stop the engine."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout=self.drain_timeout_s)
-        except TimeoutError:
-            logger.warning("drain timed out with %d requests in flight", len(self._inflight))
+        """Refuse new work, let in-flight requests finish (bounded), then stop the engine.
+
+        A replica stopped because its engine failed the health check does not wait: a hung engine
+        will not finish anything, and its requests fail over (the router retries those without a
+        first token on another replica) only once this replica is gone."""
+        if self._engine_failed:
+            logger.warning("engine failed its health check: stopping with %d requests in flight", len(self._inflight))
+        else:
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout=self.drain_timeout_s)
+            except TimeoutError:
+                logger.warning("drain timed out with %d requests in flight", len(self._inflight))
         await self.engine.shutdown()

@@ -74,11 +74,14 @@ class BatchDispatcher:
                 job.out.put_nowait(replace(chunk, index=own_index))
                 if all(j.abandoned for j in batch):
                     break  # closing the stream cancels the replica call, which aborts the engine requests
-        except Exception as err:  # one failed batch call fails its requests, not the router
-            logger.warning("batch of %d failed: %s", len(flat), err)
+        except (Exception, asyncio.CancelledError) as err:  # fails this batch's requests, not the router
+            logger.warning("batch of %d failed: %r", len(flat), err)
+            reason = str(err) or type(err).__name__
             for job in batch:
                 for i in range(len(job.requests)):
-                    job.out.put_nowait(GenerationChunk(index=i, error=_failure(f"batch failed: {err}")))
+                    job.out.put_nowait(GenerationChunk(index=i, error=_failure(f"batch failed: {reason}")))
+            if isinstance(err, asyncio.CancelledError):
+                raise
         finally:
             await stream.aclose()
             for job in batch:
@@ -96,6 +99,16 @@ class BatchDispatcher:
         return await job.result
 
     async def _dispatch_embed(self, batch: list[_EmbeddingJob]) -> None:
+        try:
+            await self._embed_batch(batch)
+        finally:
+            # Whatever ended the call (a cancelled replica call included), no request may wait
+            # on its batch until the router's request timeout.
+            for job in batch:
+                if not job.result.done():
+                    job.result.set_result(EmbeddingResult(error=_failure("the batch call was cancelled")))
+
+    async def _embed_batch(self, batch: list[_EmbeddingJob]) -> None:
         inputs = tuple(text for job in batch for text in job.request.inputs)
         self._record_dispatch(len(batch), [job.submitted_at for job in batch])
         combined = EmbeddingRequest(batch[0].request.request_id + "-batch", self.model_id, inputs)

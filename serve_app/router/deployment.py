@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from serve_app.config import AppConfig
+from serve_app.observability.logs import install_json_logging
 from serve_app.observability.recorder import ServeAppMetrics
 from serve_app.router.client import RayReplicaClient
 from serve_app.router.ingress import build_fastapi
@@ -19,6 +20,7 @@ class RouterDeployment:
     def __init__(self, config: AppConfig, replicas: Mapping[str, Any]) -> None:
         from ray import serve
 
+        install_json_logging()  # serve_app.observability.logs says why not Ray Serve's JSON encoding
         self.config = config
         self.service = RouterService(
             config,

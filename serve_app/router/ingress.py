@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,7 +13,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from serve_app.core.coalesce import drained
 from serve_app.engine.types import EmbeddingRequest as EngineEmbeddingRequest
-from serve_app.engine.types import GenerationChunk, merge_chunks
+from serve_app.engine.types import GenerationChunk, GenerationRequest, merge_chunks
+from serve_app.observability.logs import REQUEST_LOGGER_NAME, RequestLog, request_context
 from serve_app.router.body_limit import BodySizeLimit
 from serve_app.router.errors import OpenAIError, install_error_handlers
 from serve_app.router.head_limits import RequestHeadLimits
@@ -36,6 +38,9 @@ from serve_app.router.translate import (
 )
 
 REQUEST_ID_HEADER = "X-Request-Id"
+request_logger = logging.getLogger(REQUEST_LOGGER_NAME)
+# Polled by load balancers and Kubernetes every few seconds: logged at DEBUG unless they fail.
+PROBE_ROUTES = frozenset({"/health", "/ready"})
 
 
 def build_fastapi(service: RouterService) -> FastAPI:
@@ -50,21 +55,33 @@ def build_fastapi(service: RouterService) -> FastAPI:
 
     @app.middleware("http")
     async def request_id(request: Request, call_next: Any) -> Any:
-        # Ray Serve's proxy sets X-Request-Id on the request and echoes it on the response; only
-        # when no one did (e.g. in-process use) do we make one up and echo it ourselves.
+        # Ray Serve's proxy sets X-Request-Id on the request (the client's, which RequestHeadLimits
+        # has checked, or one of its own) and echoes it on the response; only when no one did (e.g.
+        # in-process use) do we make one up and echo it ourselves.
         incoming = request.headers.get(REQUEST_ID_HEADER)
-        request.state.request_id = (incoming or uuid.uuid4().hex)[:128]
+        rid = (incoming or uuid.uuid4().hex)[:128]
+        request.state.request_id = rid
+        request.state.log = log = RequestLog(rid, request.method, include_text=server.log_prompts)
         started = time.monotonic()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        service.metrics.request_finished(
-            getattr(route, "path", "unmatched"),
-            getattr(request.state, "model", "none"),
-            response.status_code,
-            time.monotonic() - started,
-        )
+
+        def finished(status: int) -> None:
+            # At the last byte of the answer: for a stream, when it ends, not when its headers go.
+            route = getattr(request.scope.get("route"), "path", "unmatched")
+            model = getattr(request.state, "model", "none")
+            latency_s = time.monotonic() - started
+            service.metrics.request_finished(route, model, status, latency_s)
+            log.model = None if model == "none" else model
+            log.write(request_logger, route, status, latency_s, quiet=route in PROBE_ROUTES)
+
+        with request_context(rid):  # other router lines logged for this request carry its id
+            try:
+                response = await call_next(request)
+            except Exception:
+                finished(500)
+                raise
         if incoming is None:
-            response.headers[REQUEST_ID_HEADER] = request.state.request_id
+            response.headers[REQUEST_ID_HEADER] = rid
+        response.body_iterator = _when_sent(response.body_iterator, lambda: finished(response.status_code))
         return response
 
     @app.get("/health")
@@ -84,18 +101,21 @@ def build_fastapi(service: RouterService) -> FastAPI:
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatCompletionRequest, request: Request) -> Any:
         request.state.model = _model_tag(service, body.model)
-        return await _completion(service, body, "chat", request.state.request_id)
+        return await _completion(service, body, "chat", request.state.log)
 
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Any:
         request.state.model = _model_tag(service, body.model)
-        return await _completion(service, body, "completion", request.state.request_id)
+        return await _completion(service, body, "completion", request.state.log)
 
     @app.post("/generate")
     async def generate(body: GenerateRequest, request: Request) -> dict[str, Any]:
+        request.state.model = _model_tag(service, body.model)
         model = service.generation_model(body.model)
         engine_request = generate_request(body, model, request.state.request_id)
+        request.state.log.note_prompt(body.prompt)
         (state,) = await service.complete(model, [engine_request])
+        _note_choices(request.state.log, [state])
         return {
             "text": state.full_text,
             "model": model.id,
@@ -106,8 +126,11 @@ def build_fastapi(service: RouterService) -> FastAPI:
 
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
+        request.state.model = _model_tag(service, body.model)
         model = service.model(body.model)
+        request.state.log.note_prompt(body.inputs())
         result = await service.embed(model, EngineEmbeddingRequest(request.state.request_id, model.id, body.inputs()))
+        request.state.log.prompt_tokens = result.prompt_tokens
         return {
             "object": "list",
             "model": model.id,
@@ -119,19 +142,41 @@ def build_fastapi(service: RouterService) -> FastAPI:
     return app
 
 
-def _model_tag(service: RouterService, name: str) -> str:
+def _model_tag(service: RouterService, name: str | None) -> str:
     """A metric label: configured model ids only, so clients cannot grow label cardinality."""
+    if name is None:
+        return service.config.models[0].id  # what RouterService.model() serves without a name
     return name if service.config.model(name) is not None else "unknown"
 
 
+def _note_choices(log: RequestLog, states: list[ChoiceState]) -> None:
+    log.note_choices(
+        states[0].prompt_tokens if states else 0,
+        [s.completion_tokens for s in states],
+        [s.finish_reason for s in states],
+        [s.full_text for s in states],
+    )
+
+
+async def _when_sent(body: AsyncIterator[Any], finished: Callable[[], None]) -> AsyncIterator[Any]:
+    """The response body, calling ``finished`` once it has all gone out (or the client left)."""
+    try:
+        async for part in body:
+            yield part
+    finally:
+        finished()
+
+
 async def _completion(
-    service: RouterService, body: ChatCompletionRequest | CompletionRequest, kind: str, request_id: str
+    service: RouterService, body: ChatCompletionRequest | CompletionRequest, kind: str, log: RequestLog
 ) -> Any:
     model = service.generation_model(body.model)
-    requests = engine_requests(body, model, request_id)
+    requests = engine_requests(body, model, log.request_id)
+    log.note_prompt(_prompt_of(requests[0]))
     rid = new_id("chatcmpl" if kind == "chat" else "cmpl")
     if not body.stream:
         states = await service.complete(model, requests)
+        _note_choices(log, states)
         build = chat_response if kind == "chat" else completion_response
         return build(rid, model.id, states)
     # Opening the stream waits for the first chunk: errors before it are ordinary HTTP errors.
@@ -139,14 +184,18 @@ async def _completion(
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     formatter = StreamFormatter(kind, rid, model.id)
     return StreamingResponse(
-        _sse(stream, formatter, len(requests), include_usage),
+        _sse(stream, formatter, len(requests), include_usage, log),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
+def _prompt_of(request: GenerationRequest) -> str | list[dict[str, Any]] | None:
+    return [dict(m) for m in request.messages] if request.messages is not None else request.prompt
+
+
 async def _sse(
-    stream: AsyncIterator[GenerationChunk], formatter: StreamFormatter, n: int, include_usage: bool
+    stream: AsyncIterator[GenerationChunk], formatter: StreamFormatter, n: int, include_usage: bool, log: RequestLog
 ) -> AsyncIterator[str]:
     """Each engine chunk is written as soon as it arrives; a failure after the first token ends
     the stream with an explicit error event and ``[DONE]``, never a silent cut."""
@@ -162,8 +211,11 @@ async def _sse(
             if events:
                 yield "".join(events)  # one write (one proxy message) for what arrived together
     except OpenAIError as err:
+        log.error = err.code or err.type
         yield err.sse_event()
     else:
         if include_usage:
             yield formatter.usage_event(states)
+    finally:
+        _note_choices(log, states)  # what was sent, also when the client left early
     yield formatter.done()

@@ -200,6 +200,12 @@ class RouterService:
             return self._readiness
 
     async def _probe(self, model: ModelConfig) -> str:
+        if model.autoscaling is not None and model.autoscaling.min_replicas == 0:
+            # Scale to zero: a probe is a request, so probing would start a replica and keep it
+            # from ever scaling back down. The model serves whenever asked: its requests wait in
+            # Ray Serve's handle queue (under admission and the request deadline) while the
+            # autoscaler starts a replica (serve_app.core.autoscaling, "cold_start").
+            return "ok"
         try:
             answer = await asyncio.wait_for(
                 self.client.probe(model.id, model.readiness_prompt), timeout=model.readiness_timeout_s

@@ -10,6 +10,7 @@ from typing import Any
 
 from serve_app.config import ModelConfig
 from serve_app.engine.types import GenerationChunk, GenerationRequest, SamplingOptions
+from serve_app.observability.logs import choice_request_id
 from serve_app.router.errors import OpenAIError
 from serve_app.router.openai_types import ChatCompletionRequest, CompletionRequest, GenerateRequest, usage
 
@@ -73,7 +74,9 @@ def engine_requests(req: ApiRequest, model: ModelConfig, request_id: str) -> lis
     out = []
     for i in range(req.n):
         sampling = base if base.seed is None or i == 0 else _with_seed(base, base.seed + i)
-        out.append(GenerationRequest(f"{request_id}-{i}", model.id, sampling, prompt=prompt, messages=messages))
+        out.append(
+            GenerationRequest(choice_request_id(request_id, i), model.id, sampling, prompt=prompt, messages=messages)
+        )
     return out
 
 
@@ -88,7 +91,7 @@ def generate_request(req: GenerateRequest, model: ModelConfig, request_id: str) 
     if "max_new_tokens" not in req.model_fields_set:
         requested = min(requested, model.max_tokens_limit)  # the API's default must not fail on a lower limit
     sampling = SamplingOptions(max_tokens=_max_tokens(requested, model, "max_new_tokens"), temperature=req.temperature)
-    return GenerationRequest(f"{request_id}-0", model.id, sampling, prompt=req.prompt)
+    return GenerationRequest(choice_request_id(request_id, 0), model.id, sampling, prompt=req.prompt)
 
 
 @dataclass

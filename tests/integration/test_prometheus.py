@@ -207,6 +207,13 @@ def test_every_dashboard_query_returns_data(prometheus: Prometheus, stack: Runni
     print(f"{len(checked)} dashboard queries return data {time.time() - started:.0f} s after the first request")
     assert len(queries_without_data(prometheus, exempt)) == len(exempt), "an exempt panel has data: drop it"
 
+    # No router batching here (max_batch_size 1): the batch-size panel's mean and median read 1
+    # (not 0.5, which edges at 1, 2, 4, ... gave through Ray's bucket midpoints and interpolation).
+    batch = {q.legend: q.expr for d in all_dashboards() for p in d.panels for q in p.queries if p.title == "Batch size"}
+    for legend in ("mean", "p50"):
+        values = finite_values(prometheus.query(substitute_variables(batch[legend], RATE_WINDOW_S)))
+        assert values == [pytest.approx(1.0)], (legend, values)
+
     # The dashboards' variables list the model and the replica deployment.
     assert MODEL in prometheus.label_values("model", m.REQUESTS.exported_name)
     deployment = replica_deployment_name(stack.config.models[0])

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from serve_app.app import replica_deployment_name
 from tests.integration.conftest import RunningApp, local_config
 
 pytestmark = pytest.mark.integration
@@ -85,6 +91,36 @@ def test_models_and_probes(app: RunningApp) -> None:
     assert ready.status_code == 200 and ready.json()["models"][MODEL] == "ok"
 
 
+def json_log_lines(containing: str) -> list[dict[str, Any]]:
+    """JSON lines holding ``containing`` in this Ray session's worker logs (deployments' stderr)."""
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    found = []
+    for path in logs.rglob("*.err"):
+        for line in path.read_text(errors="replace").splitlines():
+            if containing in line and line.startswith("{"):
+                found.append(json.loads(line))
+    return found
+
+
+def test_request_id_is_echoed_and_joins_router_and_replica_log_lines(app: RunningApp) -> None:
+    assert httpx.get(f"{app.base_url}/v1/models", timeout=30).headers["X-Request-Id"]
+    request_id = f"itest-{uuid.uuid4().hex[:12]}"
+    body = {"model": MODEL, "messages": QUESTION, "temperature": 0, "max_tokens": 4}
+    headers = {"X-Request-Id": request_id}
+    resp = httpx.post(f"{app.base_url}/v1/chat/completions", json=body, headers=headers, timeout=120)
+    assert resp.status_code == 200 and resp.headers["X-Request-Id"] == request_id
+    deadline = time.monotonic() + 15
+    while len(lines := json_log_lines(request_id)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    by_logger = {line["logger"]: line for line in lines if line.get("request_id") == request_id}
+    assert by_logger.keys() == {"serve_app.requests", "serve_app.replica"}, lines
+    assert by_logger["serve_app.requests"]["status"] == 200
+    assert by_logger["serve_app.replica"]["completion_tokens"] == resp.json()["usage"]["completion_tokens"]
+    assert all(QUESTION[0]["content"] not in json.dumps(line) for line in lines)  # no prompts by default
+
+
 def test_prompt_longer_than_max_model_len_is_400(app: RunningApp) -> None:
     long = [{"role": "user", "content": "Paris is lovely. " * 300}]
     resp = chat(app, messages=long)
@@ -107,3 +143,56 @@ def test_openai_sdk_sync_and_streaming(app: RunningApp) -> None:
     assert text == answer.choices[0].message.content
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope", messages=QUESTION, max_tokens=4)
+
+
+DISCONNECTS = 24
+ABORT_BUDGET_S = 2.0
+
+
+def replica_engine_stats(app: RunningApp) -> dict[str, Any]:
+    """The replica's own view: its in-flight engine requests and vLLM's running/waiting counts."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle(replica_deployment_name(app.config.models[0]), app_name="serve-app")
+    return handle.engine_stats.remote().result(timeout_s=30)
+
+
+def engine_busy(stats: dict[str, Any]) -> int:
+    return stats["outstanding_requests"] + stats["running"] + stats["waiting"]
+
+
+async def _open_streams_then_disconnect(app: RunningApp, count: int) -> float:
+    """Opens ``count`` long streams, waits for every first token, drops every connection at
+    once; returns the monotonic time of the last drop."""
+    body = {"model": MODEL, "prompt": "Count from one to a thousand:", "max_tokens": 400, "ignore_eos": True}
+    first_tokens = [asyncio.Event() for _ in range(count)]
+    drop = asyncio.Event()
+
+    async def stream(http: httpx.AsyncClient, got_first: asyncio.Event) -> None:
+        async with http.stream("POST", "/v1/completions", json=body | {"stream": True}) as resp:
+            assert resp.status_code == 200
+            lines = resp.aiter_lines()  # held: a finalized line iterator would close the connection
+            async for line in lines:
+                if line.startswith("data: "):
+                    got_first.set()
+                    break
+            await drop.wait()  # leaving the block closes the half-read response: a disconnect
+
+    async with httpx.AsyncClient(base_url=app.base_url, timeout=120, limits=httpx.Limits(max_connections=count)) as h:
+        tasks = [asyncio.create_task(stream(h, ev)) for ev in first_tokens]
+        await asyncio.wait_for(asyncio.gather(*(ev.wait() for ev in first_tokens)), timeout=180)
+        busy = await asyncio.to_thread(replica_engine_stats, app)
+        assert busy["outstanding_requests"] == count, busy  # all still generating: 400 tokens take long
+        drop.set()
+        await asyncio.gather(*tasks)
+        return time.monotonic()
+
+
+def test_disconnect_burst_aborts_every_engine_request_within_2_s(app: RunningApp) -> None:
+    dropped_at = asyncio.run(_open_streams_then_disconnect(app, DISCONNECTS))
+    while engine_busy(stats := replica_engine_stats(app)) and time.monotonic() - dropped_at < 30:
+        time.sleep(0.05)
+    idle_after_s = time.monotonic() - dropped_at
+    print(f"\n{DISCONNECTS} disconnects: engine idle {idle_after_s:.2f} s after the last one ({stats})")
+    assert engine_busy(stats) == 0, stats
+    assert idle_after_s <= ABORT_BUDGET_S

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 
 import pytest
 
@@ -197,3 +198,25 @@ async def test_async_close_flushes_pending_and_refuses_more() -> None:
     assert sorted(sink.batches) == [["l1"], ["s1", "s2"]]
     with pytest.raises(RuntimeError, match="closed"):
         await batcher.submit("late", 1)
+
+
+async def test_async_dispatch_runs_outside_every_submitters_context() -> None:
+    """A batch serves many requests: it must not inherit the context (e.g. a framework's request
+    id) of whichever request closed it or started its timer."""
+    request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+    seen: list[str | None] = []
+
+    async def dispatch(batch: list[str]) -> None:
+        seen.append(request_id.get())
+
+    batcher: AsyncBatcher[str] = AsyncBatcher(dispatch, max_batch_size=2, batch_timeout_s=0.01)
+
+    async def submit_as(item: str) -> None:
+        request_id.set(item)
+        await batcher.submit(item, 1)
+
+    for items in (["a", "b"], ["c"]):  # closes on size, then on the timer
+        await asyncio.gather(*(submit_as(i) for i in items))
+    await asyncio.sleep(0.05)
+    await batcher.close()
+    assert seen == [None, None]

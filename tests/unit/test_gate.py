@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.config import ModelConfig
+from serve_app.config import AppConfig, ModelConfig, load_config
 from serve_app.quantize.gate import GateError, check_deployable, is_quantized_checkpoint, refusal_reason
 from serve_app.quantize.report import EVAL_REPORT, QUANT_REPORT, checkpoint_fingerprint
 
@@ -103,3 +103,36 @@ def test_model_config_carries_allow_ungated(tmp_path: Path) -> None:
     with pytest.raises(GateError):
         check_deployable(strict, folder)
     check_deployable(ModelConfig(id="q", source=str(folder), allow_ungated=True), folder)
+
+
+def _app_config(folder: Path, allow_ungated: bool) -> AppConfig:
+    model = {"id": "q", "source": str(folder), "dtype": "bfloat16", "allow_ungated": allow_ungated}
+    return load_config({"models": [model]})
+
+
+def test_build_app_refuses_a_failed_checkpoint_before_deploying(tmp_path: Path) -> None:
+    from serve_app.app import build_app
+
+    folder = _checkpoint(tmp_path / "q")
+    _evaluation(folder, passed=False, failures=["golden answers kept 89% < 90%"])
+    with pytest.raises(GateError, match=r"model 'q'.*evaluation failed.*golden answers kept 89%"):
+        build_app(_app_config(folder, allow_ungated=False))
+
+
+def test_build_app_admits_allow_ungated(tmp_path: Path) -> None:
+    from ray.serve import Application
+
+    from serve_app.app import build_app
+
+    folder = _checkpoint(tmp_path / "q")
+    _evaluation(folder, passed=False)
+    assert isinstance(build_app(_app_config(folder, allow_ungated=True)), Application)
+
+
+def test_the_replica_checks_the_gate_where_it_loads_the_weights(tmp_path: Path) -> None:
+    from serve_app.replica.deployment import resolve_model_path
+
+    folder = _checkpoint(tmp_path / "q")
+    with pytest.raises(GateError, match=r"no evaluation_report\.json"):
+        resolve_model_path(ModelConfig(id="q", source=str(folder)), None)
+    assert resolve_model_path(ModelConfig(id="q", source=str(folder), allow_ungated=True), None) == folder

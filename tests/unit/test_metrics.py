@@ -50,7 +50,60 @@ def test_llm_buckets_span_the_required_ranges() -> None:
     assert (m.TTFT_BUCKETS[0], m.TTFT_BUCKETS[-1]) == (0.005, 60.0)
     assert (m.TOKEN_LATENCY_BUCKETS[0], m.TOKEN_LATENCY_BUCKETS[-1]) == (0.001, 2.0)
     assert (m.E2E_BUCKETS[0], m.E2E_BUCKETS[-1]) == (0.01, 600.0)
-    assert (m.BATCH_SIZE_BUCKETS[0], m.BATCH_SIZE_BUCKETS[-1]) == (1.0, 1024.0)
+    assert (m.BATCH_SIZE_BUCKETS[0], m.BATCH_SIZE_BUCKETS[-1]) == (0.5, 1024.5)
+
+
+def ray_bucket_midpoints(bounds: tuple[float, ...]) -> list[float]:
+    """The value Ray's metrics agent re-records each observation of a bucket at (its _sum comes
+    from these): OpenTelemetryMetricRecorder.register_histogram_metric, for positive bounds."""
+    return [(lower + upper) / 2 for lower, upper in zip((0.0, *bounds[:-1]), bounds, strict=True)]
+
+
+def prometheus_quantile(q: float, bounds: tuple[float, ...], counts: list[int]) -> float:
+    """Prometheus' histogram_quantile over classic buckets (per-bucket counts, +Inf last): linear
+    interpolation inside the bucket holding the rank, the lowest bucket starting at 0."""
+    cumulative = [sum(counts[: i + 1]) for i in range(len(counts))]
+    rank = q * cumulative[-1]
+    b = next(i for i, c in enumerate(cumulative) if c >= rank)
+    if b == len(bounds):
+        return bounds[-1]
+    start = 0.0 if b == 0 else bounds[b - 1]
+    below = 0 if b == 0 else cumulative[b - 1]
+    return start + (bounds[b] - start) * (rank - below) / counts[b]
+
+
+def counts_of(bounds: tuple[float, ...], observations: list[int]) -> list[int]:
+    counts = [0] * (len(bounds) + 1)
+    for value in observations:
+        counts[next((i for i, le in enumerate(bounds) if value <= le), len(bounds))] += 1
+    return counts
+
+
+def test_the_reference_quantile_reproduces_the_half_median_of_power_of_two_edges() -> None:
+    """Why the batch-size edges sit between whole numbers: with edges 1, 2, 4, ... unbatched
+    traffic (every batch of 1) read as a median of 0.5 and a mean of 0.5."""
+    old = (1.0, 2.0, 4.0, 8.0)
+    assert prometheus_quantile(0.5, old, counts_of(old, [1] * 10)) == 0.5
+    assert ray_bucket_midpoints(old)[0] == 0.5
+
+
+@pytest.mark.parametrize("size", range(1, 9))
+def test_batch_sizes_up_to_8_read_exactly_as_mean_and_median(size: int) -> None:
+    bounds = m.BATCH_SIZE_BUCKETS
+    counts = counts_of(bounds, [size] * 10)
+    (bucket,) = [i for i, c in enumerate(counts) if c]
+    assert ray_bucket_midpoints(bounds)[bucket] == size  # the mean from _sum / _count
+    assert prometheus_quantile(0.5, bounds, counts) == size
+    assert size <= prometheus_quantile(0.95, bounds, counts) < size + 0.5
+
+
+def test_large_batch_sizes_read_within_their_bucket() -> None:
+    bounds = m.BATCH_SIZE_BUCKETS
+    for size in (9, 16, 17, 100, 1024):
+        counts = counts_of(bounds, [size] * 4)
+        (bucket,) = [i for i, c in enumerate(counts) if c]
+        assert bounds[bucket - 1] < ray_bucket_midpoints(bounds)[bucket] <= bounds[bucket]
+        assert bounds[bucket - 1] < size <= bounds[bucket]
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import uuid
 
 import httpx
 import pytest
@@ -14,6 +16,8 @@ from serve_app.router.client import LocalReplicaClient
 from serve_app.router.ingress import build_fastapi
 from serve_app.router.service import RouterService
 from tests.unit.conftest import make_replica_async
+
+BATCHING = {"max_batch_size": 4, "batch_timeout_ms": 5}
 
 
 class CountingClient(LocalReplicaClient):
@@ -183,3 +187,81 @@ async def test_rejections_are_counted_by_reason() -> None:
     assert sorted(r.status_code for r in responses) == [200, 429, 429]
     assert store.counter("serve_app_router_rejections", reason="queue_full") == 2
     assert store.gauge("serve_app_router_queue_depth", replica="router-1") == 0
+
+
+# Per-request state that a serving framework keeps in a context variable (Ray Serve keeps the
+# request id there; a replica call made from a request's context carries that id).
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+
+class IdKeyedAssignmentClient(CountingClient):
+    """Assigns replica calls the way Ray Serve's request router does: a call carries the request
+    id of the context it is made from (a fresh one outside any request), calls pending assignment
+    are indexed by that id, and a second call whose id is already pending is never assigned."""
+
+    def __init__(self, replicas: dict) -> None:
+        super().__init__(replicas)
+        self.pending: set[str] = set()
+        self.call_ids: list[str | None] = []
+        self.never_assigned = 0
+
+    async def embed(self, model, request):
+        self.call_ids.append(REQUEST_ID.get())
+        call_id = REQUEST_ID.get() or uuid.uuid4().hex
+        if call_id in self.pending:
+            self.never_assigned += 1
+            await asyncio.Event().wait()
+        self.pending.add(call_id)
+        try:
+            await asyncio.sleep(0.02)  # assignment and the call take a while: batches overlap
+        finally:
+            self.pending.discard(call_id)
+        return await super().embed(model, request)
+
+
+async def test_batched_embeddings_under_load_do_not_carry_any_requests_context() -> None:
+    """The defect behind the embeddings benchmark's timeouts: each batch's replica call ran in a
+    copy of one request's context, so overlapping batches went out under one request id."""
+    config = AppConfig(models=[ModelConfig(id="emb", source="/y", task="embed", batching=BATCHING)])
+    client = IdKeyedAssignmentClient({"emb": await make_replica_async(config.models[0], FakeEngine())})
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=build_fastapi(RouterService(config, client))))
+
+    async def embed_as(i: int) -> int:
+        REQUEST_ID.set(f"request-{i}")
+        resp = await http.post("http://test/v1/embeddings", json={"model": "emb", "input": f"text {i}"})
+        return resp.status_code
+
+    async def client_loop(first: int, count: int, start_after_s: float) -> list[int]:
+        await asyncio.sleep(start_after_s)  # staggered clients: batches close on the timer and overlap
+        return [await embed_as(i) for i in range(first, first + count)]
+
+    async with http:
+        loops = asyncio.gather(*(client_loop(c * 10, 10, c * 0.007) for c in range(6)))
+        codes = await asyncio.wait_for(loops, timeout=5)
+    assert [c for loop in codes for c in loop] == [200] * 60
+    assert client.never_assigned == 0
+    assert set(client.call_ids) == {None}, "a batch's call must not run in any one request's context"
+    assert max(client.embed_sizes) > 1
+
+
+class CancellingClient(CountingClient):
+    """A replica call cancelled from outside (as Ray Serve cancels a call whose parent request
+    was cancelled)."""
+
+    async def embed(self, model, request):
+        self.embed_sizes.append(len(request.inputs))
+        raise asyncio.CancelledError
+
+
+async def test_a_cancelled_batch_call_fails_its_requests_instead_of_hanging() -> None:
+    config = AppConfig(models=[ModelConfig(id="emb", source="/y", task="embed", batching=BATCHING)])
+    client = CancellingClient({"emb": await make_replica_async(config.models[0], FakeEngine())})
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=build_fastapi(RouterService(config, client))))
+    async with http:
+        bodies = [{"model": "emb", "input": f"t{i}"} for i in range(3)]
+        responses = await asyncio.wait_for(
+            asyncio.gather(*(http.post("http://test/v1/embeddings", json=b) for b in bodies)), timeout=5
+        )
+    assert client.embed_sizes == [3]
+    assert [r.status_code for r in responses] == [503] * 3
+    assert "cancelled" in responses[0].json()["error"]["message"]

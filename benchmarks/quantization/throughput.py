@@ -1,0 +1,135 @@
+"""Serving throughput of one model variant: vLLM's OpenAI server driven by serve-app bench's load generator.
+
+Used by compare.py. The server runs in its own process session and is stopped (the whole group)
+before the next variant starts, so variants never share the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from serve_app.bench.loadgen import run_load
+from serve_app.bench.prompts import chat_prompts, load_tokenizer
+from serve_app.bench.settings import LoadPlan, Target
+from serve_app.bench.stats import summarize
+from serve_app.quantize.onload import vllm_quantization_name
+
+SERVER_START_TIMEOUT_S = 600
+
+
+@dataclass(frozen=True)
+class Level:
+    clients: int
+    requests: int
+
+
+def parse_levels(text: str) -> list[Level]:
+    """``"1x8,32x32"``: 1 client sending 8 requests one after another, then 32 clients x 32 requests."""
+    levels = []
+    for item in text.split(","):
+        clients, _, requests = item.strip().partition("x")
+        try:
+            level = Level(int(clients), int(requests))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected CLIENTSxREQUESTS, got {item!r}") from None
+        if level.clients < 1 or level.requests < level.clients:
+            raise argparse.ArgumentTypeError(f"{item!r}: need clients >= 1 and requests >= clients")
+        levels.append(level)
+    return levels
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_command(label: str, model: Path, dtype: str, quantization: str | None, max_model_len: int, port: int):
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)]
+    cmd += ["--served-model-name", label, "--dtype", dtype, "--enforce-eager", "--seed", "0"]
+    cmd += ["--max-model-len", str(max_model_len), "--host", "127.0.0.1", "--port", str(port)]
+    if quantization:
+        cmd += ["--quantization", vllm_quantization_name(quantization)]
+    return cmd
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < SERVER_START_TIMEOUT_S:
+        if proc.poll() is not None:
+            raise RuntimeError(f"vLLM server exited with {proc.returncode} before becoming healthy")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=10) as resp:
+                if resp.status == 200:
+                    return time.monotonic() - started
+        except OSError:
+            pass
+        time.sleep(2)
+    raise TimeoutError(f"{url} not healthy after {SERVER_START_TIMEOUT_S} s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+async def _run_levels(url: str, label: str, model: Path, levels: list[Level], max_tokens: int) -> dict[str, Any]:
+    target = Target(url=url, model=label, endpoint="chat", stream=True, ignore_eos=True, temperature=0.0)
+    prompts = chat_prompts(max_tokens, seed=0, tokenizer=load_tokenizer(str(model)))
+    results = {}
+    for level in levels:
+        plan = LoadPlan(concurrency=level.clients, num_requests=level.requests, warmup_requests=1)
+        run = await run_load(target, plan, prompts, progress=False)
+        summary = summarize(run.records, run.duration_s).to_json()
+        results[str(level.clients)] = summary
+        print(f"[{label}] {level.clients} client(s): {summary['output_throughput']:.1f} output tok/s", flush=True)
+    return results
+
+
+def measure_serving(
+    label: str,
+    model: Path,
+    dtype: str,
+    quantization: str | None,
+    levels: list[Level],
+    max_tokens: int,
+    max_model_len: int,
+    log_dir: Path,
+) -> dict[str, Any]:
+    """Start the server, run every level against it, stop it. A server that does not start is
+    recorded (with its log's tail) instead of aborting the other variants."""
+    port = _free_port()
+    cmd = server_command(label, model, dtype, quantization, max_model_len, port)
+    env = dict(os.environ)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU backend reads it from the environment
+    log = log_dir / f"server-{label}.log"
+    with log.open("w") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    result: dict[str, Any] = {"server_command": cmd[1:], "max_tokens": max_tokens}
+    try:
+        result["server_start_s"] = round(_wait_healthy(url, proc), 1)
+        result["levels"] = asyncio.run(_run_levels(url, label, model, levels, max_tokens))
+    except (RuntimeError, TimeoutError) as err:
+        tail = log.read_text(errors="replace")[-3000:]
+        result |= {"levels": {}, "error": str(err), "log_tail": tail}
+        print(f"[{label}] serving failed: {err}\n{tail}", flush=True)
+    finally:
+        _stop(proc)
+    return result
