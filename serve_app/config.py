@@ -226,7 +226,7 @@ class ServerConfig(StrictModel):
     ray_serve_throughput_optimized: bool = True
     # Ray Serve's direct ingress: the router replica serves HTTP itself on a port from Ray's replica
     # range (30000+ per node), skipping the proxy hop (-20 ms TTFT on an H200). Off by default: that
-    # port is outside what the cluster manifests expose; see docs/performance.md.
+    # port is outside what the cluster manifests expose; see the README's GPU section.
     ray_serve_direct_ingress: bool = False
 
     @field_validator("cors_allow_origins")

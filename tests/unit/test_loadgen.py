@@ -163,7 +163,9 @@ async def test_poisson_arrivals_spread_over_count_over_rate(fake: tuple[FakeOpen
     plan = LoadPlan(rate=40.0, num_requests=12, warmup_requests=0, seed=7)
     result = await run_load(Target(url=fake[1], model="ok"), plan, [PROMPT], progress=False)
     starts = sorted(r.start_s for r in result.records)
-    assert starts[-1] == pytest.approx(12 / 40.0, abs=0.05)  # the last arrival is rescaled to count / rate
+    # The schedule ends at count / rate; a start can only be late (event-loop lag on a loaded
+    # machine), never early, so the wall-clock check is one-sided with room for that lag.
+    assert 12 / 40.0 - 0.02 <= starts[-1] <= 12 / 40.0 + 0.5
     assert fake[0].max_in_flight > 1  # no cap: arrivals overlap the 0.35 s requests
 
 
