@@ -18,6 +18,7 @@ from serve_app.config import AppConfig, app_args_from_serve_file, load_config
 REPO = Path(__file__).resolve().parents[2]
 LOCAL_CONFIG = REPO / "configs" / "local.yaml"
 START_TIMEOUT_S = 420
+DELETE_TIMEOUT_S = 300
 
 
 def free_port() -> int:
@@ -70,7 +71,15 @@ def running_serve(**ray_init_options: Any) -> Iterator[Callable[..., RunningApp]
 
     def start(config: AppConfig, name: str = "serve-app") -> RunningApp:
         if name in serve.status().applications:
-            serve.delete(name)  # a fresh app, not an in-place update of the previous test's
+            # A fresh app, not an in-place update of the previous test's. Serve's own blocking
+            # delete gives up after 60 s, which a replica still starting (a replacement after a
+            # kill) can outlast on 2 loaded cores; its graceful-shutdown bound is longer.
+            serve.delete(name, _blocking=False)
+            deadline = time.monotonic() + DELETE_TIMEOUT_S
+            while (left := serve.status().applications.get(name)) is not None and left.status != "NOT_STARTED":
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"app {name!r} not deleted after {DELETE_TIMEOUT_S} s")
+                time.sleep(1)
         started = time.monotonic()
         serve.run(build_app(config), name=name, route_prefix="/", blocking=False)
         base_url = f"http://127.0.0.1:{port}"
