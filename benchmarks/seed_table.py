@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
+
+from serve_app.bench.readiness import wait_until_ok
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -112,17 +113,7 @@ def tree_rss(pid: int) -> tuple[int, int]:
 
 
 def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout_s: float) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout_s:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
-        try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                return time.monotonic() - start
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    raise TimeoutError(f"{url} not ready after {timeout_s:.0f} s")
+    return wait_until_ok(url, timeout_s, process=proc, period_s=2, request_timeout_s=5)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import psutil
 
+from serve_app.bench.readiness import wait_until_ok
 from serve_app.config import AppConfig, ModelConfig, app_args_from_serve_file, load_config
 from serve_app.engine.fake import FakeEngine
 
@@ -124,15 +125,7 @@ def deploy(config: AppConfig, delay_s: float, name: str) -> None:
         ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": env}},
     )
     serve.run(router.bind(config, replicas), name=name, route_prefix="/", blocking=False)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{PORT}/ready", timeout=10).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"{name} not ready")
+    wait_until_ok(f"http://127.0.0.1:{PORT}/ready", 300)
 
 
 def start_bare_server(delay_s: float) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from serve_app.bench.readiness import wait_until_ok
 from serve_app.config import AppConfig, load_config
 from serve_app.quantize.calibration import DEFAULT_GOLDEN, answer_matches, load_golden, shipped
 from serve_app.quantize.eval_worker import ANSWER_MAX_TOKENS
@@ -72,15 +73,7 @@ def gate_verdict(checkpoint: Path) -> dict[str, Any]:
 
 
 def wait_ready(base_url: str, timeout_s: float) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        try:
-            if httpx.get(f"{base_url}/ready", timeout=30).status_code == 200:
-                return time.monotonic() - started
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    raise TimeoutError(f"{base_url} not ready after {timeout_s} s")
+    return wait_until_ok(f"{base_url}/ready", timeout_s, period_s=2, request_timeout_s=30)
 
 
 def ask(base_url: str, question: str) -> tuple[str, float]:

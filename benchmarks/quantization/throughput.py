@@ -13,14 +13,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from serve_app.bench.loadgen import run_load
 from serve_app.bench.prompts import chat_prompts, load_tokenizer
+from serve_app.bench.readiness import wait_until_ok
 from serve_app.bench.settings import LoadPlan, Target
 from serve_app.bench.stats import summarize
 from serve_app.quantize.onload import vllm_quantization_name
@@ -65,18 +64,7 @@ def server_command(label: str, model: Path, dtype: str, quantization: str | None
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < SERVER_START_TIMEOUT_S:
-        if proc.poll() is not None:
-            raise RuntimeError(f"vLLM server exited with {proc.returncode} before becoming healthy")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=10) as resp:
-                if resp.status == 200:
-                    return time.monotonic() - started
-        except OSError:
-            pass
-        time.sleep(2)
-    raise TimeoutError(f"{url} not healthy after {SERVER_START_TIMEOUT_S} s")
+    return wait_until_ok(url + "/health", SERVER_START_TIMEOUT_S, process=proc, period_s=2, request_timeout_s=10)
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
+from serve_app.bench.readiness import wait_until_ok
 from serve_app.config import AppConfig, app_args_from_serve_file, load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,18 +29,7 @@ def free_port() -> int:
 
 def wait_ready(base_url: str, timeout_s: float = START_TIMEOUT_S) -> float:
     """Poll /ready until it answers 200; returns the seconds it took."""
-    started = time.monotonic()
-    last = "no answer"
-    while time.monotonic() - started < timeout_s:
-        try:
-            resp = httpx.get(f"{base_url}/ready", timeout=60)
-            if resp.status_code == 200:
-                return time.monotonic() - started
-            last = resp.text
-        except httpx.HTTPError as err:
-            last = repr(err)
-        time.sleep(2)
-    raise TimeoutError(f"{base_url} not ready after {timeout_s} s: {last}")
+    return wait_until_ok(f"{base_url}/ready", timeout_s, period_s=2, request_timeout_s=60)
 
 
 def local_config(**model_overrides: Any) -> AppConfig:

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from serve_app.app import replica_deployment_name
+from serve_app.bench.readiness import wait_until_ok
 from serve_app.config import AppConfig, load_config
 from serve_app.observability import metrics as m
 from serve_app.observability.dashboards import all_dashboards
@@ -71,17 +72,7 @@ class Prometheus:
 
 
 def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"prometheus exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"prometheus not ready at {url} after {timeout_s} s")
+    wait_until_ok(f"{url}/-/ready", timeout_s, process=process, period_s=0.3, request_timeout_s=2)
 
 
 @pytest.fixture(scope="module")

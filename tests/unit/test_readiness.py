@@ -1,0 +1,56 @@
+"""The shared poll loop that waits for a server under test (serve_app.bench.readiness)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from serve_app.bench.readiness import wait_until_ok
+
+
+class _Flaky(BaseHTTPRequestHandler):
+    calls = 0
+
+    def do_GET(self) -> None:
+        type(self).calls += 1
+        self.send_response(200 if type(self).calls >= 3 else 503)
+        self.end_headers()
+        self.wfile.write(b"warming up")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def flaky_url() -> Iterator[str]:
+    _Flaky.calls = 0
+    server = HTTPServer(("127.0.0.1", 0), _Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/ready"
+    server.shutdown()
+
+
+def test_polls_until_200(flaky_url: str) -> None:
+    assert wait_until_ok(flaky_url, 5, period_s=0.01) >= 0
+    assert _Flaky.calls == 3
+
+
+def test_times_out_naming_the_last_answer(flaky_url: str) -> None:
+    with pytest.raises(TimeoutError, match="503: warming up"):
+        wait_until_ok(flaky_url, 0.005, period_s=0.01)
+
+
+def test_a_server_process_that_exited_fails_at_once() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    process.wait()
+    with pytest.raises(RuntimeError, match="exited with 3"):
+        wait_until_ok(f"http://127.0.0.1:{port}/health", 30, process=process)
