@@ -107,6 +107,11 @@ class EmbeddingRequest:
     model: str
     inputs: tuple[str, ...]
 
+    @property
+    def cost_hint(self) -> int:
+        """Expected work in tokens before tokenization (~4 characters a token, at least 1 an input)."""
+        return sum(len(text) // 4 + 1 for text in self.inputs)
+
 
 @dataclass
 class EmbeddingResult:

@@ -95,7 +95,7 @@ class BatchDispatcher:
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         job = _EmbeddingJob(request, asyncio.get_running_loop().create_future())
-        await self._embedding.submit(job, cost=sum(len(t) // 4 + 1 for t in request.inputs))
+        await self._embedding.submit(job, cost=request.cost_hint)
         return await job.result
 
     async def _dispatch_embed(self, batch: list[_EmbeddingJob]) -> None:

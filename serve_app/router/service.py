@@ -169,7 +169,7 @@ class RouterService:
     async def embed(self, model: ModelConfig, request: EmbeddingRequest) -> EmbeddingResult:
         if model.task != "embed":
             raise OpenAIError(400, f"model {model.id!r} does not serve embeddings", param="model")
-        ticket = self.admit(sum(len(t) // 4 + 1 for t in request.inputs))
+        ticket = self.admit(request.cost_hint)
         admitted_at = time.monotonic()
         batcher = self._batchers.get(model.id)
         if batcher:
