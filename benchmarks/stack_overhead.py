@@ -34,10 +34,16 @@ from serve_app.engine.fake import FakeEngine
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
 PORT, BARE_PORT, DIRECT_PORT = 8131, 8132, 30000
-MODES = {
-    "default Ray Serve": {"ray_serve_throughput_optimized": False, "ray_serve_direct_ingress": False},
-    "throughput-optimized": {"ray_serve_throughput_optimized": True, "ray_serve_direct_ingress": False},
-    "throughput-optimized + direct ingress": {"ray_serve_throughput_optimized": True, "ray_serve_direct_ingress": True},
+TP_OPT = {"ray_serve_throughput_optimized": True}
+# Each mode: server options, plus model options where the mode batches at the router.
+MODES: dict[str, dict[str, Any]] = {
+    "default Ray Serve": {"server": {"ray_serve_throughput_optimized": False, "ray_serve_direct_ingress": False}},
+    "throughput-optimized": {"server": TP_OPT | {"ray_serve_direct_ingress": False}},
+    "throughput-optimized + direct ingress": {"server": TP_OPT | {"ray_serve_direct_ingress": True}},
+    "throughput-optimized + direct ingress + router batching 64/2 ms": {
+        "server": TP_OPT | {"ray_serve_direct_ingress": True},
+        "model": {"batching": {"max_batch_size": 64, "batch_timeout_ms": 2, "at_once_when_idle": True}},
+    },
 }
 
 
@@ -152,17 +158,33 @@ def start_bare_server(delay_s: float) -> None:
     time.sleep(2)
 
 
-def measure_mode(label: str, options: dict[str, bool], args: argparse.Namespace, base: dict) -> dict:
+def direct_url(timeout_s: float = 60.0) -> str:
+    """The router replica's own HTTP port: the first of Ray's range, or a later one while the
+    previous mode's replica still holds it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for port in range(DIRECT_PORT, DIRECT_PORT + 4):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5).status_code == 200:
+                    return f"http://127.0.0.1:{port}"
+            except httpx.HTTPError:
+                continue
+        time.sleep(1)
+    raise TimeoutError("no router replica answered on a direct ingress port")
+
+
+def measure_mode(label: str, options: dict[str, Any], args: argparse.Namespace, base: dict) -> dict:
     from ray import serve
 
     raw = json.loads(json.dumps(base))
-    raw.setdefault("server", {}).update(options)
+    raw.setdefault("server", {}).update(options["server"])
     raw["router"] = {"max_ongoing_requests": 4096}
     raw["models"][0]["readiness_expect"] = None  # the fake engine does not know Paris
+    raw["models"][0].update(options.get("model", {}))
     config = load_config(raw)
     name = "overhead-" + str(abs(hash(label)) % 10_000)
     deploy(config, args.token_delay_ms / 1000, name)
-    url = f"http://127.0.0.1:{DIRECT_PORT if options['ray_serve_direct_ingress'] else PORT}"
+    url = direct_url() if options["server"]["ray_serve_direct_ingress"] else f"http://127.0.0.1:{PORT}"
     ttft = asyncio.run(ttft_ms(url, args.ttft_requests))
     procs = serve_processes(name)
     before = cpu_seconds(procs)
@@ -206,7 +228,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--requests", type=int, default=192)
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--modes", nargs="*", type=int, help="indexes into MODES (default: all)")
     args = parser.parse_args()
+    modes = list(MODES.items())
+    modes = [modes[i] for i in args.modes] if args.modes else modes
     import ray
     from ray import serve
 
@@ -216,7 +241,7 @@ def main() -> None:
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     try:
-        rows = [measure_mode(label, options, args, base) for label, options in MODES.items()]
+        rows = [measure_mode(label, options, args, base) for label, options in modes]
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -75,6 +75,9 @@ class BatchingConfig(StrictModel):
     max_batch_size: int = Field(1, ge=1, le=1024)
     batch_timeout_ms: float = Field(0.0, ge=0, le=10_000)
     length_bins: list[int] = Field(default_factory=list)
+    # A request that arrives while none of the model's batches is in flight on this router goes
+    # at once: batches then form only under load, and a lone request never waits for the timeout.
+    at_once_when_idle: bool = False
 
     @field_validator("length_bins")
     @classmethod

@@ -7,7 +7,7 @@ are started in their own sessions):
     python benchmarks/gpu/compare.py bench  --out $OUT   # waits for both, then interleaved runs
     python benchmarks/gpu/compare.py tp2    --out $OUT   # stops both, then the stack with TP=2
 
-Both servers share one GPU (0.42 of its memory each), so every pair of measurements runs on the
+Both servers share one GPU (0.3 of its memory for each 8B engine), so every pair of measurements runs on the
 same machine minutes apart, alternating plain/stack, two rounds. The stack is measured through two
 front doors of the same deployment: Ray Serve's HTTP proxy (port 8000) and Ray Serve's direct
 ingress (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``: the router replica serves HTTP itself, on the
@@ -34,6 +34,9 @@ PLAIN_URL = "http://127.0.0.1:8100"
 STACK_URL = "http://127.0.0.1:8000"
 DIRECT_URL = "http://127.0.0.1:30000"
 MODEL = "llama-8b-dummy"
+# The same weights behind the stack's router batching (benchmarks/gpu/stack-8b-dummy.yaml): at
+# concurrency 64 a batch's chunks travel replica -> router as one Ray message per engine step.
+MODEL_BATCHED = "llama-8b-dummy-batched"
 # Every process here: NVLink multicast stays off on lent machines (their KINDS.md says why).
 GPU_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
@@ -67,7 +70,10 @@ def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subp
 def _stack_env(gpus: str) -> dict[str, str]:
     # Ray workers (and vLLM's own Ray workers for TP) import serve_app from this checkout.
     path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH", ""), str(REPO)) if p)
-    return {"CUDA_VISIBLE_DEVICES": gpus, "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "PYTHONPATH": path}
+    # Throughput-optimized mode for Ray Serve's proxy too (the app sets it for its own replicas);
+    # direct ingress on, so one deployment answers on the proxy and on the router replica's port.
+    serve_env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}
+    return {"CUDA_VISIBLE_DEVICES": gpus, "PYTHONPATH": path} | serve_env
 
 
 def prepare_models() -> None:
@@ -82,7 +88,7 @@ def start(out: Path, timeout_s: float, tp: int) -> None:
     prepare_models()
     plain = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(DUMMY)]
     plain += ["--served-model-name", MODEL, "--load-format", "dummy", "--dtype", "bfloat16", "--port", "8100"]
-    plain += ["--gpu-memory-utilization", "0.42", "--max-model-len", "4096", "--tensor-parallel-size", str(tp)]
+    plain += ["--gpu-memory-utilization", "0.3", "--max-model-len", "4096", "--tensor-parallel-size", str(tp)]
     started = time.monotonic()
     proc = _spawn(plain, Path("/tmp/plain.log"), {"CUDA_VISIBLE_DEVICES": "0"})
     print(f"plain vLLM healthy after {wait_for(PLAIN_URL + '/health', timeout_s, proc):.0f} s", flush=True)
@@ -92,8 +98,8 @@ def start(out: Path, timeout_s: float, tp: int) -> None:
     (out / "start.json").write_text(json.dumps({"plain_start_s": time.monotonic() - started}))
 
 
-def bench_once(base_url: str, concurrency: int, prompts: int, seed: int) -> dict:
-    argv = ["--backend", "openai", "--base-url", base_url, "--endpoint", "/v1/completions", "--model", MODEL]
+def bench_once(base_url: str, concurrency: int, prompts: int, seed: int, model: str = MODEL) -> dict:
+    argv = ["--backend", "openai", "--base-url", base_url, "--endpoint", "/v1/completions", "--model", model]
     argv += ["--tokenizer", str(DUMMY), "--dataset-name", "random", "--random-input-len", "512"]
     argv += ["--random-output-len", "128", "--ignore-eos", "--num-prompts", str(prompts), "--seed", str(seed)]
     argv += ["--max-concurrency", str(concurrency), "--request-rate", "inf"]
@@ -111,16 +117,23 @@ def bench(out: Path, timeout_s: float, rounds: int) -> None:
     ready_s = wait_for(STACK_URL + "/ready", timeout_s)
     wait_for(PLAIN_URL + "/health", 60)
     results: list[dict] = []
-    servers = [("plain", PLAIN_URL), ("stack", STACK_URL)]
+    servers = [("plain", PLAIN_URL, MODEL), ("stack", STACK_URL, MODEL)]
     if _get(DIRECT_URL + "/ready") == 200:
-        servers.append(("stack-direct", DIRECT_URL))
+        servers.append(("stack-direct", DIRECT_URL, MODEL))
+    servers += [("stack-batched", STACK_URL, MODEL_BATCHED), ("stack-direct-batched", DIRECT_URL, MODEL_BATCHED)]
     plan = [(1, 30), (64, 320)]
     for r in range(rounds):
         for concurrency, prompts in plan:
-            for name, url in servers:
-                metrics = bench_once(url, concurrency, prompts, seed=r)
+            for name, url, model in servers:
+                try:
+                    metrics = bench_once(url, concurrency, prompts, seed=r, model=model)
+                except RuntimeError as err:  # one front door failing must not lose the others' numbers
+                    print(name, concurrency, "FAILED", str(err)[-500:], flush=True)
+                    continue
                 results.append({"round": r, "server": name, "concurrency": concurrency} | metrics)
                 print(name, concurrency, round(metrics["output_throughput"], 1), flush=True)
+                # Written after every run: a call cut by its time limit keeps what it measured.
+                (out / "results.json").write_text(json.dumps({"stack_ready_wait_s": ready_s, "runs": results}, indent=1))
     (out / "results.json").write_text(json.dumps({"stack_ready_wait_s": ready_s, "runs": results}, indent=1))
     (out / "summary.md").write_text(summarize(results))
     print(summarize(results))
@@ -132,14 +145,19 @@ def _mean(rows: list[dict], key: str) -> float:
 
 def summarize(results: list[dict]) -> str:
     keys = ["output_throughput", "median_ttft_ms", "median_tpot_ms", "median_itl_ms", "p99_ttft_ms"]
-    names = [n for n in ("stack", "stack-direct") if any(r["server"] == n for r in results)]
+    doors = ("stack", "stack-direct", "stack-batched", "stack-direct-batched")
+    names = [n for n in doors if any(r["server"] == n for r in results)]
     head = "| concurrency | metric | plain vLLM | " + " | ".join(f"{n} | {n} / plain" for n in names) + " |"
     lines = [head, "|" + "---|" * (3 + 2 * len(names))]
     for c in sorted({r["concurrency"] for r in results}):
         rows = {n: [r for r in results if r["concurrency"] == c and r["server"] == n] for n in ("plain", *names)}
+        if not rows["plain"]:
+            continue
         for k in keys:
             p = _mean(rows["plain"], k)
-            cells = " | ".join(f"{_mean(rows[n], k):.2f} | {_mean(rows[n], k) / p:.3f}" for n in names)
+            cells = " | ".join(
+                f"{_mean(rows[n], k):.2f} | {_mean(rows[n], k) / p:.3f}" if rows[n] else "failed | -" for n in names
+            )
             lines.append(f"| {c} | {k} | {p:.2f} | {cells} |")
     return "\n".join(lines) + "\n"
 

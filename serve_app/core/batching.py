@@ -145,8 +145,10 @@ class AsyncBatcher(Generic[T]):
         batch_timeout_s: float,
         length_bins: Sequence[int] = (),
         clock: Clock = time.monotonic,
+        at_once_when_idle: bool = False,
     ) -> None:
         self._dispatch = dispatch
+        self.at_once_when_idle = at_once_when_idle
         self._queue: BatchQueue[T] = BatchQueue(max_batch_size, batch_timeout_s, length_bins, clock)
         self._clock = clock
         self._inflight: set[asyncio.Task[None]] = set()
@@ -159,7 +161,8 @@ class AsyncBatcher(Generic[T]):
     def from_config(
         cls, dispatch: DispatchFn[T], config: BatchingConfig, clock: Clock = time.monotonic
     ) -> AsyncBatcher[T]:
-        return cls(dispatch, config.max_batch_size, config.batch_timeout_ms / 1000.0, config.length_bins, clock)
+        timeout_s = config.batch_timeout_ms / 1000.0
+        return cls(dispatch, config.max_batch_size, timeout_s, config.length_bins, clock, config.at_once_when_idle)
 
     @property
     def queued(self) -> int:
@@ -175,6 +178,12 @@ class AsyncBatcher(Generic[T]):
         if self._closed:
             raise RuntimeError("batcher is closed")
         self._queue.put(item, cost)
+        if self.at_once_when_idle and not self._inflight:
+            # Nothing in flight to wait behind: waiting would only add latency (at low load every
+            # request would pay the timeout); requests that arrive while this one runs batch.
+            for batch in self._queue.drain():
+                self._spawn(batch)
+            return
         self._dispatch_ready()
         if self._queue.queued:
             self._ensure_timer().set()

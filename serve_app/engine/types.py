@@ -128,3 +128,20 @@ class EngineStats:
     waiting: int = 0
     kv_cache_usage: float = 0.0
     prefix_cache_hit_rate: float = 0.0
+
+
+@dataclass(frozen=True)
+class BatchOpened:
+    """The first message of a router batch's stream: the replica serving it, where a
+    cancellation of some of its requests must go."""
+
+    replica_id: str
+
+
+@dataclass(frozen=True)
+class CancelRequests:
+    """Abort these requests of running batches on one replica (their clients went away while the
+    rest of the batch goes on). The replica router sends the call to ``target_replica_id``."""
+
+    target_replica_id: str
+    request_ids: tuple[str, ...]

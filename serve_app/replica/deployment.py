@@ -19,6 +19,8 @@ from serve_app.core.autoscaling import ReplicaSignals
 from serve_app.core.coalesce import coalesced
 from serve_app.engine.protocol import Engine
 from serve_app.engine.types import (
+    BatchOpened,
+    CancelRequests,
     EmbeddingRequest,
     EmbeddingResult,
     EngineDeadError,
@@ -78,9 +80,10 @@ class LLMReplica:
             install_json_logging()  # serve_app.observability.logs says why not Ray Serve's JSON encoding
         self.model = model
         self.metrics = ServeAppMetrics.for_ray() if export_metrics else ServeAppMetrics.disabled()
-        self.replica_name = _replica_name() if export_metrics else "local"
+        self.replica_name = _replica_name() if export_metrics else "local"  # cancel calls target it
         self.drain_timeout_s = drain_timeout_s
         self._inflight: dict[str, int] = {}  # request id -> expected tokens (prompt + max_tokens)
+        self._batch_tasks: dict[str, asyncio.Task[None]] = {}  # request id in a router batch -> its task
         self._shutting_down = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -98,9 +101,15 @@ class LLMReplica:
         async for chunk in coalesced(self._logged(request, index=0), merge_chunks):
             yield chunk
 
-    async def generate_batch(self, requests: list[GenerationRequest]) -> AsyncIterator[GenerationChunk]:
+    async def generate_batch(
+        self, requests: list[GenerationRequest]
+    ) -> AsyncIterator[BatchOpened | list[GenerationChunk]]:
         """Stream a router batch: every request runs concurrently in the engine (which batches them
-        continuously); chunks are tagged with the request's index in the batch."""
+        continuously). The first message names this replica (``cancel`` calls for single requests
+        of the batch come here); every other message is a list of the chunks that arrived together
+        (typically one engine step of all the batch's requests), tagged with each request's index
+        in the batch, so Ray's per-message cost (serialization, an object, a wake-up on each side)
+        is paid once per step, not once per request and step."""
         queue: asyncio.Queue[GenerationChunk | None] = asyncio.Queue()
 
         async def pump(i: int, req: GenerationRequest) -> None:
@@ -110,20 +119,32 @@ class LLMReplica:
             finally:
                 queue.put_nowait(None)
 
-        tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(requests)]
+        tasks = {r.request_id: asyncio.create_task(pump(i, r)) for i, r in enumerate(requests)}
+        self._batch_tasks.update(tasks)
         remaining = len(tasks)
         try:
+            yield BatchOpened(self.replica_name)
             while remaining:
                 items = [await queue.get()]
                 while not queue.empty():
                     items.append(queue.get_nowait())
                 remaining -= sum(1 for item in items if item is None)
-                for chunk in merge_chunks([item for item in items if item is not None]):
-                    yield chunk
+                chunks = merge_chunks([item for item in items if item is not None])
+                if chunks:
+                    yield chunks
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            for rid, task in tasks.items():
+                task.cancel()
+                self._batch_tasks.pop(rid, None)
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+    async def cancel(self, request: CancelRequests) -> int:
+        """Abort requests of running batches (the engine frees their slots); the others go on.
+        Returns how many were still running here."""
+        running = [t for rid in request.request_ids if (t := self._batch_tasks.get(rid)) and not t.done()]
+        for task in running:
+            task.cancel()
+        return len(running)
 
     async def _logged(self, request: GenerationRequest, index: int) -> AsyncIterator[GenerationChunk]:
         """``_stream`` plus one log line when the generation ends, keyed by the client's request id

@@ -9,6 +9,7 @@ mostly saves router->replica calls; embeddings (many small requests) gain the mo
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -29,6 +30,15 @@ class _GenerationJob:
     out: asyncio.Queue[GenerationChunk | None] = field(default_factory=asyncio.Queue)
     abandoned: bool = False
     submitted_at: float = field(default_factory=time.monotonic)
+    ended: set[int] = field(default_factory=set)  # indexes whose last chunk came
+
+    def note(self, chunk: GenerationChunk) -> None:
+        if chunk.finish_reason is not None or chunk.error is not None:
+            self.ended.add(chunk.index)
+
+    @property
+    def running(self) -> bool:
+        return len(self.ended) < len(self.requests)
 
 
 @dataclass
@@ -49,6 +59,7 @@ class BatchDispatcher:
         self.model_id = model.id
         self._generation: AsyncBatcher[_GenerationJob] = AsyncBatcher.from_config(self._dispatch, model.batching)
         self._embedding: AsyncBatcher[_EmbeddingJob] = AsyncBatcher.from_config(self._dispatch_embed, model.batching)
+        self._cancels: set[asyncio.Task[None]] = set()
 
     @property
     def queued(self) -> int:
@@ -59,9 +70,25 @@ class BatchDispatcher:
         await self._generation.submit(job, cost=sum(r.cost_hint for r in requests))
         try:
             while (chunk := await job.out.get()) is not None:
+                job.note(chunk)
                 yield chunk
         finally:
             job.abandoned = True
+            if job.running:  # the client went away: free its engine slots, the batch goes on
+                self._cancel([r.request_id for r in job.requests])
+
+    def _cancel(self, request_ids: list[str]) -> None:
+        # Its own task in an empty context: this runs while the client's request is torn down,
+        # and the call must not carry that request's id into Ray (see AsyncBatcher._spawn).
+        task = asyncio.get_running_loop().create_task(self._send_cancel(request_ids), context=contextvars.Context())
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
+
+    async def _send_cancel(self, request_ids: list[str]) -> None:
+        try:
+            await self.client.cancel(self.model_id, request_ids)
+        except Exception as err:  # the batch ends anyway; the slots are freed then
+            logger.warning("cancelling %d requests of a batch failed: %r", len(request_ids), err)
 
     async def _dispatch(self, batch: list[_GenerationJob]) -> None:
         owners = [(job, i) for job in batch for i in range(len(job.requests))]

@@ -7,7 +7,15 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
-from serve_app.engine.types import EmbeddingRequest, EmbeddingResult, GenerationChunk, GenerationRequest, RequestError
+from serve_app.engine.types import (
+    BatchOpened,
+    CancelRequests,
+    EmbeddingRequest,
+    EmbeddingResult,
+    GenerationChunk,
+    GenerationRequest,
+    RequestError,
+)
 
 logger = logging.getLogger("serve_app.router")
 
@@ -16,6 +24,11 @@ class ReplicaClient(Protocol):
     def stream(self, model: str, requests: list[GenerationRequest]) -> AsyncIterator[GenerationChunk]:
         """Chunks of every request in ``requests``, tagged with the request's index. A replica lost
         before the first chunk is retried elsewhere; after it, the stream ends with an error chunk."""
+        ...
+
+    async def cancel(self, model: str, request_ids: list[str]) -> None:
+        """Abort requests of running batches (``stream`` with several requests) whose clients
+        went away; ids of requests that already ended are ignored."""
         ...
 
     async def embed(self, model: str, request: EmbeddingRequest) -> EmbeddingResult: ...
@@ -39,16 +52,14 @@ class RayReplicaClient:
         self.max_attempts = max_attempts
         self.retry_backoff_s = retry_backoff_s
         self._lost = _replica_lost_errors()
+        self._batch_replica: dict[str, str] = {}  # request id of a running batch -> its replica
 
     async def stream(self, model: str, requests: list[GenerationRequest]) -> AsyncIterator[GenerationChunk]:
         handle = self.handles[model].options(stream=True)
         for attempt in range(1, self.max_attempts + 1):
             started = False
             try:
-                call = (
-                    handle.generate_batch.remote(requests) if len(requests) > 1 else handle.generate.remote(requests[0])
-                )
-                async for chunk in call:
+                async for chunk in self._chunks(handle, requests):
                     started = True
                     yield chunk
                 return
@@ -62,6 +73,33 @@ class RayReplicaClient:
                 await asyncio.sleep(self.retry_backoff_s * attempt)
         for i in range(len(requests)):
             yield GenerationChunk(index=i, error=_lost_error("no replica could serve the request; retry later"))
+
+    async def _chunks(self, replica: Any, requests: list[GenerationRequest]) -> AsyncIterator[GenerationChunk]:
+        """One request's chunks from ``generate``; a batch's from ``generate_batch``, whose first
+        message names its replica and whose other messages are lists of chunks (one per engine
+        step, see LLMReplica.generate_batch)."""
+        if len(requests) == 1:
+            async for chunk in replica.generate.remote(requests[0]):
+                yield chunk
+            return
+        try:
+            async for message in replica.generate_batch.remote(requests):
+                if isinstance(message, BatchOpened):
+                    self._batch_replica.update((r.request_id, message.replica_id) for r in requests)
+                    continue
+                for chunk in message:
+                    yield chunk
+        finally:
+            for r in requests:
+                self._batch_replica.pop(r.request_id, None)
+
+    async def cancel(self, model: str, request_ids: list[str]) -> None:
+        by_replica: dict[str, list[str]] = {}
+        for rid in request_ids:
+            if (replica_id := self._batch_replica.get(rid)) is not None:
+                by_replica.setdefault(replica_id, []).append(rid)
+        for replica_id, ids in by_replica.items():
+            await self.handles[model].cancel.remote(CancelRequests(replica_id, tuple(ids)))
 
     async def embed(self, model: str, request: EmbeddingRequest) -> EmbeddingResult:
         for attempt in range(1, self.max_attempts + 1):
@@ -88,9 +126,18 @@ class LocalReplicaClient:
 
     async def stream(self, model: str, requests: list[GenerationRequest]) -> AsyncIterator[GenerationChunk]:
         replica = self.replicas[model]
-        gen = replica.generate_batch(requests) if len(requests) > 1 else replica.generate(requests[0])
-        async for chunk in gen:
-            yield chunk
+        if len(requests) == 1:
+            async for chunk in replica.generate(requests[0]):
+                yield chunk
+            return
+        async for message in replica.generate_batch(requests):
+            if not isinstance(message, BatchOpened):
+                for chunk in message:
+                    yield chunk
+
+    async def cancel(self, model: str, request_ids: list[str]) -> None:
+        replica = self.replicas[model]
+        await replica.cancel(CancelRequests(replica.replica_name, tuple(request_ids)))
 
     async def embed(self, model: str, request: EmbeddingRequest) -> EmbeddingResult:
         return await self.replicas[model].embed(request)

@@ -31,6 +31,7 @@ The replica class should define (sync or async, called by the Serve controller):
     def record_routing_stats(self) -> dict[str, Any]:
         return {"outstanding_tokens": int, "outstanding_requests": int, ...}  # extra keys ignored
 
+A call whose first argument has a ``target_replica_id`` (``CancelRequests``) goes to that replica.
 Requests are read from the handle call's first positional argument: a ``GenerationRequest`` or a
 list of them (a router batch), via ``.routing_text`` and ``.cost_hint``. Calls with anything else
 (embeddings, probes) route with an empty key and cost 1. ``on_request_routed`` only fires when Ray
@@ -70,6 +71,12 @@ def routing_key_and_cost(args: Sequence[Any]) -> tuple[str, int]:
     if hasattr(first, "cost_hint"):
         return str(getattr(first, "routing_text", "")), int(first.cost_hint)
     return "", DEFAULT_COST
+
+
+def target_replica(args: Sequence[Any]) -> str | None:
+    """The replica a call must reach (a ``CancelRequests``), or None for any call the policy places."""
+    target = getattr(args[0], "target_replica_id", None) if args else None
+    return target if isinstance(target, str) else None
 
 
 def _stat(stats: Mapping[str, Any] | None, key: str) -> int:
@@ -157,7 +164,14 @@ class PolicyRequestRouter(RequestRouter):
         if pending_request is not None:
             # Back off between rounds when every replica is full instead of spinning.
             pending_request.routing_context.should_backoff = True
-        key, cost = routing_key_and_cost(pending_request.args if pending_request is not None else [])
+        args = pending_request.args if pending_request is not None else []
+        target = target_replica(args)
+        if target is not None:
+            # A cancellation goes to the replica running the batch; if that one is gone there is
+            # nothing left to cancel, and any replica answers (it ignores unknown ids).
+            named = [r for r in candidate_replicas if r.replica_id.unique_id == target]
+            return [named or candidate_replicas]
+        key, cost = routing_key_and_cost(args)
         chosen_id = self.core.choose(
             [r.replica_id.unique_id for r in candidate_replicas],
             [r.routing_stats for r in candidate_replicas],

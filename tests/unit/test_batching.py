@@ -153,6 +153,27 @@ async def test_async_zero_timeout_dispatches_each_request_at_once() -> None:
     assert sink.batches == [["a"], ["b"]]
 
 
+async def test_async_at_once_when_idle_sends_a_lone_request_now_and_batches_under_load() -> None:
+    release = asyncio.Event()
+    batches: list[list[str]] = []
+
+    async def slow_sink(batch: list[str]) -> None:  # a batch stays in flight until released
+        batches.append(batch)
+        await release.wait()
+
+    batcher: AsyncBatcher[str] = AsyncBatcher(slow_sink, max_batch_size=8, batch_timeout_s=30.0, at_once_when_idle=True)
+    await batcher.submit("alone", 1)
+    await asyncio.sleep(0)
+    assert batches == [["alone"]], "nothing in flight: no waiting for the 30 s timeout"
+    await batcher.submit("b", 1)
+    await batcher.submit("c", 1)
+    await asyncio.sleep(0.01)
+    assert batches == [["alone"]] and batcher.queued == 2, "with a batch in flight, requests wait and batch"
+    release.set()
+    await batcher.close()
+    assert batches == [["alone"], ["b", "c"]]
+
+
 async def test_async_full_batch_does_not_wait_for_timeout() -> None:
     sink = Recorder()
     batcher: AsyncBatcher[str] = AsyncBatcher(sink, max_batch_size=2, batch_timeout_s=30.0)

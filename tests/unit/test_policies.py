@@ -233,3 +233,15 @@ def test_ray_router_rejects_unknown_config_keys() -> None:
 
     with pytest.raises(ValidationError):
         _router(polcy="pow2")
+
+
+async def test_ray_router_sends_a_cancellation_to_the_replica_running_the_batch() -> None:
+    from serve_app.engine.types import CancelRequests
+
+    router, replicas, _ = _router(policy="pow2")
+    target = replicas[2].replica_id.unique_id
+    for i in range(8):  # the policy alone would spread these over the replicas
+        ranks = await router.choose_replicas(replicas, _pending([CancelRequests(target, ("a",))], f"cancel-{i}"))
+        assert ranks == [[replicas[2]]]
+    gone = await router.choose_replicas(replicas, _pending([CancelRequests("replica-gone", ("a",))], "cancel-x"))
+    assert gone == [replicas], "a batch whose replica is gone has nothing left to cancel: any replica answers"

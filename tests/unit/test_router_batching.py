@@ -11,7 +11,9 @@ import pytest
 
 from serve_app.config import AppConfig, ModelConfig, RouterConfig
 from serve_app.engine.fake import FakeEngine
+from serve_app.engine.types import GenerationRequest, SamplingOptions
 from serve_app.observability import InMemoryMetricsBackend, ServeAppMetrics
+from serve_app.router.batch_dispatch import BatchDispatcher
 from serve_app.router.client import LocalReplicaClient
 from serve_app.router.ingress import build_fastapi
 from serve_app.router.service import RouterService
@@ -127,6 +129,32 @@ async def test_streaming_releases_admission_when_client_stops_reading() -> None:
         await asyncio.sleep(0.1)
         assert (await http.post("/v1/completions", json=completion("t"))).status_code == 200
     assert not engine.running
+
+
+async def test_a_client_leaving_a_batch_frees_its_engine_request_while_the_batch_goes_on() -> None:
+    # Through the dispatcher itself: httpx's ASGI transport delivers a streamed body only once it
+    # is complete, so it cannot show a client leaving mid-stream.
+    engine = FakeEngine(token_delay_s=0.03)
+    model = ModelConfig(id="fake", source="/x", batching={"max_batch_size": 2, "batch_timeout_ms": 50})
+    client = CountingClient({"fake": await make_replica_async(model, engine)})
+    dispatcher = BatchDispatcher(client, model, ServeAppMetrics.disabled())
+    sampling = SamplingOptions(max_tokens=30)
+    stayer = dispatcher.stream([GenerationRequest("stay", "fake", sampling, prompt="stay here")])
+    leaver = dispatcher.stream([GenerationRequest("leave", "fake", sampling, prompt="leave now")])
+    stayed = asyncio.create_task(_collect(stayer))
+    await anext(leaver)
+    await leaver.aclose()  # the client goes away after its first token
+    await asyncio.sleep(0.2)
+    running_after_leaving = set(engine.running)
+    chunks = await stayed
+    await dispatcher.close()
+    assert client.batch_sizes == [2], "both requests must have shared one batch"
+    assert running_after_leaving == {"stay"}, "the leaver's engine request must be aborted, the other one kept"
+    assert chunks[-1].completion_tokens == 30 and chunks[-1].finish_reason == "length"
+
+
+async def _collect(stream) -> list:
+    return [chunk async for chunk in stream]
 
 
 async def test_admission_queue_gauges_follow_admission_and_release() -> None:
