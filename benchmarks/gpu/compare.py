@@ -133,7 +133,8 @@ def bench(out: Path, timeout_s: float, rounds: int) -> None:
                 results.append({"round": r, "server": name, "concurrency": concurrency} | metrics)
                 print(name, concurrency, round(metrics["output_throughput"], 1), flush=True)
                 # Written after every run: a call cut by its time limit keeps what it measured.
-                (out / "results.json").write_text(json.dumps({"stack_ready_wait_s": ready_s, "runs": results}, indent=1))
+                payload = {"stack_ready_wait_s": ready_s, "runs": results}
+                (out / "results.json").write_text(json.dumps(payload, indent=1))
     (out / "results.json").write_text(json.dumps({"stack_ready_wait_s": ready_s, "runs": results}, indent=1))
     (out / "summary.md").write_text(summarize(results))
     print(summarize(results))
