@@ -70,10 +70,10 @@ def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subp
 def _stack_env(gpus: str) -> dict[str, str]:
     # Ray workers (and vLLM's own Ray workers for TP) import serve_app from this checkout.
     path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH", ""), str(REPO)) if p)
-    # Throughput-optimized mode for Ray Serve's proxy too (the app sets it for its own replicas);
-    # direct ingress on, so one deployment answers on the proxy and on the router replica's port.
-    serve_env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}
-    return {"CUDA_VISIBLE_DEVICES": gpus, "PYTHONPATH": path} | serve_env
+    # Throughput-optimized mode for Ray Serve's proxy too (the app sets it for its own replicas,
+    # and direct ingress from its config: setting that here as well, against the app's "0",
+    # left the router's port answering 404 in run 3).
+    return {"CUDA_VISIBLE_DEVICES": gpus, "PYTHONPATH": path, "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 
 def prepare_models() -> None:
@@ -113,14 +113,22 @@ def bench_once(base_url: str, concurrency: int, prompts: int, seed: int, model: 
     return json.loads(text[text.rindex("\n{") + 1 :])
 
 
-def bench(out: Path, timeout_s: float, rounds: int) -> None:
+DOORS = {
+    "plain": (PLAIN_URL, MODEL),
+    "stack": (STACK_URL, MODEL),
+    "stack-direct": (DIRECT_URL, MODEL),
+    "stack-batched": (STACK_URL, MODEL_BATCHED),
+    "stack-direct-batched": (DIRECT_URL, MODEL_BATCHED),
+}
+
+
+def bench(out: Path, timeout_s: float, rounds: int, doors: list[str]) -> None:
     ready_s = wait_for(STACK_URL + "/ready", timeout_s)
     wait_for(PLAIN_URL + "/health", 60)
+    if any(DOORS[d][0] == DIRECT_URL for d in doors):
+        wait_for(DIRECT_URL + "/ready", 60)
     results: list[dict] = []
-    servers = [("plain", PLAIN_URL, MODEL), ("stack", STACK_URL, MODEL)]
-    if _get(DIRECT_URL + "/ready") == 200:
-        servers.append(("stack-direct", DIRECT_URL, MODEL))
-    servers += [("stack-batched", STACK_URL, MODEL_BATCHED), ("stack-direct-batched", DIRECT_URL, MODEL_BATCHED)]
+    servers = [(name, *DOORS[name]) for name in doors]
     plan = [(1, 30), (64, 320)]
     for r in range(rounds):
         for concurrency, prompts in plan:
@@ -206,6 +214,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/out")))
     parser.add_argument("--timeout", type=float, default=420)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--doors", default=",".join(DOORS), help="comma-separated front doors to measure")
     parser.add_argument("--tp", type=int, default=1, help="tensor parallel size of both servers")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -213,7 +222,7 @@ def main() -> None:
         if args.phase == "start":
             start(args.out, args.timeout, args.tp)
         elif args.phase == "bench":
-            bench(args.out, args.timeout, args.rounds)
+            bench(args.out, args.timeout, args.rounds, args.doors.split(","))
         elif args.phase == "tp2":
             tp2(args.out, args.timeout)
     finally:
