@@ -1,6 +1,10 @@
 """A picture of a GPU comparison run: output throughput and TTFT p50 per server and concurrency.
 
-python benchmarks/gpu/plot.py benchmarks/results/gpu-h200x2-run2/results.json docs/gpu-comparison.png
+    python benchmarks/gpu/plot.py docs/gpu-comparison.png benchmarks/results/gpu-h200-run3/3a-proxy/results.json \
+        benchmarks/results/gpu-h200-run3/3b-direct/results.json
+
+With several results files (the halves of one run), each file's servers get its folder's name (the half) as a
+suffix. Measurements in which not every request completed are left out (their README says why).
 """
 
 from __future__ import annotations
@@ -9,18 +13,36 @@ import json
 import sys
 from pathlib import Path
 
+LABELS = {
+    "plain": "plain vLLM",
+    "stack": "stack via proxy",
+    "stack-direct": "stack, direct ingress",
+    "stack-batched": "stack via proxy, router batching",
+    "stack-direct-batched": "stack, direct ingress, router batching",
+}
 
-def main(results_path: Path, out: Path) -> None:
+
+def load_runs(paths: list[Path]) -> list[dict]:
+    runs = []
+    for path in paths:
+        for run in json.loads(path.read_text())["runs"]:
+            if run.get("failed", 0) or not run.get("completed", 1):
+                continue
+            label = LABELS.get(run["server"], run["server"])
+            runs.append(run | {"server": f"{label} ({path.parent.name})" if len(paths) > 1 else label})
+    return runs
+
+
+def main(out: Path, results_paths: list[Path]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = json.loads(results_path.read_text())["runs"]
+    runs = load_runs(results_paths)
     servers = list(dict.fromkeys(r["server"] for r in runs))
     levels = sorted({r["concurrency"] for r in runs})
-    labels = {"plain": "plain vLLM", "stack": "stack via proxy", "stack-direct": "stack, direct ingress"}
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     width = 0.8 / len(servers)
     for panel, (key, title) in enumerate((("output_throughput", "output tok/s"), ("median_ttft_ms", "TTFT p50 (ms)"))):
         ax = axes[panel]
@@ -28,15 +50,15 @@ def main(results_path: Path, out: Path) -> None:
             values = []
             for c in levels:
                 rows = [r[key] for r in runs if r["server"] == server and r["concurrency"] == c]
-                values.append(sum(rows) / len(rows))
+                values.append(sum(rows) / len(rows) if rows else 0.0)
             positions = [x + i * width for x in range(len(levels))]
-            bars = ax.bar(positions, values, width, label=labels.get(server, server))
+            bars = ax.bar(positions, values, width, label=server)
             ax.bar_label(bars, fmt="%.0f", fontsize=7)
         ax.set_xticks([x + width * (len(servers) - 1) / 2 for x in range(len(levels))])
         ax.set_xticklabels([f"concurrency {c}" for c in levels])
         ax.set_yscale("log")
         ax.set_title(title)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=6)
     fig.suptitle("8B-shaped model (dummy weights), bf16, 512 in / 128 out, one H200", fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -44,4 +66,4 @@ def main(results_path: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), [Path(a) for a in sys.argv[2:]])
