@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
 from serve_app.engine.types import (
@@ -74,21 +74,21 @@ class RayReplicaClient:
         for i in range(len(requests)):
             yield GenerationChunk(index=i, error=_lost_error("no replica could serve the request; retry later"))
 
-    async def _chunks(self, replica: Any, requests: list[GenerationRequest]) -> AsyncIterator[GenerationChunk]:
+    async def _chunks(self, handle: Any, requests: list[GenerationRequest]) -> AsyncIterator[GenerationChunk]:
         """One request's chunks from ``generate``; a batch's from ``generate_batch``, whose first
         message names its replica and whose other messages are lists of chunks (one per engine
         step, see LLMReplica.generate_batch)."""
         if len(requests) == 1:
-            async for chunk in replica.generate.remote(requests[0]):
+            async for chunk in handle.generate.remote(requests[0]):
                 yield chunk
             return
+
+        def opened(message: BatchOpened) -> None:
+            self._batch_replica.update((r.request_id, message.replica_id) for r in requests)
+
         try:
-            async for message in replica.generate_batch.remote(requests):
-                if isinstance(message, BatchOpened):
-                    self._batch_replica.update((r.request_id, message.replica_id) for r in requests)
-                    continue
-                for chunk in message:
-                    yield chunk
+            async for chunk in batch_chunks(handle.generate_batch.remote(requests), opened):
+                yield chunk
         finally:
             for r in requests:
                 self._batch_replica.pop(r.request_id, None)
@@ -114,6 +114,20 @@ class RayReplicaClient:
         return await self.handles[model].probe.remote(prompt)
 
 
+async def batch_chunks(
+    messages: AsyncIterator[Any], on_opened: Callable[[BatchOpened], None] | None = None
+) -> AsyncIterator[GenerationChunk]:
+    """The chunks of a ``LLMReplica.generate_batch`` stream: its first message names the replica
+    (handed to ``on_opened``), every other one is a list of chunks."""
+    async for message in messages:
+        if isinstance(message, BatchOpened):
+            if on_opened is not None:
+                on_opened(message)
+            continue
+        for chunk in message:
+            yield chunk
+
+
 def _lost_error(message: str) -> RequestError:
     return RequestError(503, message, type="service_unavailable", code="replica_unavailable")
 
@@ -130,10 +144,8 @@ class LocalReplicaClient:
             async for chunk in replica.generate(requests[0]):
                 yield chunk
             return
-        async for message in replica.generate_batch(requests):
-            if not isinstance(message, BatchOpened):
-                for chunk in message:
-                    yield chunk
+        async for chunk in batch_chunks(replica.generate_batch(requests)):
+            yield chunk
 
     async def cancel(self, model: str, request_ids: list[str]) -> None:
         replica = self.replicas[model]
