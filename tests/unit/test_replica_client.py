@@ -1,0 +1,69 @@
+"""RayReplicaClient against a stand-in for a Ray Serve handle: batch streams, cancellation, a
+replica lost mid-batch (no Ray cluster needed)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray.exceptions import ActorDiedError
+
+from serve_app.engine.types import BatchOpened, CancelRequests, GenerationChunk, GenerationRequest, SamplingOptions
+from serve_app.router.client import RayReplicaClient
+
+
+class _Method:
+    def __init__(self, fn: Any) -> None:
+        self.remote = fn
+
+
+class FakeHandle:
+    """``generate_batch`` replays ``messages`` (raising an exception item); ``cancel`` records."""
+
+    def __init__(self, messages: list[Any]) -> None:
+        self.messages = messages
+        self.cancels: list[CancelRequests] = []
+        self.generate_batch = _Method(self._generate_batch)
+        self.cancel = _Method(self._cancel)
+
+    def options(self, **_: Any) -> FakeHandle:
+        return self
+
+    async def _generate_batch(self, requests: list[GenerationRequest]) -> AsyncIterator[Any]:
+        for message in self.messages:
+            if isinstance(message, BaseException):
+                raise message
+            yield message
+
+    async def _cancel(self, request: CancelRequests) -> int:
+        self.cancels.append(request)
+        return len(request.request_ids)
+
+
+def _requests() -> list[GenerationRequest]:
+    return [GenerationRequest(rid, "m", SamplingOptions(max_tokens=8), prompt="p") for rid in ("a", "b")]
+
+
+async def test_a_batch_stream_is_flattened_and_a_leaver_is_cancelled_on_its_replica() -> None:
+    steps = [BatchOpened("replica-1"), [GenerationChunk(index=0, text="x"), GenerationChunk(index=1, text="y")]]
+    handle = FakeHandle([*steps, [GenerationChunk(index=1, text="z", finish_reason="stop")]])
+    client = RayReplicaClient({"m": handle})
+    stream = client.stream("m", _requests())
+    assert [c.text for c in [await anext(stream), await anext(stream)]] == ["x", "y"]
+    await client.cancel("m", ["a"])
+    assert handle.cancels == [CancelRequests("replica-1", ("a",))]
+    assert [c.text async for c in stream] == ["z"]
+    await client.cancel("m", ["a"])  # the batch has ended: nothing to send
+    assert len(handle.cancels) == 1
+
+
+async def test_a_replica_lost_mid_batch_fails_every_request_with_503() -> None:
+    handle = FakeHandle([BatchOpened("replica-1"), [GenerationChunk(index=0, text="x")], ActorDiedError()])
+    client = RayReplicaClient({"m": handle})
+    chunks = [c async for c in client.stream("m", _requests())]
+    assert chunks[0].text == "x"
+    errors = [c.error for c in chunks[1:]]
+    assert [c.index for c in chunks[1:]] == [0, 1]
+    assert all(e is not None and e.status == 503 and e.code == "replica_unavailable" for e in errors)
+    await client.cancel("m", ["a", "b"])  # the stream is gone: no call to a dead replica
+    assert handle.cancels == []
