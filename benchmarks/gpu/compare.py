@@ -29,6 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 DUMMY = Path("/tmp/llama8b-dummy")
+AWQ_DUMMY = Path("/tmp/llama8b-awq-dummy")  # the same shape with an AWQ int4 quantization_config
 CACHE = Path("/tmp/mc")
 PLAIN_URL = "http://127.0.0.1:8100"
 STACK_URL = "http://127.0.0.1:8000"
@@ -37,6 +38,7 @@ MODEL = "llama-8b-dummy"
 # The same weights behind the stack's router batching (benchmarks/gpu/stack-8b-dummy.yaml): at
 # concurrency 64 a batch's chunks travel replica -> router as one Ray message per engine step.
 MODEL_BATCHED = "llama-8b-dummy-batched"
+MODEL_AWQ = "llama-8b-awq-dummy"
 # Every process here: NVLink multicast stays off on lent machines (their KINDS.md says why).
 GPU_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
@@ -82,17 +84,25 @@ def prepare_models() -> None:
         subprocess.run([sys.executable, "-m", "serve_app.cli", "prepare-model", "--cache-dir", str(CACHE)], check=True)
         smollm2 = CACHE / "smollm2-135m-instruct"
         subprocess.run([sys.executable, str(HERE / "make_8b_dummy.py"), str(smollm2), str(DUMMY)], check=True)
+        make = [sys.executable, str(HERE / "make_8b_dummy.py"), str(smollm2), str(AWQ_DUMMY), "--awq"]
+        subprocess.run(make, check=True)
 
 
-def start(out: Path, timeout_s: float, tp: int) -> None:
+def start(out: Path, timeout_s: float, tp: int, config: str, plain_memory: float, awq: bool) -> None:
+    """Plain vLLM, then the stack (servers of an earlier start are stopped first). With ``awq``
+    both serve the AWQ int4 folder (the stack through stack-8b-awq-dummy.yaml)."""
+    stop_servers()
     prepare_models()
-    plain = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(DUMMY)]
-    plain += ["--served-model-name", MODEL, "--load-format", "dummy", "--dtype", "bfloat16", "--port", "8100"]
-    plain += ["--gpu-memory-utilization", "0.3", "--max-model-len", "4096", "--tensor-parallel-size", str(tp)]
+    folder, name, dtype = (AWQ_DUMMY, MODEL_AWQ, "float16") if awq else (DUMMY, MODEL, "bfloat16")
+    plain = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder)]
+    plain += ["--served-model-name", name, "--load-format", "dummy", "--dtype", dtype, "--port", "8100"]
+    plain += ["--gpu-memory-utilization", str(plain_memory), "--max-model-len", "4096"]
+    plain += ["--tensor-parallel-size", str(tp)]
     started = time.monotonic()
     proc = _spawn(plain, Path("/tmp/plain.log"), {"CUDA_VISIBLE_DEVICES": "0"})
     print(f"plain vLLM healthy after {wait_for(PLAIN_URL + '/health', timeout_s, proc):.0f} s", flush=True)
-    stack_config = HERE / ("stack-8b-dummy.yaml" if tp == 1 else f"stack-8b-dummy-tp{tp}.yaml")
+    config = "stack-8b-awq-dummy.yaml" if awq else config
+    stack_config = HERE / (config if tp == 1 else f"stack-8b-dummy-tp{tp}.yaml")
     gpus = ",".join(str(i) for i in range(tp))
     _spawn([shutil.which("serve") or "serve", "run", str(stack_config)], Path("/tmp/stack.log"), _stack_env(gpus))
     (out / "start.json").write_text(json.dumps({"plain_start_s": time.monotonic() - started}))
@@ -119,20 +129,42 @@ DOORS = {
     "stack-direct": (DIRECT_URL, MODEL),
     "stack-batched": (STACK_URL, MODEL_BATCHED),
     "stack-direct-batched": (DIRECT_URL, MODEL_BATCHED),
+    "plain-awq": (PLAIN_URL, MODEL_AWQ),  # after `start --awq`
+    "stack-direct-awq": (DIRECT_URL, MODEL_AWQ),
 }
+# stack-8b-modes.yaml: one application per Ray Serve setting, each reached on its router replica's
+# own port (direct ingress), under its route prefix.
+MODE_PREFIXES = {"mode-on": "", "mode-off": "/mode-off", "mode-grpc-off": "/mode-grpc-off"}
+MODE_PREFIXES["mode-own-thread"] = "/mode-own-thread"
 
 
-def bench(out: Path, timeout_s: float, rounds: int, doors: list[str]) -> None:
+def door_url(name: str, timeout_s: float) -> tuple[str, str]:
+    """Base URL and model of a front door; a mode door's port is the one whose router answers
+    under its prefix (each application's router replica took the next free port from 30000)."""
+    if name not in MODE_PREFIXES:
+        return DOORS[name]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for port in range(30000, 30032):
+            url = f"http://127.0.0.1:{port}{MODE_PREFIXES[name]}"
+            if _get(url + "/ready") == 200:
+                return url, MODEL
+        time.sleep(3)
+    raise TimeoutError(f"no router answered {MODE_PREFIXES[name]}/ready on ports 30000-30031")
+
+
+def bench(out: Path, timeout_s: float, rounds: int, doors: list[str], c64_doors: list[str]) -> None:
     ready_s = wait_for(STACK_URL + "/ready", timeout_s)
     wait_for(PLAIN_URL + "/health", 60)
-    if any(DOORS[d][0] == DIRECT_URL for d in doors):
+    if any(DOORS.get(d, ("",))[0] == DIRECT_URL for d in doors):
         wait_for(DIRECT_URL + "/ready", 60)
     results: list[dict] = []
-    servers = [(name, *DOORS[name]) for name in doors]
-    plan = [(1, 30), (64, 320)]
+    servers = [(name, *door_url(name, 120)) for name in doors]
+    print("front doors:", servers, flush=True)
+    plan = [(1, 30, servers), (64, 320, [s for s in servers if s[0] in c64_doors])]
     for r in range(rounds):
-        for concurrency, prompts in plan:
-            for name, url, model in servers:
+        for concurrency, prompts, measured in plan:
+            for name, url, model in measured:
                 try:
                     metrics = bench_once(url, concurrency, prompts, seed=r, model=model)
                 except RuntimeError as err:  # one front door failing must not lose the others' numbers
@@ -154,16 +186,17 @@ def _mean(rows: list[dict], key: str) -> float:
 
 def summarize(results: list[dict]) -> str:
     keys = ["output_throughput", "median_ttft_ms", "median_tpot_ms", "median_itl_ms", "p99_ttft_ms"]
-    doors = ("stack", "stack-direct", "stack-batched", "stack-direct-batched")
+    doors = ("stack", "stack-direct", "stack-batched", "stack-direct-batched", "stack-direct-awq", *MODE_PREFIXES)
     names = [n for n in doors if any(r["server"] == n for r in results)]
+    plain = "plain-awq" if any(r["server"] == "plain-awq" for r in results) else "plain"
     head = "| concurrency | metric | plain vLLM | " + " | ".join(f"{n} | {n} / plain" for n in names) + " |"
     lines = [head, "|" + "---|" * (3 + 2 * len(names))]
     for c in sorted({r["concurrency"] for r in results}):
-        rows = {n: [r for r in results if r["concurrency"] == c and r["server"] == n] for n in ("plain", *names)}
-        if not rows["plain"]:
+        rows = {n: [r for r in results if r["concurrency"] == c and r["server"] == n] for n in (plain, *names)}
+        if not rows[plain]:
             continue
         for k in keys:
-            p = _mean(rows["plain"], k)
+            p = _mean(rows[plain], k)
             cells = " | ".join(
                 f"{_mean(rows[n], k):.2f} | {_mean(rows[n], k) / p:.3f}" if rows[n] else "failed | -" for n in names
             )
@@ -215,14 +248,19 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=420)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--doors", default=",".join(DOORS), help="comma-separated front doors to measure")
+    parser.add_argument("--c64-doors", help="the doors also measured at concurrency 64 (default: all)")
+    parser.add_argument("--config", default="stack-8b-dummy.yaml", help="the stack's serve config, in this folder")
+    parser.add_argument("--plain-memory", type=float, default=0.3, help="plain vLLM's gpu_memory_utilization")
+    parser.add_argument("--awq", action="store_true", help="start: both servers on the AWQ int4 folder")
     parser.add_argument("--tp", type=int, default=1, help="tensor parallel size of both servers")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         if args.phase == "start":
-            start(args.out, args.timeout, args.tp)
+            start(args.out, args.timeout, args.tp, args.config, args.plain_memory, args.awq)
         elif args.phase == "bench":
-            bench(args.out, args.timeout, args.rounds, args.doors.split(","))
+            doors = args.doors.split(",")
+            bench(args.out, args.timeout, args.rounds, doors, (args.c64_doors or args.doors).split(","))
         elif args.phase == "tp2":
             tp2(args.out, args.timeout)
     finally:

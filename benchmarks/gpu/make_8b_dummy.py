@@ -4,7 +4,11 @@ Shape: Llama-3-8B (hidden 4096, 32 layers, 32 heads, 8 KV heads, MLP 14336). The
 embedded SmolLM2's (no model hub here), so the vocabulary is 49,152 instead of 128,256: the LM head
 is ~0.3 B parameters smaller than the real model's; everything else matches.
 
-Usage: python benchmarks/gpu/make_8b_dummy.py TOKENIZER_DIR OUT_DIR
+With ``--awq`` the config also carries an AWQ int4 ``quantization_config`` (group size 128, the
+layout of published AWQ Llama checkpoints): vLLM's dummy loader then allocates the packed int4
+weights and random scales, and picks its AWQ Marlin kernels on Hopper as for a real checkpoint.
+
+Usage: python benchmarks/gpu/make_8b_dummy.py TOKENIZER_DIR OUT_DIR [--awq]
 """
 
 from __future__ import annotations
@@ -30,18 +34,21 @@ LLAMA3_8B_SHAPE = {
     "tie_word_embeddings": False,
     "torch_dtype": "bfloat16",
 }
+AWQ_INT4 = {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"}
 
 
-def main(tokenizer_dir: Path, out: Path) -> None:
+def main(tokenizer_dir: Path, out: Path, awq: bool = False) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
         if (tokenizer_dir / name).exists():
             shutil.copy(tokenizer_dir / name, out / name)
     source = json.loads((tokenizer_dir / "config.json").read_text())
     config = LLAMA3_8B_SHAPE | {k: source[k] for k in ("vocab_size", "bos_token_id", "eos_token_id")}
+    if awq:
+        config |= {"quantization_config": AWQ_INT4, "torch_dtype": "float16"}
     (out / "config.json").write_text(json.dumps(config, indent=2))
     print(out)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), awq="--awq" in sys.argv[3:])
