@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.config import ModelConfig
+from serve_app.engine.gpu_start_lock import gpu_start_lock, shared_gpu_ids
 from serve_app.engine.types import (
     EmbeddingRequest,
     EmbeddingResult,
@@ -119,7 +120,9 @@ class VllmEngine:
             import ray
 
             vllm_config.parallel_config.placement_group = ray.util.get_current_placement_group()
-        self._llm = AsyncLLM.from_vllm_config(vllm_config, stat_loggers=[self._stats.factory])
+        # Replicas sharing a GPU start their engines one at a time (gpu_start_lock says why).
+        async with gpu_start_lock(self._shared_gpus(), owner=f"model {self.config.id!r}"):
+            self._llm = AsyncLLM.from_vllm_config(vllm_config, stat_loggers=[self._stats.factory])
         self._tokenizer = self._llm.get_tokenizer()
         self._max_model_len = self._llm.model_config.max_model_len
         if self.config.gpus_per_replica > 1:
@@ -128,6 +131,12 @@ class VllmEngine:
             await ensure_engine_workers_ready(
                 self._llm.collective_rpc, self.config.gpus_per_replica, self.config.placement.preflight_timeout_s
             )
+
+    def _shared_gpus(self) -> list[str]:
+        import ray
+
+        assigned = ray.get_gpu_ids() if ray.is_initialized() else []
+        return shared_gpu_ids(self.config.ray_actor_options.num_gpus, self.config.gpus_per_replica, assigned)
 
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
         if request.messages is not None:

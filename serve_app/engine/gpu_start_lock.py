@@ -1,0 +1,105 @@
+"""One engine start at a time per shared GPU.
+
+vLLM sizes its KV cache at start by profiling: it measures the GPU's free memory before and after
+loading the model and a dummy forward pass, and counts any drop it cannot attribute to its own
+tensors as its own overhead. When several replicas share one GPU (fractional ``num_gpus``) and
+start together, each one counts the others' allocations as its own and ends with "No available
+memory for the cache blocks"; Serve retries it three times and then marks the deployment failed.
+Measured: GPU run 4 (``benchmarks/results/gpu-h200-run4/``), five 8B engines on one H200 with 0.87
+of its memory between them: 12 engine starts failed that way and only one engine came up.
+
+So an engine on a shared GPU takes an exclusive ``flock`` per GPU for its start (load, profile,
+KV cache, CUDA graphs); the others wait their turn. The lock is a file per GPU in the node's
+temporary directory, which every Ray worker of the node (or of the pod, on Kubernetes) shares;
+the kernel releases it when its holder exits, so a crashed start leaves no stale lock. Waiting is
+bounded: after ``timeout_s`` the start goes ahead anyway (a hung holder must not hold every other
+replica back), with a warning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import IO
+
+logger = logging.getLogger("serve_app.engine")
+
+POLL_S = 0.5
+
+
+def shared_gpu_ids(num_gpus: float, gpus_per_replica: int, assigned: Sequence[object]) -> list[str]:
+    """The GPUs a replica may share with other replicas: only a replica asking for a fraction of
+    one GPU shares it (a multi-GPU replica's placement group bundles hold whole GPUs)."""
+    if gpus_per_replica > 1 or not 0 < num_gpus < 1:
+        return []
+    return sorted(str(g) for g in assigned)
+
+
+def _try_lock(handle: IO[bytes]) -> bool:
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _lock_until(path: Path, deadline: float, owner: str) -> IO[bytes] | None:
+    """The locked file, or None when ``deadline`` passed first."""
+    handle = path.open("ab")
+    announced = False
+    while not _try_lock(handle):
+        if time.monotonic() >= deadline:
+            handle.close()
+            return None
+        if not announced:
+            logger.info("%s: waiting for %s (another engine is starting on that GPU)", owner, path)
+            announced = True
+        time.sleep(POLL_S)
+    return handle
+
+
+def _acquire(paths: list[Path], timeout_s: float, owner: str) -> list[IO[bytes]]:
+    """Lock every path in order (sorted ids: two replicas never wait on each other crosswise)."""
+    held: list[IO[bytes]] = []
+    deadline = time.monotonic() + timeout_s
+    for path in paths:
+        handle = _lock_until(path, deadline, owner)
+        if handle is None:
+            logger.warning("%s: %s still held after %.0f s; starting the engine anyway", owner, path, timeout_s)
+        else:
+            held.append(handle)
+    return held
+
+
+def _release(held: list[IO[bytes]]) -> None:
+    for handle in reversed(held):
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        handle.close()
+
+
+@asynccontextmanager
+async def gpu_start_lock(
+    gpu_ids: Sequence[str], owner: str, timeout_s: float = 1800.0, lock_dir: Path | None = None
+) -> AsyncIterator[None]:
+    """Hold every GPU's start lock for the body; no-op without GPU ids."""
+    if not gpu_ids:
+        yield
+        return
+    folder = lock_dir or Path(tempfile.gettempdir()) / "serve-app-gpu-start"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"gpu-{gpu}.lock" for gpu in sorted(gpu_ids)]
+    started = time.monotonic()
+    held = await asyncio.to_thread(_acquire, paths, timeout_s, owner)
+    waited = time.monotonic() - started
+    if waited > 1:
+        logger.info("%s: waited %.1f s for GPU(s) %s", owner, waited, ",".join(gpu_ids))
+    try:
+        yield
+    finally:
+        _release(held)
