@@ -63,7 +63,7 @@ async def test_starts_on_different_gpus_overlap(tmp_path: Path) -> None:
 async def test_no_gpu_takes_no_lock(tmp_path: Path) -> None:
     async with gpu_start_lock([], owner="cpu", lock_dir=tmp_path):
         pass
-    assert not list(tmp_path.iterdir())
+    assert not _files(tmp_path)
 
 
 async def test_a_failed_start_releases_the_lock(tmp_path: Path) -> None:
@@ -87,16 +87,22 @@ async def test_a_hung_holder_does_not_block_forever(tmp_path: Path, caplog: pyte
 
 
 async def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLD, str(tmp_path / "gpu-0.lock")], stdout=subprocess.PIPE, text=True
-    )
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-    holder.kill()
-    holder.wait()
+    _lock_in_a_process_then_kill_it(tmp_path / "gpu-0.lock")
     started = time.monotonic()
     async with gpu_start_lock(["0"], owner="next", lock_dir=tmp_path, timeout_s=5):
         pass
     assert time.monotonic() - started < 1
+
+
+def _files(folder: Path) -> list[Path]:
+    return list(folder.iterdir())
+
+
+def _lock_in_a_process_then_kill_it(path: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    holder.kill()
+    holder.wait()
 
 
 _HOLD = """
