@@ -33,7 +33,8 @@ from serve_app.engine.fake import FakeEngine
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
-PORT, BARE_PORT, DIRECT_PORT = 8131, 8132, 30000
+PORT, BARE_PORT = 8131, 8132
+DIRECT_PORTS = range(30000, 30032)  # Ray's direct-ingress range starts at 30000
 TP_OPT = {"ray_serve_throughput_optimized": True}
 # Each mode: server options, plus model options where the mode batches at the router.
 MODES: dict[str, dict[str, Any]] = {
@@ -111,18 +112,21 @@ def cpu_seconds(procs: dict[str, psutil.Process]) -> dict[str, float]:
     return {name: sum(p.cpu_times()[:2]) for name, p in procs.items()}
 
 
-def deploy(config: AppConfig, delay_s: float, name: str) -> None:
+def deploy(config: AppConfig, name: str, engine_factory: Any = None, extra_env: dict[str, str] | None = None) -> None:
+    """serve_app.app.build_app's deployments, with an engine factory bound in (default: vLLM) and
+    Ray Serve variables added to every replica's (``extra_env``); returns without waiting."""
     from ray import serve
 
     from serve_app.app import ROUTER_DEPLOYMENT, ray_serve_env_vars, replica_options
     from serve_app.replica.deployment import LLMReplica
     from serve_app.router.deployment import RouterDeployment
 
-    env = ray_serve_env_vars(config.server)
+    env = ray_serve_env_vars(config.server) | (extra_env or {})
+    factory = {"engine_factory": engine_factory} if engine_factory is not None else {}
     replicas = {
         m.id: serve.deployment(LLMReplica)
         .options(**replica_options(m, config.router, config.nccl, env))
-        .bind(m, config.model_cache_dir, engine_factory=fake_engine_factory(delay_s), export_metrics=True)
+        .bind(m, config.model_cache_dir, export_metrics=True, **factory)
         for m in config.models
     }
     router = serve.deployment(serve.ingress()(RouterDeployment)).options(
@@ -131,7 +135,6 @@ def deploy(config: AppConfig, delay_s: float, name: str) -> None:
         ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": env}},
     )
     serve.run(router.bind(config, replicas), name=name, route_prefix="/", blocking=False)
-    wait_until_ok(f"http://127.0.0.1:{PORT}/ready", 300)
 
 
 def start_bare_server(delay_s: float) -> None:
@@ -159,18 +162,18 @@ def start_bare_server(delay_s: float) -> None:
 
 
 def direct_url(timeout_s: float = 60.0) -> str:
-    """The router replica's own HTTP port: the first of Ray's range, or a later one while the
-    previous mode's replica still holds it."""
+    """The router replica's own HTTP port: the first of Ray's range, or a later one while earlier
+    modes' replicas still hold theirs (a deleted replica keeps its port while it drains, 30 s)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for port in range(DIRECT_PORT, DIRECT_PORT + 4):
+        for port in DIRECT_PORTS:
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5).status_code == 200:
                     return f"http://127.0.0.1:{port}"
             except httpx.HTTPError:
                 continue
         time.sleep(1)
-    raise TimeoutError("no router replica answered on a direct ingress port")
+    raise TimeoutError(f"no router replica answered /ready on ports {DIRECT_PORTS}")
 
 
 def measure_mode(label: str, options: dict[str, Any], args: argparse.Namespace, base: dict) -> dict:
@@ -183,7 +186,8 @@ def measure_mode(label: str, options: dict[str, Any], args: argparse.Namespace, 
     raw["models"][0].update(options.get("model", {}))
     config = load_config(raw)
     name = "overhead-" + str(abs(hash(label)) % 10_000)
-    deploy(config, args.token_delay_ms / 1000, name)
+    deploy(config, name, engine_factory=fake_engine_factory(args.token_delay_ms / 1000))
+    wait_until_ok(f"http://127.0.0.1:{PORT}/ready", 300)
     url = direct_url() if options["server"]["ray_serve_direct_ingress"] else f"http://127.0.0.1:{PORT}"
     ttft = asyncio.run(ttft_ms(url, args.ttft_requests))
     procs = serve_processes(name)

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stack_overhead import deploy, direct_url
 
 from serve_app.bench.readiness import wait_until_ok
 from serve_app.config import AppConfig, app_args_from_serve_file, load_config
@@ -34,7 +35,6 @@ from serve_app.replica.deployment import resolve_model_path
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
 PLAIN_PORT = 8133
-DIRECT_PORTS = range(30000, 30032)
 PROMPT = " ".join(f"The {i}th item of the list is a number." for i in range(20))
 OFF, ON = "0", "1"
 # label -> (server.ray_serve_throughput_optimized, Ray Serve variables set over the mode's)
@@ -93,42 +93,6 @@ def start_plain(config: AppConfig) -> tuple[subprocess.Popen, str]:
     return proc, path
 
 
-def direct_url(timeout_s: float) -> str:
-    """The router replica's own port: a replica of an earlier mode holds its port while it drains
-    (30 s), so each mode may get a later one of Ray's range."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for port in range(DIRECT_PORTS.start, DIRECT_PORTS.stop):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5).status_code == 200:
-                    return f"http://127.0.0.1:{port}"
-            except httpx.HTTPError:
-                continue
-        time.sleep(1)
-    raise TimeoutError(f"no router replica answered /ready on ports {DIRECT_PORTS}")
-
-
-def deploy(config: AppConfig, extra_env: dict[str, str], name: str) -> None:
-    """serve_app.app.build_app, with Ray Serve variables added to every replica of the app."""
-    from ray import serve
-
-    from serve_app.app import ROUTER_DEPLOYMENT, ray_serve_env_vars, replica_options
-    from serve_app.replica.deployment import LLMReplica
-    from serve_app.router.deployment import RouterDeployment
-
-    env = ray_serve_env_vars(config.server) | extra_env
-    replicas = {
-        m.id: serve.deployment(LLMReplica)
-        .options(**replica_options(m, config.router, config.nccl, env))
-        .bind(m, config.model_cache_dir)
-        for m in config.models
-    }
-    router = serve.deployment(serve.ingress()(RouterDeployment)).options(
-        name=ROUTER_DEPLOYMENT, ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": env}}
-    )
-    serve.run(router.bind(config, replicas), name=name, route_prefix="/", blocking=False)
-
-
 def measure(label: str, base: dict, plain_model: str, n: int, rnd: int) -> dict[str, Any]:
     from ray import serve
 
@@ -137,7 +101,7 @@ def measure(label: str, base: dict, plain_model: str, n: int, rnd: int) -> dict[
         "server": {"ray_serve_throughput_optimized": optimized, "ray_serve_direct_ingress": True}
     }
     name = f"ttft-{rnd}-{list(MODES).index(label)}"
-    deploy(load_config(raw), extra, name)
+    deploy(load_config(raw), name, extra_env=extra)
     url = direct_url(timeout_s=300)
     wait_until_ok(url + "/ready", 300)
     stack, plain = asyncio.run(alternate(url, f"http://127.0.0.1:{PLAIN_PORT}", plain_model, n))
