@@ -91,6 +91,9 @@ class BatchDispatcher:
             logger.warning("cancelling %d requests of a batch failed: %r", len(request_ids), err)
 
     async def _dispatch(self, batch: list[_GenerationJob]) -> None:
+        batch = [job for job in batch if not job.abandoned]  # clients that left while queued
+        if not batch:
+            return
         owners = [(job, i) for job in batch for i in range(len(job.requests))]
         flat = [r for job in batch for r in job.requests]
         self._record_dispatch(len(flat), [job.submitted_at for job in batch])

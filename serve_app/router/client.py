@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
@@ -53,13 +54,18 @@ class RayReplicaClient:
         self.retry_backoff_s = retry_backoff_s
         self._lost = _replica_lost_errors()
         self._batch_replica: dict[str, str] = {}  # request id of a running batch -> its replica
+        # Request ids of batches sent whose replica is not known yet (no BatchOpened so far), and
+        # those of them whose clients left already: cancelled as soon as the replica is known.
+        self._unopened: set[str] = set()
+        self._cancel_on_open: set[str] = set()
+        self._early_cancels: set[asyncio.Task[None]] = set()
 
     async def stream(self, model: str, requests: list[GenerationRequest]) -> AsyncIterator[GenerationChunk]:
         handle = self.handles[model].options(stream=True)
         for attempt in range(1, self.max_attempts + 1):
             started = False
             try:
-                async for chunk in self._chunks(handle, requests):
+                async for chunk in self._chunks(model, handle, requests):
                     started = True
                     yield chunk
                 return
@@ -74,7 +80,9 @@ class RayReplicaClient:
         for i in range(len(requests)):
             yield GenerationChunk(index=i, error=_lost_error("no replica could serve the request; retry later"))
 
-    async def _chunks(self, handle: Any, requests: list[GenerationRequest]) -> AsyncIterator[GenerationChunk]:
+    async def _chunks(
+        self, model: str, handle: Any, requests: list[GenerationRequest]
+    ) -> AsyncIterator[GenerationChunk]:
         """One request's chunks from ``generate``; a batch's from ``generate_batch``, whose first
         message names its replica and whose other messages are lists of chunks (one per engine
         step, see LLMReplica.generate_batch)."""
@@ -82,24 +90,42 @@ class RayReplicaClient:
             async for chunk in handle.generate.remote(requests[0]):
                 yield chunk
             return
+        ids = [r.request_id for r in requests]
+        self._unopened.update(ids)
 
         def opened(message: BatchOpened) -> None:
-            self._batch_replica.update((r.request_id, message.replica_id) for r in requests)
+            self._unopened.difference_update(ids)
+            self._batch_replica.update((rid, message.replica_id) for rid in ids)
+            if early := [rid for rid in ids if rid in self._cancel_on_open]:
+                self._spawn_cancel(model, message.replica_id, early)
 
         try:
             async for chunk in batch_chunks(handle.generate_batch.remote(requests), opened):
                 yield chunk
         finally:
-            for r in requests:
-                self._batch_replica.pop(r.request_id, None)
+            for rid in ids:
+                self._batch_replica.pop(rid, None)
+                self._unopened.discard(rid)
+                self._cancel_on_open.discard(rid)
 
     async def cancel(self, model: str, request_ids: list[str]) -> None:
         by_replica: dict[str, list[str]] = {}
         for rid in request_ids:
             if (replica_id := self._batch_replica.get(rid)) is not None:
                 by_replica.setdefault(replica_id, []).append(rid)
+            elif rid in self._unopened:  # its batch's replica is not known yet: cancel on BatchOpened
+                self._cancel_on_open.add(rid)
         for replica_id, ids in by_replica.items():
             await self.handles[model].cancel.remote(CancelRequests(replica_id, tuple(ids)))
+
+    def _spawn_cancel(self, model: str, replica_id: str, request_ids: list[str]) -> None:
+        """Cancel, from the batch stream's BatchOpened callback, requests whose clients left before
+        it; in an empty context, so the call carries no request's id into Ray."""
+        self._cancel_on_open.difference_update(request_ids)
+        call = self.handles[model].cancel.remote(CancelRequests(replica_id, tuple(request_ids)))
+        task = asyncio.get_running_loop().create_task(_await_cancel(call), context=contextvars.Context())
+        self._early_cancels.add(task)
+        task.add_done_callback(self._early_cancels.discard)
 
     async def embed(self, model: str, request: EmbeddingRequest) -> EmbeddingResult:
         for attempt in range(1, self.max_attempts + 1):
@@ -126,6 +152,13 @@ async def batch_chunks(
             continue
         for chunk in message:
             yield chunk
+
+
+async def _await_cancel(call: Any) -> None:
+    try:
+        await call
+    except Exception as err:  # the batch ends anyway; its slots are freed then
+        logger.warning("cancelling requests of a batch failed: %r", err)
 
 
 def _lost_error(message: str) -> RequestError:

@@ -3,6 +3,7 @@ replica lost mid-batch (no Ray cluster needed)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,8 +21,9 @@ class _Method:
 class FakeHandle:
     """``generate_batch`` replays ``messages`` (raising an exception item); ``cancel`` records."""
 
-    def __init__(self, messages: list[Any]) -> None:
+    def __init__(self, messages: list[Any], gate: asyncio.Event | None = None) -> None:
         self.messages = messages
+        self.gate = gate  # when set, generate_batch waits for it before its first message
         self.cancels: list[CancelRequests] = []
         self.generate_batch = _Method(self._generate_batch)
         self.cancel = _Method(self._cancel)
@@ -30,6 +32,8 @@ class FakeHandle:
         return self
 
     async def _generate_batch(self, requests: list[GenerationRequest]) -> AsyncIterator[Any]:
+        if self.gate is not None:
+            await self.gate.wait()
         for message in self.messages:
             if isinstance(message, BaseException):
                 raise message
@@ -67,3 +71,21 @@ async def test_a_replica_lost_mid_batch_fails_every_request_with_503() -> None:
     assert all(e is not None and e.status == 503 and e.code == "replica_unavailable" for e in errors)
     await client.cancel("m", ["a", "b"])  # the stream is gone: no call to a dead replica
     assert handle.cancels == []
+
+
+async def test_a_client_leaving_before_its_batch_opened_is_cancelled_once_the_replica_is_known() -> None:
+    gate = asyncio.Event()
+    chunks = [GenerationChunk(index=0, text="x"), GenerationChunk(index=1, text="y")]
+    handle = FakeHandle([BatchOpened("replica-1"), chunks, [GenerationChunk(index=1, finish_reason="stop")]], gate)
+    client = RayReplicaClient({"m": handle})
+    stream = client.stream("m", _requests())
+    first = asyncio.create_task(anext(stream))
+    await asyncio.sleep(0.01)  # the call is out; no BatchOpened yet
+    await client.cancel("m", ["a", "unknown"])
+    assert handle.cancels == [], "the replica is not known yet"
+    gate.set()
+    assert (await first).text == "x"
+    await asyncio.sleep(0.01)
+    assert handle.cancels == [CancelRequests("replica-1", ("a",))], "sent once BatchOpened named the replica"
+    assert [c.finish_reason async for c in stream] == [None, "stop"]
+    assert not client._cancel_on_open and not client._unopened  # nothing kept after the batch

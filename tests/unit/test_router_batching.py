@@ -153,6 +153,24 @@ async def test_a_client_leaving_a_batch_frees_its_engine_request_while_the_batch
     assert chunks[-1].completion_tokens == 30 and chunks[-1].finish_reason == "length"
 
 
+async def test_a_client_leaving_while_queued_is_not_sent_to_the_engine() -> None:
+    engine = FakeEngine(token_delay_s=0.001)
+    model = ModelConfig(id="fake", source="/x", batching={"max_batch_size": 4, "batch_timeout_ms": 50})
+    client = CountingClient({"fake": await make_replica_async(model, engine)})
+    dispatcher = BatchDispatcher(client, model, ServeAppMetrics.disabled())
+    sampling = SamplingOptions(max_tokens=3)
+    leaver = dispatcher.stream([GenerationRequest("leave", "fake", sampling, prompt="leave now")])
+    waiting = asyncio.create_task(anext(leaver))
+    await asyncio.sleep(0.01)  # queued: the batch closes after 50 ms
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    stayer = dispatcher.stream([GenerationRequest("stay", "fake", sampling, prompt="stay here")])
+    chunks = await _collect(stayer)
+    await dispatcher.close()
+    assert client.batch_sizes == [1], "only the request still waiting goes out"
+    assert chunks[-1].finish_reason == "length"
+
+
 async def _collect(stream) -> list:
     return [chunk async for chunk in stream]
 
