@@ -134,10 +134,7 @@ async def test_streaming_releases_admission_when_client_stops_reading() -> None:
 async def test_a_client_leaving_a_batch_frees_its_engine_request_while_the_batch_goes_on() -> None:
     # Through the dispatcher itself: httpx's ASGI transport delivers a streamed body only once it
     # is complete, so it cannot show a client leaving mid-stream.
-    engine = FakeEngine(token_delay_s=0.03)
-    model = ModelConfig(id="fake", source="/x", batching={"max_batch_size": 2, "batch_timeout_ms": 50})
-    client = CountingClient({"fake": await make_replica_async(model, engine)})
-    dispatcher = BatchDispatcher(client, model, ServeAppMetrics.disabled())
+    engine, client, dispatcher = await _dispatcher(0.03, max_batch_size=2)
     sampling = SamplingOptions(max_tokens=30)
     stayer = dispatcher.stream([GenerationRequest("stay", "fake", sampling, prompt="stay here")])
     leaver = dispatcher.stream([GenerationRequest("leave", "fake", sampling, prompt="leave now")])
@@ -154,10 +151,7 @@ async def test_a_client_leaving_a_batch_frees_its_engine_request_while_the_batch
 
 
 async def test_a_client_leaving_while_queued_is_not_sent_to_the_engine() -> None:
-    engine = FakeEngine(token_delay_s=0.001)
-    model = ModelConfig(id="fake", source="/x", batching={"max_batch_size": 4, "batch_timeout_ms": 50})
-    client = CountingClient({"fake": await make_replica_async(model, engine)})
-    dispatcher = BatchDispatcher(client, model, ServeAppMetrics.disabled())
+    _, client, dispatcher = await _dispatcher(0.001, max_batch_size=4)
     sampling = SamplingOptions(max_tokens=3)
     leaver = dispatcher.stream([GenerationRequest("leave", "fake", sampling, prompt="leave now")])
     waiting = asyncio.create_task(anext(leaver))
@@ -169,6 +163,14 @@ async def test_a_client_leaving_while_queued_is_not_sent_to_the_engine() -> None
     await dispatcher.close()
     assert client.batch_sizes == [1], "only the request still waiting goes out"
     assert chunks[-1].finish_reason == "length"
+
+
+async def _dispatcher(token_delay_s: float, max_batch_size: int) -> tuple:
+    """A dispatcher over one FakeEngine replica whose batches close after 50 ms."""
+    engine = FakeEngine(token_delay_s=token_delay_s)
+    model = ModelConfig(id="fake", source="/x", batching={"max_batch_size": max_batch_size, "batch_timeout_ms": 50})
+    client = CountingClient({"fake": await make_replica_async(model, engine)})
+    return engine, client, BatchDispatcher(client, model, ServeAppMetrics.disabled())
 
 
 async def _collect(stream) -> list:
