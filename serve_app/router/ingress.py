@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,7 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from serve_app.core.coalesce import drained
 from serve_app.engine.types import EmbeddingRequest as EngineEmbeddingRequest
 from serve_app.engine.types import GenerationChunk, GenerationRequest, merge_chunks
-from serve_app.observability.logs import REQUEST_LOGGER_NAME, RequestLog, request_context
+from serve_app.observability.logs import RequestLog
 from serve_app.router.body_limit import BodySizeLimit
 from serve_app.router.errors import OpenAIError, install_error_handlers
 from serve_app.router.head_limits import RequestHeadLimits
@@ -25,6 +23,7 @@ from serve_app.router.openai_types import (
     GenerateRequest,
     model_card,
 )
+from serve_app.router.request_identity import RequestIdentity
 from serve_app.router.security import install_cors, install_security
 from serve_app.router.service import RouterService
 from serve_app.router.translate import (
@@ -37,11 +36,6 @@ from serve_app.router.translate import (
     new_id,
 )
 
-REQUEST_ID_HEADER = "X-Request-Id"
-request_logger = logging.getLogger(REQUEST_LOGGER_NAME)
-# Polled by load balancers and Kubernetes every few seconds: logged at DEBUG unless they fail.
-PROBE_ROUTES = frozenset({"/health", "/ready"})
-
 
 def build_fastapi(service: RouterService) -> FastAPI:
     app = FastAPI(title="serve-app", version="0.1.0")
@@ -51,38 +45,8 @@ def build_fastapi(service: RouterService) -> FastAPI:
     install_security(app, service.config, service.metrics.request_rejected)  # reads the API keys, once
     app.add_middleware(BodySizeLimit, max_bytes=server.max_body_bytes)
     app.add_middleware(RequestHeadLimits, max_header_bytes=server.max_header_bytes, max_headers=server.max_headers)
+    app.add_middleware(RequestIdentity, on_finished=service.metrics.request_finished, log_prompts=server.log_prompts)
     created = int(time.time())
-
-    @app.middleware("http")
-    async def request_id(request: Request, call_next: Any) -> Any:
-        # Ray Serve's proxy sets X-Request-Id on the request (the client's, which RequestHeadLimits
-        # has checked, or one of its own) and echoes it on the response; only when no one did (e.g.
-        # in-process use) do we make one up and echo it ourselves.
-        incoming = request.headers.get(REQUEST_ID_HEADER)
-        rid = (incoming or uuid.uuid4().hex)[:128]
-        request.state.request_id = rid
-        request.state.log = log = RequestLog(rid, request.method, include_text=server.log_prompts)
-        started = time.monotonic()
-
-        def finished(status: int) -> None:
-            # At the last byte of the answer: for a stream, when it ends, not when its headers go.
-            route = getattr(request.scope.get("route"), "path", "unmatched")
-            model = getattr(request.state, "model", "none")
-            latency_s = time.monotonic() - started
-            service.metrics.request_finished(route, model, status, latency_s)
-            log.model = None if model == "none" else model
-            log.write(request_logger, route, status, latency_s, quiet=route in PROBE_ROUTES)
-
-        with request_context(rid):  # other router lines logged for this request carry its id
-            try:
-                response = await call_next(request)
-            except Exception:
-                finished(500)
-                raise
-        if incoming is None:
-            response.headers[REQUEST_ID_HEADER] = rid
-        response.body_iterator = _when_sent(response.body_iterator, lambda: finished(response.status_code))
-        return response
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -156,15 +120,6 @@ def _note_choices(log: RequestLog, states: list[ChoiceState]) -> None:
         [s.finish_reason for s in states],
         [s.full_text for s in states],
     )
-
-
-async def _when_sent(body: AsyncIterator[Any], finished: Callable[[], None]) -> AsyncIterator[Any]:
-    """The response body, calling ``finished`` once it has all gone out (or the client left)."""
-    try:
-        async for part in body:
-            yield part
-    finally:
-        finished()
 
 
 async def _completion(
