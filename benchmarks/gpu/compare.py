@@ -134,8 +134,12 @@ DOORS = {
 }
 # stack-8b-modes.yaml: one application per Ray Serve setting, each reached on its router replica's
 # own port (direct ingress), under its route prefix.
-MODE_PREFIXES = {"mode-on": "", "mode-off": "/mode-off", "mode-grpc-off": "/mode-grpc-off"}
-MODE_PREFIXES["mode-own-thread"] = "/mode-own-thread"
+MODE_PREFIXES = {
+    "mode-on": "",
+    "mode-off": "/mode-off",
+    "mode-grpc-off": "/mode-grpc-off",
+    "mode-own-thread": "/mode-own-thread",
+}
 
 
 def door_url(name: str, timeout_s: float) -> tuple[str, str]:

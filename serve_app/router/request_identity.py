@@ -21,9 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 from serve_app.observability.logs import REQUEST_LOGGER_NAME, RequestLog, request_context
+from serve_app.router.head_limits import REQUEST_ID_HEADER  # the header name as ASGI carries it
 
-REQUEST_ID_HEADER = "X-Request-Id"
-_REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode()
 request_logger = logging.getLogger(REQUEST_LOGGER_NAME)
 # Polled by load balancers and Kubernetes every few seconds: logged at DEBUG unless they fail.
 PROBE_ROUTES = frozenset({"/health", "/ready"})
@@ -45,7 +44,7 @@ class RequestIdentity:
         # Ray Serve's proxy sets X-Request-Id on the request (the client's, which RequestHeadLimits
         # checks, or one of its own) and echoes it on the response; only when no one did (e.g.
         # in-process use) do we make one up and echo it ourselves.
-        incoming = next((v for k, v in scope.get("headers") or [] if k.lower() == _REQUEST_ID_KEY), None)
+        incoming = next((v for k, v in scope.get("headers") or [] if k.lower() == REQUEST_ID_HEADER), None)
         rid = (incoming.decode("latin-1") if incoming else uuid.uuid4().hex)[:128]
         state = scope.setdefault("state", {})
         state["request_id"] = rid
@@ -72,7 +71,7 @@ class RequestIdentity:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 if incoming is None:
-                    message["headers"] = [*message.get("headers", []), (_REQUEST_ID_KEY, rid.encode())]
+                    message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER, rid.encode())]
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 finished()
