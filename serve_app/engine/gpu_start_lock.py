@@ -13,7 +13,8 @@ KV cache, CUDA graphs); the others wait their turn. The lock is a file per GPU i
 temporary directory, which every Ray worker of the node (or of the pod, on Kubernetes) shares;
 the kernel releases it when its holder exits, so a crashed start leaves no stale lock. Waiting is
 bounded: after ``timeout_s`` the start goes ahead anyway (a hung holder must not hold every other
-replica back), with a warning.
+replica back), with a warning; so does a start whose lock file cannot be made (a read-only temp
+directory).
 """
 
 from __future__ import annotations
@@ -68,12 +69,16 @@ def _acquire(paths: list[Path], timeout_s: float, owner: str) -> list[IO[bytes]]
     """Lock every path in order (sorted ids: two replicas never wait on each other crosswise)."""
     held: list[IO[bytes]] = []
     deadline = time.monotonic() + timeout_s
-    for path in paths:
-        handle = _lock_until(path, deadline, owner)
-        if handle is None:
-            logger.warning("%s: %s still held after %.0f s; starting the engine anyway", owner, path, timeout_s)
-        else:
-            held.append(handle)
+    try:
+        for path in paths:
+            handle = _lock_until(path, deadline, owner)
+            if handle is None:
+                logger.warning("%s: %s still held after %.0f s; starting the engine anyway", owner, path, timeout_s)
+            else:
+                held.append(handle)
+    except OSError:
+        _release(held)
+        raise
     return held
 
 
@@ -92,10 +97,14 @@ async def gpu_start_lock(
         yield
         return
     folder = lock_dir or Path(tempfile.gettempdir()) / "serve-app-gpu-start"
-    folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"gpu-{gpu}.lock" for gpu in sorted(gpu_ids)]
     started = time.monotonic()
-    held = await asyncio.to_thread(_acquire, paths, timeout_s, owner)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        held = await asyncio.to_thread(_acquire, paths, timeout_s, owner)
+    except OSError as err:  # e.g. a read-only temp dir: the lock is a precaution, not a precondition
+        logger.warning("%s: no GPU start lock (%s); starting the engine without it", owner, err)
+        held = []
     waited = time.monotonic() - started
     if waited > 1:
         logger.info("%s: waited %.1f s for GPU(s) %s", owner, waited, ",".join(gpu_ids))

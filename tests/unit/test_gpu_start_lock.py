@@ -94,6 +94,18 @@ async def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
     assert time.monotonic() - started < 1
 
 
+async def test_a_lock_that_cannot_be_made_does_not_stop_the_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    entered = False
+    with caplog.at_level(logging.WARNING, logger="serve_app.engine"):
+        async with gpu_start_lock(["0"], owner="ro", lock_dir=not_a_folder / "locks"):
+            entered = True
+    assert entered and "starting the engine without it" in caplog.text
+
+
 def _files(folder: Path) -> list[Path]:
     return list(folder.iterdir())
 
