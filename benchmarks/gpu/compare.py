@@ -39,6 +39,9 @@ MODEL = "llama-8b-dummy"
 # concurrency 64 a batch's chunks travel replica -> router as one Ray message per engine step.
 MODEL_BATCHED = "llama-8b-dummy-batched"
 MODEL_AWQ = "llama-8b-awq-dummy"
+# stack-8b-defaults.yaml: the batched engine pinned to the batch defaults the stack had before it
+# asked vLLM for `vllm serve`'s (2048 tokens, 128 sequences; serve_app.engine.vllm_engine).
+MODEL_OLD_DEFAULTS = "llama-8b-dummy-old-defaults"
 # Every process here: NVLink multicast stays off on lent machines (their KINDS.md says why).
 GPU_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
@@ -131,6 +134,7 @@ DOORS = {
     "stack-direct-batched": (DIRECT_URL, MODEL_BATCHED),
     "plain-awq": (PLAIN_URL, MODEL_AWQ),  # after `start --awq`
     "stack-direct-awq": (DIRECT_URL, MODEL_AWQ),
+    "stack-direct-old-defaults": (DIRECT_URL, MODEL_OLD_DEFAULTS),
 }
 # stack-8b-modes.yaml: one application per Ray Serve setting, each reached on its router replica's
 # own port (direct ingress), under its route prefix.
@@ -168,7 +172,8 @@ def bench(out: Path, timeout_s: float, rounds: int, doors: list[str], c64_doors:
     plan = [(1, 30, servers), (64, 320, [s for s in servers if s[0] in c64_doors])]
     for r in range(rounds):
         for concurrency, prompts, measured in plan:
-            for name, url, model in measured:
+            # Odd rounds run the doors in reverse order, so no door always follows the same one.
+            for name, url, model in measured if r % 2 == 0 else measured[::-1]:
                 # Prompts of their own per door: two doors of one deployment (proxy and direct)
                 # must not meet prompts already in its prefix cache (run 2 did; see run 4's README).
                 seed = 1000 * r + doors.index(name)
@@ -193,7 +198,7 @@ def _mean(rows: list[dict], key: str) -> float:
 
 def summarize(results: list[dict]) -> str:
     keys = ["output_throughput", "median_ttft_ms", "median_tpot_ms", "median_itl_ms", "p99_ttft_ms"]
-    doors = ("stack", "stack-direct", "stack-batched", "stack-direct-batched", "stack-direct-awq", *MODE_PREFIXES)
+    doors = (*(d for d in DOORS if d.startswith("stack")), *MODE_PREFIXES)
     names = [n for n in doors if any(r["server"] == n for r in results)]
     plain = "plain-awq" if any(r["server"] == "plain-awq" for r in results) else "plain"
     head = "| concurrency | metric | plain vLLM | " + " | ".join(f"{n} | {n} / plain" for n in names) + " |"

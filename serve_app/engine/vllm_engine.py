@@ -54,6 +54,27 @@ def engine_args_dict(config: ModelConfig, model_path: Path) -> dict[str, Any]:
     return args
 
 
+def build_vllm_config(config: ModelConfig, model_path: Path) -> Any:
+    """The engine's VllmConfig, with the defaults ``vllm serve`` would pick on this machine.
+
+    vLLM sizes ``max_num_batched_tokens`` and ``max_num_seqs`` by usage context and GPU (an H100 or
+    H200 serving OpenAI requests: 8192 and 1024), and a config made without one gets the generic
+    2048 and 128; ``max_num_seqs`` also caps the CUDA-graph capture sizes (2 x max_num_seqs, at most
+    512). The stack serves OpenAI requests, so it asks for that context: otherwise a 512-token
+    prefill that ``vllm serve`` runs as a CUDA graph ran without one here. Explicit
+    ``engine_options`` still win.
+    """
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.usage.usage_lib import UsageContext
+
+    args = engine_args_dict(config, model_path)
+    known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise ValueError(f"model {config.id!r}: engine_options {unknown} are not vLLM AsyncEngineArgs fields")
+    return AsyncEngineArgs(**args).create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+
+
 class _StatsHolder:
     """Latest scheduler stats, written by vLLM's stat-logger hook and read by autoscaling."""
 
@@ -105,15 +126,10 @@ class VllmEngine:
         self._stats = _StatsHolder()
 
     async def start(self) -> None:
-        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        args = engine_args_dict(self.config, self.model_path)
-        known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
-        unknown = sorted(set(args) - known)
-        if unknown:
-            raise ValueError(f"model {self.config.id!r}: engine_options {unknown} are not vLLM AsyncEngineArgs fields")
-        vllm_config = AsyncEngineArgs(**args).create_engine_config()
+        vllm_config = build_vllm_config(self.config, self.model_path)
         if self.config.gpus_per_replica > 1:
             # The engine core runs in a subprocess: hand it the replica's placement group, or it
             # would create a second one and wait forever for GPUs the first one holds.
@@ -122,7 +138,9 @@ class VllmEngine:
             vllm_config.parallel_config.placement_group = ray.util.get_current_placement_group()
         # Replicas sharing a GPU start their engines one at a time (gpu_start_lock says why).
         async with gpu_start_lock(self._shared_gpus(), owner=f"model {self.config.id!r}"):
-            self._llm = AsyncLLM.from_vllm_config(vllm_config, stat_loggers=[self._stats.factory])
+            self._llm = AsyncLLM.from_vllm_config(
+                vllm_config, usage_context=UsageContext.OPENAI_API_SERVER, stat_loggers=[self._stats.factory]
+            )
         self._tokenizer = self._llm.get_tokenizer()
         self._max_model_len = self._llm.model_config.max_model_len
         if self.config.gpus_per_replica > 1:
