@@ -221,6 +221,10 @@ def stop_servers() -> None:
         subprocess.run([ray, "stop", "--force"], capture_output=True)
     subprocess.run(["pkill", "-f", "[a]pi_server"], capture_output=True)
     time.sleep(5)
+    # `ray stop --force` kills the replicas but not their vLLM engine-core children, which then
+    # hold their GPU memory (run 5: the next stack found 2.8 of 140 GiB free); nothing else may run.
+    subprocess.run(["pkill", "-9", "-f", "VLLM::"], capture_output=True)
+    time.sleep(3)
 
 
 def tp2(out: Path, timeout_s: float) -> None:

@@ -1,7 +1,7 @@
 """A picture of a GPU comparison run: output throughput and TTFT p50 per server and concurrency.
 
-    python benchmarks/gpu/plot.py docs/gpu-comparison.png benchmarks/results/gpu-h200-run3/3a-proxy/results.json \
-        benchmarks/results/gpu-h200-run3/3b-direct/results.json
+    python benchmarks/gpu/plot.py docs/gpu-comparison.png benchmarks/results/gpu-h200-run5/bf16/results.json \
+        benchmarks/results/gpu-h200-run5/awq/results.json
 
 With several results files (the halves of one run), each file's servers get its folder's name (the half) as a
 suffix. Measurements in which not every request completed are left out (their README says why).
@@ -19,6 +19,9 @@ LABELS = {
     "stack-direct": "stack, direct ingress",
     "stack-batched": "stack via proxy, router batching",
     "stack-direct-batched": "stack, direct ingress, router batching",
+    "stack-direct-old-defaults": "stack as before run 5 (engine on vLLM's generic batch defaults)",
+    "plain-awq": "plain vLLM",
+    "stack-direct-awq": "stack, direct ingress, router batching",
 }
 
 
@@ -59,7 +62,8 @@ def main(out: Path, results_paths: list[Path]) -> None:
         ax.set_yscale("log")
         ax.set_title(title)
     axes[0].legend(fontsize=6)
-    fig.suptitle("8B-shaped model (dummy weights), bf16, 512 in / 128 out, one H200", fontsize=10)
+    title = "8B-shaped model (dummy weights), 512 in / 128 out, one H200 (in brackets: the half of the run)"
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
