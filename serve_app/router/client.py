@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -48,10 +49,19 @@ class RayReplicaClient:
     """Calls replica deployments through Ray Serve handles (Ray Serve keeps replica tracking and
     routing; a custom RequestRouter may be attached to the replica deployment)."""
 
-    def __init__(self, handles: Mapping[str, Any], max_attempts: int = 3, retry_backoff_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        handles: Mapping[str, Any],
+        max_attempts: int = 3,
+        retry_backoff_s: float = 0.2,
+        cancel_timeout_s: float = 30.0,
+    ) -> None:
         self.handles = dict(handles)
         self.max_attempts = max_attempts
         self.retry_backoff_s = retry_backoff_s
+        # A cancel call waits in Ray's handle queue while no replica of the model is up; past
+        # this it is withdrawn (the batch frees its slots when it ends anyway).
+        self.cancel_timeout_s = cancel_timeout_s
         self._lost = _replica_lost_errors()
         self._batch_replica: dict[str, str] = {}  # request id of a running batch -> its replica
         # Request ids of batches sent whose replica is not known yet (no BatchOpened so far), and
@@ -116,14 +126,17 @@ class RayReplicaClient:
             elif rid in self._unopened:  # its batch's replica is not known yet: cancel on BatchOpened
                 self._cancel_on_open.add(rid)
         for replica_id, ids in by_replica.items():
-            await self.handles[model].cancel.remote(CancelRequests(replica_id, tuple(ids)))
+            call = self.handles[model].cancel.remote(CancelRequests(replica_id, tuple(ids)))
+            await _bounded(call, self.cancel_timeout_s)
 
     def _spawn_cancel(self, model: str, replica_id: str, request_ids: list[str]) -> None:
         """Cancel, from the batch stream's BatchOpened callback, requests whose clients left before
         it; in an empty context, so the call carries no request's id into Ray."""
         self._cancel_on_open.difference_update(request_ids)
         call = self.handles[model].cancel.remote(CancelRequests(replica_id, tuple(request_ids)))
-        task = asyncio.get_running_loop().create_task(_await_cancel(call), context=contextvars.Context())
+        task = asyncio.get_running_loop().create_task(
+            _await_cancel(call, self.cancel_timeout_s), context=contextvars.Context()
+        )
         self._early_cancels.add(task)
         task.add_done_callback(self._early_cancels.discard)
 
@@ -154,9 +167,25 @@ async def batch_chunks(
             yield chunk
 
 
-async def _await_cancel(call: Any) -> None:
-    try:
+async def _bounded(call: Any, timeout_s: float) -> None:
+    """Await a handle call for at most ``timeout_s``; past it, withdraw the call and raise TimeoutError."""
+
+    async def wait() -> None:
         await call
+
+    try:
+        await asyncio.wait_for(wait(), timeout_s)
+    except TimeoutError:
+        withdraw = getattr(call, "cancel", None)
+        if callable(withdraw):
+            with contextlib.suppress(Exception):
+                withdraw()
+        raise
+
+
+async def _await_cancel(call: Any, timeout_s: float) -> None:
+    try:
+        await _bounded(call, timeout_s)
     except Exception as err:  # the batch ends anyway; its slots are freed then
         logger.warning("cancelling requests of a batch failed: %r", err)
 

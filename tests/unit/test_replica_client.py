@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from ray.exceptions import ActorDiedError
 
 from serve_app.engine.types import BatchOpened, CancelRequests, GenerationChunk, GenerationRequest, SamplingOptions
@@ -89,3 +90,48 @@ async def test_a_client_leaving_before_its_batch_opened_is_cancelled_once_the_re
     assert handle.cancels == [CancelRequests("replica-1", ("a",))], "sent once BatchOpened named the replica"
     assert [c.finish_reason async for c in stream] == [None, "stop"]
     assert not client._cancel_on_open and not client._unopened  # nothing kept after the batch
+
+
+class HangingCall:
+    """A handle call that no replica ever takes (the model has none up); ``cancel`` withdraws it."""
+
+    def __init__(self) -> None:
+        self.withdrawn = False
+
+    def __await__(self) -> Any:
+        return asyncio.Event().wait().__await__()
+
+    def cancel(self) -> None:
+        self.withdrawn = True
+
+
+async def test_a_cancel_call_no_replica_takes_is_withdrawn_after_its_timeout() -> None:
+    steps = [BatchOpened("replica-1"), [GenerationChunk(index=0, text="x"), GenerationChunk(index=1, text="y")]]
+    handle = FakeHandle(steps)
+    calls: list[HangingCall] = []
+    handle.cancel = _Method(lambda request: calls.append(HangingCall()) or calls[-1])
+    client = RayReplicaClient({"m": handle}, cancel_timeout_s=0.05)
+    stream = client.stream("m", _requests())
+    await anext(stream)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(client.cancel("m", ["a"]), timeout=2.0)  # bounded by the client, not here
+    assert len(calls) == 1 and calls[0].withdrawn
+    await stream.aclose()
+
+
+async def test_an_early_cancel_no_replica_takes_is_withdrawn_in_the_background() -> None:
+    gate = asyncio.Event()
+    handle = FakeHandle([BatchOpened("replica-1"), [GenerationChunk(index=0, text="x")]], gate)
+    calls: list[HangingCall] = []
+    handle.cancel = _Method(lambda request: calls.append(HangingCall()) or calls[-1])
+    client = RayReplicaClient({"m": handle}, cancel_timeout_s=0.05)
+    stream = client.stream("m", _requests())
+    first = asyncio.create_task(anext(stream))
+    await asyncio.sleep(0.01)
+    await client.cancel("m", ["a"])  # before BatchOpened: sent when the replica is known
+    gate.set()
+    await first
+    await asyncio.sleep(0.2)
+    assert len(calls) == 1 and calls[0].withdrawn
+    assert not client._early_cancels, "the background cancel ended"
+    await stream.aclose()
