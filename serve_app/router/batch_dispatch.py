@@ -9,7 +9,6 @@ mostly saves router->replica calls; embeddings (many small requests) gain the mo
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -19,7 +18,7 @@ from serve_app.config import ModelConfig
 from serve_app.core.batching import AsyncBatcher
 from serve_app.engine.types import EmbeddingRequest, EmbeddingResult, GenerationChunk, GenerationRequest, RequestError
 from serve_app.observability.recorder import ServeAppMetrics
-from serve_app.router.client import ReplicaClient
+from serve_app.router.client import ReplicaClient, cancel_logged, spawn_detached
 
 logger = logging.getLogger("serve_app.router")
 
@@ -75,20 +74,9 @@ class BatchDispatcher:
         finally:
             job.abandoned = True
             if job.running:  # the client went away: free its engine slots, the batch goes on
-                self._cancel([r.request_id for r in job.requests])
-
-    def _cancel(self, request_ids: list[str]) -> None:
-        # Its own task in an empty context: this runs while the client's request is torn down,
-        # and the call must not carry that request's id into Ray (see AsyncBatcher._spawn).
-        task = asyncio.get_running_loop().create_task(self._send_cancel(request_ids), context=contextvars.Context())
-        self._cancels.add(task)
-        task.add_done_callback(self._cancels.discard)
-
-    async def _send_cancel(self, request_ids: list[str]) -> None:
-        try:
-            await self.client.cancel(self.model_id, request_ids)
-        except Exception as err:  # the batch ends anyway; the slots are freed then
-            logger.warning("cancelling %d requests of a batch failed: %r", len(request_ids), err)
+                # In a task of its own: this runs while the client's request is torn down.
+                ids = [r.request_id for r in job.requests]
+                spawn_detached(cancel_logged(self.client, self.model_id, ids), self._cancels)
 
     async def _dispatch(self, batch: list[_GenerationJob]) -> None:
         batch = [job for job in batch if not job.abandoned]  # clients that left while queued

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
 from serve_app.engine.types import (
@@ -107,7 +107,10 @@ class RayReplicaClient:
             self._unopened.difference_update(ids)
             self._batch_replica.update((rid, message.replica_id) for rid in ids)
             if early := [rid for rid in ids if rid in self._cancel_on_open]:
-                self._spawn_cancel(model, message.replica_id, early)
+                # From a callback of the stream: a task of its own sends the cancel (routed by
+                # _batch_replica, just filled), in an empty context so it carries no request's id.
+                self._cancel_on_open.difference_update(early)
+                spawn_detached(cancel_logged(self, model, early), self._early_cancels)
 
         try:
             async for chunk in batch_chunks(handle.generate_batch.remote(requests), opened):
@@ -128,17 +131,6 @@ class RayReplicaClient:
         for replica_id, ids in by_replica.items():
             call = self.handles[model].cancel.remote(CancelRequests(replica_id, tuple(ids)))
             await _bounded(call, self.cancel_timeout_s)
-
-    def _spawn_cancel(self, model: str, replica_id: str, request_ids: list[str]) -> None:
-        """Cancel, from the batch stream's BatchOpened callback, requests whose clients left before
-        it; in an empty context, so the call carries no request's id into Ray."""
-        self._cancel_on_open.difference_update(request_ids)
-        call = self.handles[model].cancel.remote(CancelRequests(replica_id, tuple(request_ids)))
-        task = asyncio.get_running_loop().create_task(
-            _await_cancel(call, self.cancel_timeout_s), context=contextvars.Context()
-        )
-        self._early_cancels.add(task)
-        task.add_done_callback(self._early_cancels.discard)
 
     async def embed(self, model: str, request: EmbeddingRequest) -> EmbeddingResult:
         for attempt in range(1, self.max_attempts + 1):
@@ -169,12 +161,8 @@ async def batch_chunks(
 
 async def _bounded(call: Any, timeout_s: float) -> None:
     """Await a handle call for at most ``timeout_s``; past it, withdraw the call and raise TimeoutError."""
-
-    async def wait() -> None:
-        await call
-
     try:
-        await asyncio.wait_for(wait(), timeout_s)
+        await asyncio.wait_for(call, timeout_s)
     except TimeoutError:
         withdraw = getattr(call, "cancel", None)
         if callable(withdraw):
@@ -183,11 +171,22 @@ async def _bounded(call: Any, timeout_s: float) -> None:
         raise
 
 
-async def _await_cancel(call: Any, timeout_s: float) -> None:
+def spawn_detached(work: Coroutine[Any, Any, None], keep: set[asyncio.Task[None]]) -> None:
+    """Run ``work`` as a task of its own, referenced in ``keep`` until done, in an empty context:
+    it serves no single request, and a Ray call made in a request's context carries that
+    request's id into Ray (see AsyncBatcher._spawn)."""
+    task = asyncio.get_running_loop().create_task(work, context=contextvars.Context())
+    keep.add(task)
+    task.add_done_callback(keep.discard)
+
+
+async def cancel_logged(client: ReplicaClient, model: str, request_ids: list[str]) -> None:
+    """``client.cancel``, a failure logged rather than raised: the batch ends anyway, and its
+    engine slots are freed then."""
     try:
-        await _bounded(call, timeout_s)
-    except Exception as err:  # the batch ends anyway; its slots are freed then
-        logger.warning("cancelling requests of a batch failed: %r", err)
+        await client.cancel(model, request_ids)
+    except Exception as err:
+        logger.warning("cancelling %d requests of a batch failed: %r", len(request_ids), err)
 
 
 def _lost_error(message: str) -> RequestError:
