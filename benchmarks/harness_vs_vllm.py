@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gpu import vllm_bench
 from seed_table import MODEL_ID, PY, ROOT, VLLM_ENV, fp32_model, free_port, stop, wait_ready
 
 # (our name, vLLM's JSON key, our summary path): the figures both clients report.
@@ -49,10 +50,8 @@ def run_vllm(url: str, concurrency: int, seed: int, args: argparse.Namespace) ->
     argv += ["--tokenizer", str(fp32_model()), "--dataset-name", "random", *shape(args)]
     argv += ["--num-prompts", str(args.num_requests), "--max-concurrency", str(concurrency), "--seed", str(seed)]
     argv += ["--request-rate", "inf", "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99"]
-    command = [PY, "benchmarks/gpu/vllm_bench.py", *argv]
-    text = subprocess.run(command, check=True, cwd=ROOT, capture_output=True, text=True).stdout
-    result = json.loads(text[text.rindex("\n{") + 1 :])
-    return shlex.join(command), {name: float(result[key]) for name, key, _ in FIGURES}
+    result = vllm_bench.run(argv)
+    return shlex.join([PY, "benchmarks/gpu/vllm_bench.py", *argv]), {n: float(result[k]) for n, k, _ in FIGURES}
 
 
 Figures = dict[str, float]

@@ -26,6 +26,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import vllm_bench  # this folder's: the script runs from here
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 DUMMY = Path("/tmp/llama8b-dummy")
@@ -117,13 +119,7 @@ def bench_once(base_url: str, concurrency: int, prompts: int, seed: int, model: 
     argv += ["--random-output-len", "128", "--ignore-eos", "--num-prompts", str(prompts), "--seed", str(seed)]
     argv += ["--max-concurrency", str(concurrency), "--request-rate", "inf"]
     argv += ["--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,95,99"]
-    proc = subprocess.run(
-        [sys.executable, str(HERE / "vllm_bench.py"), *argv], capture_output=True, text=True, timeout=600
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr[-3000:])
-    text = proc.stdout
-    return json.loads(text[text.rindex("\n{") + 1 :])
+    return vllm_bench.run(argv)
 
 
 DOORS = {

@@ -11,7 +11,21 @@ we build the same argument parser and call ``vllm.benchmarks.serve.main`` direct
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+from pathlib import Path
+from typing import Any
+
+
+def run(argv: list[str], timeout_s: float = 600) -> dict[str, Any]:
+    """This script in a process of its own (vLLM's benchmark prints as it goes): its JSON figures.
+    Raises RuntimeError with the end of its stderr when it fails."""
+    command = [sys.executable, str(Path(__file__).resolve()), *argv]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    text = proc.stdout
+    return json.loads(text[text.rindex("\n{") + 1 :])
 
 
 def main(argv: list[str]) -> int:
