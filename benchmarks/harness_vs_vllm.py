@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from gpu import vllm_bench
-from seed_table import MODEL_ID, PY, ROOT, VLLM_ENV, fp32_model, free_port, stop, wait_ready
+from seed_table import MODEL_ID, PY, ROOT, VLLM_ENV, fp32_model, free_port, plain_vllm_command, stop, wait_ready
 
+Figures = dict[str, float]
 # (our name, vLLM's JSON key, our summary path): the figures both clients report.
 FIGURES = [
     ("output tok/s", "output_throughput", ("output_throughput",)),
@@ -33,9 +34,7 @@ FIGURES = [
 
 
 def start_server(port: int, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [PY, "-m", "vllm.entrypoints.openai.api_server", "--model", str(fp32_model())]
-    cmd += ["--served-model-name", MODEL_ID, "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024"]
-    cmd += ["--no-enable-prefix-caching", "--port", str(port)]
+    cmd = [*plain_vllm_command(fp32_model(), port, max_model_len=1024), "--no-enable-prefix-caching"]
     env = {**os.environ, **VLLM_ENV}
     with log.open("wb") as sink:
         return subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -45,16 +44,13 @@ def shape(args: argparse.Namespace) -> list[str]:
     return ["--random-input-len", str(args.input_len), "--random-output-len", str(args.output_len), "--ignore-eos"]
 
 
-def run_vllm(url: str, concurrency: int, seed: int, args: argparse.Namespace) -> tuple[str, dict[str, float]]:
+def run_vllm(url: str, concurrency: int, seed: int, args: argparse.Namespace) -> tuple[str, Figures]:
     argv = ["--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions", "--model", MODEL_ID]
     argv += ["--tokenizer", str(fp32_model()), "--dataset-name", "random", *shape(args)]
     argv += ["--num-prompts", str(args.num_requests), "--max-concurrency", str(concurrency), "--seed", str(seed)]
     argv += ["--request-rate", "inf", "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99"]
     result = vllm_bench.run(argv)
     return shlex.join([PY, "benchmarks/gpu/vllm_bench.py", *argv]), {n: float(result[k]) for n, k, _ in FIGURES}
-
-
-Figures = dict[str, float]
 
 
 def run_ours(url: str, concurrency: int, seed: int, out: Path, args: argparse.Namespace) -> tuple[str, Figures]:

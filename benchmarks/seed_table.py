@@ -66,11 +66,19 @@ def stack_command(source: str, dtype: str, replicas: int) -> list[str]:
     return [PY, __file__, "_stack", "--port", "{port}", "--config", json.dumps(config)]
 
 
+def plain_vllm_command(
+    model: Path | str, port: int | str, dtype: str = "float32", max_model_len: int = 2048
+) -> list[str]:
+    """Plain vLLM's OpenAI server on a local checkpoint as the benchmarks here run it: eager (bf16
+    with torch.compile is wrong on this CPU), served as MODEL_ID; run it with VLLM_ENV."""
+    cmd = [PY, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--served-model-name", MODEL_ID]
+    return [*cmd, "--dtype", dtype, "--enforce-eager", "--max-model-len", str(max_model_len), "--port", str(port)]
+
+
 def seed_servers(args: argparse.Namespace) -> list[Server]:
     model = fp32_model()
     hf = ["--model", str(model), "--model-id", MODEL_ID, "--dtype", "float32", "--port", "{port}"]
-    vllm = [PY, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--served-model-name", MODEL_ID]
-    vllm += ["--dtype", "float32", "--enforce-eager", "--max-model-len", "2048", "--port", "{port}"]
+    vllm = plain_vllm_command(model, "{port}")
     batched = [PY, "benchmarks/baselines/batched_server.py", *hf, "--max-batch-size", "32", "--batch-timeout-ms", "20"]
     n, stack = args.num_requests, stack_command(f"embedded:{MODEL_ID}", "float32", 1)
     quantized = stack_command(str(QUANTIZED), "bfloat16", 1)

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from seed_table import MODEL_ID, VLLM_ENV, plain_vllm_command
 from stack_overhead import deploy, direct_url
 
 from serve_app.bench.readiness import wait_until_ok
@@ -71,26 +72,13 @@ async def alternate(stack_url: str, plain_url: str, plain_model: str, n: int) ->
 
 
 def start_plain(config: AppConfig) -> tuple[subprocess.Popen, str]:
+    """Plain vLLM on the stack's checkpoint; returns the process and the model name it serves."""
     model = config.models[0]
-    path = str(resolve_model_path(model, config.model_cache_dir))
-    cmd = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        path,
-        "--port",
-        str(PLAIN_PORT),
-        "--dtype",
-        model.dtype,
-        "--max-model-len",
-        str(model.max_model_len),
-        "--enforce-eager",
-    ]
-    env = os.environ | {"VLLM_CPU_KVCACHE_SPACE": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    path = resolve_model_path(model, config.model_cache_dir)
+    cmd = plain_vllm_command(path, PLAIN_PORT, model.dtype, model.max_model_len or 2048)
+    proc = subprocess.Popen(cmd, env=os.environ | VLLM_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_until_ok(f"http://127.0.0.1:{PLAIN_PORT}/health", 300)
-    return proc, path
+    return proc, MODEL_ID
 
 
 def measure(label: str, base: dict, plain_model: str, n: int, rnd: int) -> dict[str, Any]:
