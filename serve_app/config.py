@@ -106,6 +106,35 @@ class PlacementConfig(StrictModel):
     preflight_timeout_s: float = Field(60.0, gt=0)
 
 
+class OpenAIServerConfig(StrictModel):
+    """vLLM's OpenAI server over this model's engine: ``vllm serve``'s frontend flags, typed where
+    they are common, any other one by name in ``options`` (checked by vLLM's parser at start)."""
+
+    # More names clients may send as "model" (``--served-model-name`` after the model's id).
+    served_model_aliases: list[str] = Field(default_factory=list)
+    chat_template: str | None = None
+    tool_call_parser: str | None = None
+    enable_auto_tool_choice: bool = False
+    reasoning_parser: str | None = None
+    # e.g. {"max_log_len": 100, "enable_prompt_tokens_details": true}
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _auto_tools_need_parser(self) -> OpenAIServerConfig:
+        if self.enable_auto_tool_choice and not self.tool_call_parser:
+            raise ValueError("enable_auto_tool_choice needs tool_call_parser")
+        return self
+
+    @field_validator("options")
+    @classmethod
+    def _no_typed_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        owned = {"model", "served_model_name", "host", "port", "api_key"} | set(cls.model_fields)
+        repeated = sorted(owned & {k.replace("-", "_") for k in options})
+        if repeated:
+            raise ValueError(f"options repeats {repeated}: set them as typed fields (or not at all)")
+        return options
+
+
 class ModelConfig(StrictModel):
     id: str = Field(..., min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     source: str = EMBEDDED_PREFIX + "smollm2-135m-instruct"
@@ -123,11 +152,14 @@ class ModelConfig(StrictModel):
     enforce_eager: bool = False
     seed: int = 0
     engine_options: dict[str, Any] = Field(default_factory=dict)
+    openai_server: OpenAIServerConfig = Field(default_factory=OpenAIServerConfig)
     num_replicas: int = Field(1, ge=1)
     autoscaling: AutoscalingConfig | None = None
     max_ongoing_requests: int = Field(256, ge=1)
     ray_actor_options: ActorOptions = Field(default_factory=ActorOptions)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    # The completion length admission and replica choice assume for a request that names none
+    # (vLLM itself then generates up to the context limit).
     default_max_tokens: int = Field(256, ge=1)
     max_tokens_limit: int = Field(4096, ge=1)
     max_n: int = Field(8, ge=1, le=128)

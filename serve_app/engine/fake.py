@@ -1,87 +1,133 @@
-"""A deterministic in-process engine behind the Engine interface, for fast unit tests of the
-router, batching and translation. It never stands in for vLLM in integration tests."""
+"""A deterministic in-process engine with a small OpenAI server of its own, for fast unit tests of
+the router, the replica and batching. It never stands in for vLLM in integration tests.
+
+Tokens are whitespace-separated words; a reply is a pure function of the prompt. Responses have
+vLLM's shapes (JSON, or SSE ending with an optional usage event and ``[DONE]``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import time
 from collections.abc import AsyncIterator
+from typing import Any
 
-from serve_app.engine.types import (
-    EmbeddingRequest,
-    EmbeddingResult,
-    EngineDeadError,
-    EngineRequestError,
-    EngineStats,
-    GenerationChunk,
-    GenerationRequest,
-    RequestError,
-)
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from serve_app.engine.types import EngineDeadError, EngineStats
 
 _VOCAB = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta")
 
 
-class FakeEngine:
-    """Tokens are whitespace-separated words; the reply is a pure function of the prompt and seed."""
+def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
+    kind = {400: "BadRequestError", 404: "NotFoundError"}.get(status, "InternalServerError")
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status}}, status)
 
-    def __init__(self, max_model_len: int = 2048, token_delay_s: float = 0.0, fail_on: str | None = None):
+
+def _prompt_text(payload: dict[str, Any]) -> str:
+    if "messages" in payload:
+        return " ".join(str(m.get("content") or "") for m in payload["messages"])
+    return str(payload.get("prompt", ""))
+
+
+class FakeEngine:
+    def __init__(
+        self,
+        max_model_len: int = 2048,
+        token_delay_s: float = 0.0,
+        fail_on: str | None = None,
+        model_id: str = "fake",
+    ) -> None:
         self.max_model_len = max_model_len
         self.token_delay_s = token_delay_s
         self.fail_on = fail_on
+        self.model_id = model_id
         self.dead = False
         self.running: set[str] = set()
         self.aborted: list[str] = []
         self.started = False
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._complete, methods=["POST"]),
+                Route("/v1/completions", self._complete, methods=["POST"]),
+                Route("/v1/embeddings", self._embed, methods=["POST"]),
+                Route("/v1/models", self._models, methods=["GET"]),
+                Route("/metrics", self._models, methods=["GET"]),  # an operator route the replica hides
+            ]
+        )
 
     async def start(self) -> None:
         self.started = True
 
-    def _prompt_tokens(self, request: GenerationRequest) -> list[str]:
-        if request.prompt is not None:
-            return request.prompt.split()
-        return [w for m in request.messages or () for w in str(m.get("content") or "").split()]
+    def reply(self, prompt: str, max_tokens: int) -> list[str]:
+        digest = hashlib.sha256(prompt.encode()).digest() * 8
+        return [_VOCAB[b % len(_VOCAB)] for b in digest[:max_tokens]]
 
-    def _reply(self, request: GenerationRequest) -> list[str]:
-        digest = hashlib.sha256(f"{request.routing_text}|{request.sampling.seed}".encode()).digest()
-        return [_VOCAB[b % len(_VOCAB)] for b in digest]
+    async def _models(self, request: Request) -> Response:
+        card = {"id": self.model_id, "object": "model", "owned_by": "vllm", "max_model_len": self.max_model_len}
+        return JSONResponse({"object": "list", "data": [card]})
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+    async def _embed(self, request: Request) -> Response:
+        payload = await request.json()
+        inputs = payload.get("input")
+        inputs = [inputs] if isinstance(inputs, str) else inputs
+        if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) for i in inputs):
+            return _error(400, "input must be a string or a list of strings", "input")
+        vectors = [[b / 255 for b in hashlib.sha256(text.encode()).digest()[:8]] for text in inputs]
+        data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+        tokens = sum(len(t.split()) for t in inputs)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return JSONResponse({"object": "list", "data": data, "usage": usage})
+
+    async def _complete(self, request: Request) -> Response:
         if self.dead:
             raise EngineDeadError("fake engine is dead")
-        prompt = self._prompt_tokens(request)
-        if len(prompt) + request.sampling.max_tokens > self.max_model_len:
-            raise EngineRequestError(
-                RequestError(400, f"prompt of {len(prompt)} tokens exceeds max_model_len", param="messages")
-            )
-        if self.fail_on is not None and self.fail_on in request.routing_text:
-            raise EngineRequestError(RequestError(500, "injected engine failure", type="server_error"))
-        self.running.add(request.request_id)
+        payload = await request.json()
+        max_tokens = payload.get("max_tokens", 16)
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            return _error(400, "max_tokens must be at least 1", "max_tokens")
+        prompt = _prompt_text(payload)
+        prompt_tokens = len(prompt.split())
+        if prompt_tokens + max_tokens > self.max_model_len:
+            return _error(400, f"prompt of {prompt_tokens} tokens exceeds max_model_len", "messages")
+        if self.fail_on is not None and self.fail_on in prompt:
+            return _error(500, "injected engine failure")
+        chat = request.url.path.endswith("chat/completions")
+        words = self.reply(prompt, max_tokens)
+        if payload.get("stream"):
+            events = self._events(chat, words, prompt_tokens, payload)
+            return StreamingResponse(events, media_type="text/event-stream")
+        await asyncio.sleep(self.token_delay_s * len(words))
+        text = " ".join(words)
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}} if chat else {"index": 0, "text": text}
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words)}
+        return JSONResponse({"id": "fake", "choices": [choice | {"finish_reason": "length"}], "usage": usage})
+
+    async def _events(
+        self, chat: bool, words: list[str], prompt_tokens: int, payload: dict[str, Any]
+    ) -> AsyncIterator[str]:
+        request_id = f"fake-{time.monotonic_ns()}"
+        self.running.add(request_id)
         try:
-            words = self._reply(request)
-            limit = min(request.sampling.max_tokens, len(words))
-            for i in range(limit):
-                if self.token_delay_s:
-                    await asyncio.sleep(self.token_delay_s)
-                done = i == limit - 1
-                yield GenerationChunk(
-                    text=(" " if i else "") + words[i],
-                    prompt_tokens=len(prompt),
-                    completion_tokens=i + 1,
-                    finish_reason=("length" if limit == request.sampling.max_tokens else "stop") if done else None,
-                )
+            for i, word in enumerate(words):
+                await asyncio.sleep(self.token_delay_s)
+                piece = {"delta": {"content": " " + word}} if chat else {"text": " " + word}
+                finish = "length" if i == len(words) - 1 else None
+                yield f"data: {json.dumps({'choices': [piece | {'index': 0, 'finish_reason': finish}]})}\n\n"
+            if (payload.get("stream_options") or {}).get("include_usage"):
+                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words)}
+                yield f"data: {json.dumps({'id': request_id, 'choices': [], 'usage': usage}, separators=(',', ':'))}\n\n"
+            yield "data: [DONE]\n\n"
+        except asyncio.CancelledError:
+            self.aborted.append(request_id)
+            raise
         finally:
-            self.running.discard(request.request_id)
-
-    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
-        vectors = []
-        for text in request.inputs:
-            digest = hashlib.sha256(text.encode()).digest()
-            vectors.append([b / 255.0 for b in digest[:8]])
-        return EmbeddingResult(vectors=vectors, prompt_tokens=sum(len(t.split()) for t in request.inputs))
-
-    async def abort(self, request_id: str) -> None:
-        self.aborted.append(request_id)
-        self.running.discard(request_id)
+            self.running.discard(request_id)
 
     async def check_health(self) -> None:
         if self.dead:
@@ -91,4 +137,4 @@ class FakeEngine:
         return EngineStats(running=len(self.running))
 
     async def shutdown(self) -> None:
-        self.dead = True
+        self.started = False

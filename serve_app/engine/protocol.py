@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Any, Protocol
 
-from serve_app.engine.types import (
-    EmbeddingRequest,
-    EmbeddingResult,
-    EngineStats,
-    GenerationChunk,
-    GenerationRequest,
-)
+from serve_app.engine.types import EngineStats
 
 
 class Engine(Protocol):
+    # The OpenAI server over this engine, as an ASGI app (vLLM's own for VllmEngine); set by start().
+    app: Any
+
     async def start(self) -> None:
-        """Load weights and become able to serve; raises if that is impossible."""
-
-    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        """Stream one completion. Raises EngineRequestError for a request it cannot serve."""
-        ...
-
-    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult: ...
-
-    async def abort(self, request_id: str) -> None: ...
+        """Load weights, build the server and become able to serve; raises if that is impossible."""
 
     async def check_health(self) -> None:
         """Raise EngineDeadError when the engine can no longer serve."""

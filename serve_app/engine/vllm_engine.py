@@ -1,25 +1,16 @@
-"""The only module that imports vLLM: an Engine backed by ``vllm.v1.engine.async_llm.AsyncLLM``."""
+"""The only module that imports vLLM (with vllm_compat): an Engine backed by vLLM's ``AsyncLLM``,
+answering HTTP with vLLM's own OpenAI server built over that engine."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from serve_app.config import ModelConfig
 from serve_app.engine.gpu_start_lock import gpu_start_lock, shared_gpu_ids
-from serve_app.engine.types import (
-    EmbeddingRequest,
-    EmbeddingResult,
-    EngineDeadError,
-    EngineRequestError,
-    EngineStats,
-    GenerationChunk,
-    GenerationRequest,
-    RequestError,
-)
+from serve_app.engine.types import EngineDeadError, EngineStats
+from serve_app.engine.vllm_compat import parse_server_args, server_entry_points
 from serve_app.replica.preflight import WORKER_EXTENSION, ensure_engine_workers_ready
 
 # Our dtype names -> vLLM's.
@@ -116,19 +107,48 @@ class _StatsHolder:
         )
 
 
+def server_argv(config: ModelConfig, model_path: Path) -> list[str]:
+    """``vllm serve``'s frontend flags for a model: what its OpenAI server answers and how.
+
+    The engine is built from ``engine_args_dict``; these flags shape only the server over it
+    (names clients may send, chat template, tool and reasoning parsers, and any other server
+    option passed through ``openai_server.options``, checked by vLLM's own parser)."""
+    server = config.openai_server
+    argv = ["--model", str(model_path), "--served-model-name", config.id, *server.served_model_aliases]
+    if server.chat_template:
+        argv += ["--chat-template", server.chat_template]
+    if server.tool_call_parser:
+        argv += ["--tool-call-parser", server.tool_call_parser]
+    if server.enable_auto_tool_choice:
+        argv.append("--enable-auto-tool-choice")
+    if server.reasoning_parser:
+        argv += ["--reasoning-parser", server.reasoning_parser]
+    for name, value in server.options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, list):
+            argv += [flag, *(str(v) for v in value)]
+        elif value is not False and value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
 class VllmEngine:
     def __init__(self, config: ModelConfig, model_path: Path) -> None:
         self.config = config
         self.model_path = model_path
         self._llm: Any = None
-        self._tokenizer: Any = None
-        self._max_model_len = config.max_model_len or 0
+        self.app: Any = None
         self._stats = _StatsHolder()
 
     async def start(self) -> None:
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        # The server's flags first: a bad option fails before minutes of engine start.
+        entry = server_entry_points()
+        args = parse_server_args(entry, server_argv(self.config, self.model_path))
         vllm_config = build_vllm_config(self.config, self.model_path)
         if self.config.gpus_per_replica > 1:
             # The engine core runs in a subprocess: hand it the replica's placement group, or it
@@ -141,117 +161,22 @@ class VllmEngine:
             self._llm = AsyncLLM.from_vllm_config(
                 vllm_config, usage_context=UsageContext.OPENAI_API_SERVER, stat_loggers=[self._stats.factory]
             )
-        self._tokenizer = self._llm.get_tokenizer()
-        self._max_model_len = self._llm.model_config.max_model_len
         if self.config.gpus_per_replica > 1:
             # Pre-flight: an all-reduce across every worker before the replica takes traffic;
             # raises with the failing rank and the likely cause (NCCL settings, a dead worker).
             await ensure_engine_workers_ready(
                 self._llm.collective_rpc, self.config.gpus_per_replica, self.config.placement.preflight_timeout_s
             )
+        tasks = await self._llm.get_supported_tasks()
+        app = entry.build_app(args, tasks, self._llm.model_config)
+        await entry.init_app_state(self._llm, app.state, args, tasks)
+        self.app = app
 
     def _shared_gpus(self) -> list[str]:
         import ray
 
         assigned = ray.get_gpu_ids() if ray.is_initialized() else []
         return shared_gpu_ids(self.config.ray_actor_options.num_gpus, self.config.gpus_per_replica, assigned)
-
-    def _prompt_ids(self, request: GenerationRequest) -> list[int]:
-        if request.messages is not None:
-            try:
-                ids = self._tokenizer.apply_chat_template(
-                    list(request.messages), add_generation_prompt=True, tokenize=True
-                )
-            except Exception as err:  # a template that rejects the messages is the client's error
-                raise EngineRequestError(
-                    RequestError(400, f"messages cannot be rendered: {err}", param="messages")
-                ) from None
-            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-                ids = ids["input_ids"]
-            return list(ids)
-        return list(self._tokenizer.encode(request.prompt or ""))
-
-    def _sampling_params(self, request: GenerationRequest, prompt_len: int) -> Any:
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
-        s = request.sampling
-        if prompt_len + s.max_tokens > self._max_model_len:
-            param = "messages" if request.messages is not None else "prompt"
-            raise EngineRequestError(
-                RequestError(
-                    400,
-                    f"This model's maximum context length is {self._max_model_len} tokens. However, you requested "
-                    f"{prompt_len + s.max_tokens} tokens ({prompt_len} in the prompt, {s.max_tokens} for the "
-                    "completion). Please reduce the prompt or max_tokens.",
-                    param=param,
-                    code="context_length_exceeded",
-                )
-            )
-        return SamplingParams(
-            n=1,
-            max_tokens=s.max_tokens,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            stop=list(s.stop) or None,
-            seed=s.seed,
-            presence_penalty=s.presence_penalty,
-            frequency_penalty=s.frequency_penalty,
-            repetition_penalty=s.repetition_penalty,
-            top_k=s.top_k if s.top_k > 0 else 0,
-            min_tokens=s.min_tokens,
-            ignore_eos=s.ignore_eos,
-            output_kind=RequestOutputKind.DELTA,
-        )
-
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        from vllm.inputs import TokensPrompt
-        from vllm.v1.engine.exceptions import EngineDeadError as VllmDead
-
-        if self._llm is None or self._llm.errored:
-            raise EngineDeadError("engine is not running")
-        ids = self._prompt_ids(request)
-        if not ids:
-            raise EngineRequestError(RequestError(400, "the prompt is empty", param="prompt"))
-        params = self._sampling_params(request, len(ids))
-        completion_tokens = 0
-        try:
-            async for out in self._llm.generate(TokensPrompt(prompt_token_ids=ids), params, request.request_id):
-                seq = out.outputs[0]
-                completion_tokens += len(seq.token_ids)
-                yield GenerationChunk(
-                    text=seq.text,
-                    prompt_tokens=len(ids),
-                    completion_tokens=completion_tokens,
-                    finish_reason=seq.finish_reason if out.finished else None,
-                )
-        except VllmDead as err:
-            raise EngineDeadError(str(err)) from err
-
-    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
-        from vllm import PoolingParams
-
-        token_ids = [list(self._tokenizer.encode(text)) for text in request.inputs]
-        for i, ids in enumerate(token_ids):
-            if len(ids) > self._max_model_len:
-                message = f"input {i} has {len(ids)} tokens; the limit is {self._max_model_len}"
-                return EmbeddingResult(error=RequestError(400, message, param="input"))
-
-        async def one(i: int, ids: list[int]) -> list[float]:
-            final = None
-            prompt = {"prompt_token_ids": ids}
-            async for out in self._llm.encode(prompt, PoolingParams(task="embed"), f"{request.request_id}-{i}"):
-                final = out
-            assert final is not None
-            return [float(x) for x in final.outputs.data.tolist()]
-
-        # All inputs enter the engine at once, so that it batches them.
-        vectors = await asyncio.gather(*(one(i, ids) for i, ids in enumerate(token_ids)))
-        return EmbeddingResult(vectors=list(vectors), prompt_tokens=sum(len(ids) for ids in token_ids))
-
-    async def abort(self, request_id: str) -> None:
-        if self._llm is not None:
-            await self._llm.abort(request_id)
 
     async def check_health(self) -> None:
         if self._llm is None:

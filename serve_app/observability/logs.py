@@ -27,8 +27,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from serve_app.engine.types import GenerationChunk, RequestError
-
 LOGGER_NAME = "serve_app"
 REQUEST_LOGGER_NAME = "serve_app.requests"
 # Every field a line may carry besides timestamp, level, logger and message, in output order.
@@ -193,42 +191,35 @@ class RequestLog:
 
 
 @dataclass
-class GenerationLog:
-    """One generation on a replica (one choice of a client request), written as one line when it
-    ends. Never carries request text: the replica has no business logging it."""
+class ReplicaRequestLog:
+    """One request answered on a replica, written as one line when it ends. Never carries request
+    text: the replica has no business logging it."""
 
-    engine_request_id: str
+    request_id: str
+    route: str
     model: str
     replica: str
     started: float  # monotonic seconds
+    status: int | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str | None = None
-    error: RequestError | None = None
-
-    def add(self, chunk: GenerationChunk) -> None:
-        self.prompt_tokens = chunk.prompt_tokens or self.prompt_tokens
-        self.completion_tokens = max(self.completion_tokens, chunk.completion_tokens)
-        self.finish_reason = chunk.finish_reason or self.finish_reason
-        self.error = chunk.error or self.error
+    error: str | None = None
 
     def fields(self, now: float) -> dict[str, Any]:
-        request_id, choice = split_choice_request_id(self.engine_request_id)
         return {
-            "request_id": request_id,
-            "choice": choice,
+            "request_id": self.request_id,
+            "route": self.route,
             "model": self.model,
             "replica": self.replica,
             "latency_ms": round((now - self.started) * 1000, 1),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "finish_reason": self.finish_reason,
-            "status": self.error.status if self.error else None,
-            "error": (self.error.code or self.error.type) if self.error else None,
+            "status": self.status,
+            "error": self.error,
         }
 
     def write(self, logger: logging.Logger, now: float) -> None:
-        # No finish reason and no error: the consumer stopped reading (the client left).
-        outcome = "failed" if self.error else "finished" if self.finish_reason else "cancelled"
-        level = logging.WARNING if self.error else logging.INFO
-        logger.log(level, "generation %s", outcome, extra=self.fields(now))
+        level = logging.WARNING if self.error or (self.status or 0) >= 500 else logging.INFO
+        logger.log(level, "request %s", "failed" if self.error else "answered", extra=self.fields(now))

@@ -1,4 +1,4 @@
-"""The LLM replica: a Ray Serve deployment hosting one engine.
+"""The LLM replica: a Ray Serve deployment hosting one engine and vLLM's OpenAI server over it.
 
 The class is plain Python; ``serve_app.app`` wraps it with ``serve.deployment`` at build time, so
 importing this module starts nothing.
@@ -7,7 +7,7 @@ importing this module starts nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,27 +16,27 @@ from typing import Any
 
 from serve_app.config import ModelConfig
 from serve_app.core.autoscaling import ReplicaSignals
-from serve_app.core.coalesce import coalesced
 from serve_app.engine.protocol import Engine
-from serve_app.engine.types import (
+from serve_app.engine.types import EngineDeadError
+from serve_app.observability.logs import ReplicaRequestLog, install_json_logging
+from serve_app.observability.recorder import ServeAppMetrics
+from serve_app.replica.asgi_call import AsgiCall, ResponseSink
+from serve_app.replica.contract import (
     BatchOpened,
     CancelRequests,
-    EmbeddingRequest,
-    EmbeddingResult,
-    EngineDeadError,
-    EngineRequestError,
-    GenerationChunk,
-    GenerationRequest,
-    RequestError,
-    SamplingOptions,
-    merge_chunks,
+    Event,
+    RelayRequest,
+    ResponseBody,
+    ResponseEnd,
 )
-from serve_app.observability.logs import GenerationLog, install_json_logging
-from serve_app.observability.recorder import ServeAppMetrics
+from serve_app.replica.server_routes import ServerRoutes, error_response
 
 logger = logging.getLogger("serve_app.replica")
 
 _ENGINE_FAILED = "the engine failed its health check; the replica is being replaced, retry"
+# After a stream is closed, how long its requests get to see the disconnect and abort their
+# engine requests before their tasks are cancelled outright.
+_DISCONNECT_GRACE_S = 5.0
 
 EngineFactory = Callable[[ModelConfig, Path], Engine]
 
@@ -82,141 +82,146 @@ class LLMReplica:
         self.metrics = ServeAppMetrics.for_ray() if export_metrics else ServeAppMetrics.disabled()
         self.replica_name = _replica_name() if export_metrics else "local"  # cancel calls target it
         self.drain_timeout_s = drain_timeout_s
-        self._inflight: dict[str, int] = {}  # request id -> expected tokens (prompt + max_tokens)
-        self._batch_tasks: dict[str, asyncio.Task[None]] = {}  # request id in a router batch -> its task
+        self._inflight: dict[str, int] = {}  # request id -> expected tokens
+        self._calls: dict[str, AsgiCall] = {}  # request id -> its running call into the server
         self._shutting_down = False
         self._idle = asyncio.Event()
         self._idle.set()
-        self._last_progress = time.monotonic()  # the last chunk out of the engine (see check_health)
+        self._last_progress = time.monotonic()  # the last bytes out of the server (see check_health)
         self._engine_failed = False  # set when check_health fails: nothing left to drain
         path = await asyncio.to_thread(resolve_model_path, model, cache_dir)
         self.engine: Engine = (engine_factory or vllm_engine_factory)(model, path)
         started = time.monotonic()
         await self.engine.start()
+        self.routes = ServerRoutes.of(self.engine.app)
         logger.info("model %s ready in %.1f s from %s", model.id, time.monotonic() - started, path)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        """Stream one completion. Client-facing errors come back as a chunk with ``error`` set
-        (not an exception) so the router can map them without unpicking Ray's error wrappers."""
-        async for chunk in coalesced(self._logged(request, index=0), merge_chunks):
-            yield chunk
-
-    async def generate_batch(
-        self, requests: list[GenerationRequest]
-    ) -> AsyncIterator[BatchOpened | list[GenerationChunk]]:
-        """Stream a router batch: every request runs concurrently in the engine (which batches them
-        continuously). The first message names this replica (``cancel`` calls for single requests
-        of the batch come here); every other message is a list of the chunks that arrived together
-        (typically one engine step of all the batch's requests), tagged with each request's index
-        in the batch, so Ray's per-message cost (serialization, an object, a wake-up on each side)
-        is paid once per step, not once per request and step."""
-        queue: asyncio.Queue[GenerationChunk | None] = asyncio.Queue()
-
-        async def pump(i: int, req: GenerationRequest) -> None:
-            try:
-                async for chunk in self._logged(req, index=i):
-                    queue.put_nowait(chunk)
-            finally:
-                queue.put_nowait(None)
-
-        tasks = {r.request_id: asyncio.create_task(pump(i, r)) for i, r in enumerate(requests)}
-        self._batch_tasks.update(tasks)
+    async def stream(self, requests: list[RelayRequest]) -> AsyncIterator[BatchOpened | list[Event]]:
+        """Answer a router batch: every request runs concurrently in the server (the engine batches
+        them continuously). A batch of several first names this replica (``cancel`` calls for its
+        members come here); then every message is a list of the events that arrived together, so
+        Ray's per-message cost is paid once per engine step, not once per request and step. Each
+        request's ``ResponseEnd`` comes as soon as that request ends."""
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        tasks = [asyncio.create_task(self._serve(i, r, queue.put_nowait)) for i, r in enumerate(requests)]
         remaining = len(tasks)
         try:
-            yield BatchOpened(self.replica_name)
+            if len(requests) > 1:
+                yield BatchOpened(self.replica_name)
             while remaining:
-                items = [await queue.get()]
+                events = [await queue.get()]
                 while not queue.empty():
-                    items.append(queue.get_nowait())
-                remaining -= sum(1 for item in items if item is None)
-                chunks = merge_chunks([item for item in items if item is not None])
-                if chunks:
-                    yield chunks
+                    events.append(queue.get_nowait())
+                remaining -= sum(1 for e in events if isinstance(e, ResponseEnd))
+                yield events
         finally:
-            for rid, task in tasks.items():
+            await self._stop(requests, tasks)
+
+    async def _stop(self, requests: list[RelayRequest], tasks: list[asyncio.Task[None]]) -> None:
+        """The stream was closed: requests still running lost their client."""
+        for request in requests:
+            if (call := self._calls.get(request.request_id)) is not None:
+                call.disconnect()
+        pending = [t for t in tasks if not t.done()]
+        if pending:
+            _, pending_set = await asyncio.wait(pending, timeout=_DISCONNECT_GRACE_S)
+            for task in pending_set:
                 task.cancel()
-                self._batch_tasks.pop(rid, None)
-            await asyncio.gather(*tasks.values(), return_exceptions=True)
 
     async def cancel(self, request: CancelRequests) -> int:
         """Abort requests of running batches (the engine frees their slots); the others go on.
         Returns how many were still running here."""
-        running = [t for rid in request.request_ids if (t := self._batch_tasks.get(rid)) and not t.done()]
-        for task in running:
-            task.cancel()
+        running = [call for rid in request.request_ids if (call := self._calls.get(rid)) is not None]
+        for call in running:
+            call.disconnect()
         return len(running)
 
-    async def _logged(self, request: GenerationRequest, index: int) -> AsyncIterator[GenerationChunk]:
-        """``_stream`` plus one log line when the generation ends, keyed by the client's request id
-        (readiness probes call ``_stream`` directly and stay out of the log)."""
-        log = GenerationLog(request.request_id, self.model.id, self.replica_name, time.monotonic())
+    async def _serve(self, index: int, request: RelayRequest, emit: Callable[[Event], None]) -> None:
+        log = ReplicaRequestLog(request.request_id, request.path, self.model.id, self.replica_name, time.monotonic())
+
+        def emit_and_note(event: Event) -> None:
+            if isinstance(event, ResponseBody):
+                self._last_progress = time.monotonic()
+            emit(event)
+
+        sink = ResponseSink(index, request, emit_and_note)
         try:
-            async for chunk in self._stream(request, index):
-                log.add(chunk)
-                yield chunk
+            await self._answer(request, sink)
         finally:
+            sink.end(error="the server ended the response before its last byte", status=502)
+            log.status, log.error = sink.status, sink.error
+            log.prompt_tokens, log.completion_tokens = sink.prompt_tokens, sink.completion_tokens
+            log.finish_reason = sink.finish_reason
             log.write(logger, time.monotonic())
 
-    async def _stream(self, request: GenerationRequest, index: int) -> AsyncIterator[GenerationChunk]:
+    async def _answer(self, request: RelayRequest, sink: ResponseSink) -> None:
         if self._shutting_down or self._engine_failed:
             reason = "replica is shutting down" if self._shutting_down else _ENGINE_FAILED
-            yield GenerationChunk(index=index, error=RequestError(503, reason, type="service_unavailable"))
+            sink.end(error=reason, status=503)
+            return
+        if not self.routes.serves(request.method, request.path):
+            await error_response(sink, 404, f"{request.method} {request.path} is not served", "NotFoundError")
             return
         if not self._inflight:
             self._last_progress = time.monotonic()  # an idle engine owes no progress until now
         self._inflight[request.request_id] = request.cost_hint
         self._idle.clear()
+        call = AsgiCall(self.engine.app, request, sink)
+        self._calls[request.request_id] = call
         try:
-            async for chunk in self.engine.generate(request):
-                if self._engine_failed:  # aborted by check_health: an error, not a short answer
-                    yield GenerationChunk(
-                        index=index, error=RequestError(503, _ENGINE_FAILED, type="service_unavailable")
-                    )
-                    return
-                self._last_progress = time.monotonic()
-                chunk.index = index
-                yield chunk
-        except EngineRequestError as err:
-            yield GenerationChunk(index=index, error=err.error)
-        except EngineDeadError as err:
-            yield GenerationChunk(
-                index=index, error=RequestError(503, f"engine failed: {err}", type="service_unavailable")
-            )
+            await call.run()
+        except Exception as err:  # vLLM answers its own errors; this is a server bug or a dead engine
+            logger.exception("request %s failed in the server", request.request_id)
+            sink.end(error=f"the model server failed: {type(err).__name__}: {err}"[:500], status=500)
         finally:
+            self._calls.pop(request.request_id, None)
             self._inflight.pop(request.request_id, None)
             if not self._inflight:
                 self._idle.set()
 
-    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
-        try:
-            return await self.engine.embed(request)
-        except EngineRequestError as err:
-            return EmbeddingResult(error=err.error)
+    async def call_json(self, path: str, payload: dict[str, Any], timeout_s: float) -> tuple[int, Any]:
+        """One request to this replica's server, answered as (status, parsed JSON body)."""
+        body = bytearray()
+        ended: list[ResponseEnd] = []
+
+        def collect(event: Event) -> None:
+            if isinstance(event, ResponseBody):
+                body.extend(event.data)
+            elif isinstance(event, ResponseEnd):
+                ended.append(event)
+
+        request = RelayRequest(f"internal-{time.monotonic_ns()}", path, json.dumps(payload).encode())
+        sink = ResponseSink(0, request, collect)
+        async with asyncio.timeout(timeout_s):
+            await AsgiCall(self.engine.app, request, sink).run()
+        if ended and ended[0].error:
+            raise RuntimeError(ended[0].error)
+        return sink.status, json.loads(bytes(body)) if body else None
 
     async def probe(self, prompt: str, max_tokens: int = 16) -> str:
         """A short greedy generation: the readiness check that the model really answers."""
         if self.model.task == "embed":
-            result = await self.embed(EmbeddingRequest(f"probe-{time.monotonic_ns()}", self.model.id, (prompt,)))
-            return "ok" if result.vectors and result.vectors[0] else ""
-        request = GenerationRequest(
-            f"probe-{time.monotonic_ns()}",
-            self.model.id,
-            SamplingOptions(max_tokens=max_tokens, temperature=0.0),
-            messages=({"role": "user", "content": prompt},),
-        )
-        parts = []
-        async for chunk in self._stream(request, index=0):
-            if chunk.error:
-                raise RuntimeError(chunk.error.message)
-            parts.append(chunk.text)
-        return "".join(parts)
+            status, body = await self.call_json(
+                "/v1/embeddings", {"model": self.model.id, "input": prompt}, self.model.readiness_timeout_s
+            )
+            return "ok" if status == 200 and body["data"][0]["embedding"] else ""
+        payload = {
+            "model": self.model.id,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+            "temperature": 0.0,
+        }
+        status, body = await self.call_json("/v1/chat/completions", payload, self.model.readiness_timeout_s)
+        if status != 200:
+            raise RuntimeError(f"status {status}: {body}")
+        return str(body["choices"][0]["message"]["content"] or "")
 
     async def check_health(self) -> None:
         """Called periodically by Ray Serve; raising makes Serve replace this replica.
 
         The engine's own check only sees a dead engine. A hung one (a step that never returns: a
         stuck kernel, a stopped process) passes it while every request on this replica waits
-        forever, so the replica also checks progress: with requests in flight, some chunk within
+        forever, so the replica also checks progress: with requests in flight, some bytes within
         ``engine_stall_timeout_s``; idle, a one-token generation within that time.
         """
         try:
@@ -231,26 +236,21 @@ class LLMReplica:
             elif self.model.task == "generate":
                 await self._liveness_probe(stall_s)
         except EngineDeadError:
-            # Fail what waits on this engine now (the abort wakes each request's stream, which then
-            # ends with a 503) and refuse new work, rather than hold requests until Serve, after
-            # three failed checks, stops the replica and waits out its graceful shutdown timeout
-            # for requests that will never finish.
+            # Fail what waits on this engine now (the disconnect aborts each request, whose
+            # response then ends with an error) and refuse new work, rather than hold requests
+            # until Serve, after three failed checks, stops the replica and waits out its graceful
+            # shutdown timeout for requests that will never finish.
             self._engine_failed = True
-            for request_id in list(self._inflight):
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self.engine.abort(request_id), timeout=5.0)
+            for call in list(self._calls.values()):
+                call.disconnect()
             raise
         self._engine_failed = False  # a passing check (e.g. after a slow spell) takes work again
 
     async def _liveness_probe(self, timeout_s: float) -> None:
-        # Straight to the engine: not counted as load, not refused while draining.
-        request = GenerationRequest(
-            f"liveness-{time.monotonic_ns()}", self.model.id, SamplingOptions(max_tokens=1, temperature=0.0), "Hi"
-        )
+        # Straight to the server: not counted as load, not refused while draining.
+        payload = {"model": self.model.id, "prompt": "Hi", "max_tokens": 1, "temperature": 0.0}
         try:
-            async with asyncio.timeout(timeout_s):
-                async for _ in self.engine.generate(request):
-                    pass
+            await self.call_json("/v1/completions", payload, timeout_s)
         except TimeoutError:
             raise EngineDeadError(f"engine produced no token within {timeout_s:g} s while idle") from None
 
@@ -289,7 +289,7 @@ class LLMReplica:
 
         A replica stopped because its engine failed the health check does not wait: a hung engine
         will not finish anything, and its requests fail over (the router retries those without a
-        first token on another replica) only once this replica is gone."""
+        first byte on another replica) only once this replica is gone."""
         if self._engine_failed:
             logger.warning("engine failed its health check: stopping with %d requests in flight", len(self._inflight))
         else:

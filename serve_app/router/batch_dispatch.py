@@ -1,9 +1,10 @@
 """Router-side dynamic batching: requests queue per model, a batch closes at ``max_batch_size`` or
 ``batch_timeout_ms`` (serve_app.core.batching), goes to ONE replica in ONE call, and each
-request's chunks come back to its own caller.
+request's events come back to its own caller, which is done when its own response ends.
 
-Generation: vLLM batches continuously inside the engine, so for streaming generation batching
-mostly saves router->replica calls; embeddings (many small requests) gain the most.
+vLLM batches continuously inside the engine, so a router batch does not change what the engine
+computes: it saves router->replica calls and Ray messages (a batch's events travel as one message
+per engine step), which is what the router's and the proxy's CPU pay for at high concurrency.
 """
 
 from __future__ import annotations
@@ -12,43 +13,25 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from serve_app.config import ModelConfig
 from serve_app.core.batching import AsyncBatcher
-from serve_app.engine.types import EmbeddingRequest, EmbeddingResult, GenerationChunk, GenerationRequest, RequestError
 from serve_app.observability.recorder import ServeAppMetrics
+from serve_app.replica.contract import Event, RelayRequest, ResponseEnd
 from serve_app.router.client import ReplicaClient, cancel_logged, spawn_detached
 
 logger = logging.getLogger("serve_app.router")
 
 
 @dataclass
-class _GenerationJob:
-    requests: list[GenerationRequest]
-    out: asyncio.Queue[GenerationChunk | None] = field(default_factory=asyncio.Queue)
-    abandoned: bool = False
+class _Job:
+    request: RelayRequest
+    out: asyncio.Queue[list[Event] | None] = field(default_factory=asyncio.Queue)
     submitted_at: float = field(default_factory=time.monotonic)
-    ended: set[int] = field(default_factory=set)  # indexes whose last chunk came
-
-    def note(self, chunk: GenerationChunk) -> None:
-        if chunk.finish_reason is not None or chunk.error is not None:
-            self.ended.add(chunk.index)
-
-    @property
-    def running(self) -> bool:
-        return len(self.ended) < len(self.requests)
-
-
-@dataclass
-class _EmbeddingJob:
-    request: EmbeddingRequest
-    result: asyncio.Future[EmbeddingResult]
-    submitted_at: float = field(default_factory=time.monotonic)
-
-
-def _failure(message: str) -> RequestError:
-    return RequestError(503, message, type="service_unavailable")
+    dispatched: bool = False
+    abandoned: bool = False  # its client went away
+    ended: bool = False  # its ResponseEnd came
 
 
 class BatchDispatcher:
@@ -56,48 +39,47 @@ class BatchDispatcher:
         self.client = client
         self.metrics = metrics
         self.model_id = model.id
-        self._generation: AsyncBatcher[_GenerationJob] = AsyncBatcher.from_config(self._dispatch, model.batching)
-        self._embedding: AsyncBatcher[_EmbeddingJob] = AsyncBatcher.from_config(self._dispatch_embed, model.batching)
+        self._batcher: AsyncBatcher[_Job] = AsyncBatcher.from_config(self._dispatch, model.batching)
         self._cancels: set[asyncio.Task[None]] = set()
 
     @property
     def queued(self) -> int:
-        return self._generation.queued + self._embedding.queued
+        return self._batcher.queued
 
-    async def stream(self, requests: list[GenerationRequest]) -> AsyncIterator[GenerationChunk]:
-        job = _GenerationJob(requests)
-        await self._generation.submit(job, cost=sum(r.cost_hint for r in requests))
+    async def stream(self, request: RelayRequest) -> AsyncIterator[list[Event]]:
+        """This request's events, ending with its own ``ResponseEnd``."""
+        job = _Job(request)
+        await self._batcher.submit(job, cost=request.cost_hint)
         try:
-            while (chunk := await job.out.get()) is not None:
-                job.note(chunk)
-                yield chunk
+            while (events := await job.out.get()) is not None:
+                yield events
+                if job.ended:
+                    return
         finally:
             job.abandoned = True
-            if job.running:  # the client went away: free its engine slots, the batch goes on
+            if job.dispatched and not job.ended:  # the client went away: free its engine slot
                 # In a task of its own: this runs while the client's request is torn down.
-                ids = [r.request_id for r in job.requests]
+                ids = [request.request_id]
                 spawn_detached(cancel_logged(self.client, self.model_id, ids), self._cancels)
 
-    async def _dispatch(self, batch: list[_GenerationJob]) -> None:
+    async def _dispatch(self, batch: list[_Job]) -> None:
         batch = [job for job in batch if not job.abandoned]  # clients that left while queued
         if not batch:
             return
-        owners = [(job, i) for job in batch for i in range(len(job.requests))]
-        flat = [r for job in batch for r in job.requests]
-        self._record_dispatch(len(flat), [job.submitted_at for job in batch])
-        stream = self.client.stream(self.model_id, flat)
+        for job in batch:
+            job.dispatched = True
+        self._record_dispatch(len(batch), [job.submitted_at for job in batch])
+        stream = self.client.stream(self.model_id, [job.request for job in batch])
         try:
-            async for chunk in stream:
-                job, own_index = owners[chunk.index]
-                job.out.put_nowait(replace(chunk, index=own_index))
-                if all(j.abandoned for j in batch):
-                    break  # closing the stream cancels the replica call, which aborts the engine requests
+            async for events in stream:
+                self._deliver(batch, events)
+                if all(job.ended or job.abandoned for job in batch):
+                    break  # closing the stream cancels the replica call and what still runs there
         except (Exception, asyncio.CancelledError) as err:  # fails this batch's requests, not the router
-            logger.warning("batch of %d failed: %r", len(flat), err)
-            reason = str(err) or type(err).__name__
+            logger.warning("batch of %d failed: %r", len(batch), err)
             for job in batch:
-                for i in range(len(job.requests)):
-                    job.out.put_nowait(GenerationChunk(index=i, error=_failure(f"batch failed: {reason}")))
+                if not job.ended:
+                    job.out.put_nowait([ResponseEnd(0, error=f"batch failed: {err!r}"[:300], status=503)])
             if isinstance(err, asyncio.CancelledError):
                 raise
         finally:
@@ -105,56 +87,23 @@ class BatchDispatcher:
             for job in batch:
                 job.out.put_nowait(None)
 
+    @staticmethod
+    def _deliver(batch: list[_Job], events: list[Event]) -> None:
+        by_job: dict[int, list[Event]] = {}
+        for event in events:
+            by_job.setdefault(event.index, []).append(event)
+        for index, own in by_job.items():
+            job = batch[index]
+            if job.ended:
+                continue
+            job.ended = any(isinstance(e, ResponseEnd) for e in own)
+            job.out.put_nowait(own)
+
     def _record_dispatch(self, batch_size: int, submitted_at: list[float]) -> None:
         now = time.monotonic()
         self.metrics.router_batch(self.model_id, batch_size)
         for at in submitted_at:
             self.metrics.queue_wait(self.model_id, max(0.0, now - at))
 
-    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
-        job = _EmbeddingJob(request, asyncio.get_running_loop().create_future())
-        await self._embedding.submit(job, cost=request.cost_hint)
-        return await job.result
-
-    async def _dispatch_embed(self, batch: list[_EmbeddingJob]) -> None:
-        try:
-            await self._embed_batch(batch)
-        finally:
-            # Whatever ended the call (a cancelled replica call included), no request may wait
-            # on its batch until the router's request timeout.
-            for job in batch:
-                if not job.result.done():
-                    job.result.set_result(EmbeddingResult(error=_failure("the batch call was cancelled")))
-
-    async def _embed_batch(self, batch: list[_EmbeddingJob]) -> None:
-        inputs = tuple(text for job in batch for text in job.request.inputs)
-        self._record_dispatch(len(batch), [job.submitted_at for job in batch])
-        combined = EmbeddingRequest(batch[0].request.request_id + "-batch", self.model_id, inputs)
-        try:
-            result = await self.client.embed(self.model_id, combined)
-        except Exception as err:
-            result = EmbeddingResult(error=_failure(f"batch failed: {err}"))
-        if result.error is not None and len(batch) > 1:
-            # One bad input must fail only its own request: retry each request on its own.
-            await asyncio.gather(*(self._embed_alone(job) for job in batch))
-            return
-        offset = 0
-        for job in batch:
-            n = len(job.request.inputs)
-            vectors = result.vectors[offset : offset + n]
-            offset += n
-            share = result.prompt_tokens * n // max(1, len(inputs))
-            if not job.result.done():
-                job.result.set_result(EmbeddingResult(vectors=vectors, prompt_tokens=share, error=result.error))
-
-    async def _embed_alone(self, job: _EmbeddingJob) -> None:
-        try:
-            result = await self.client.embed(self.model_id, job.request)
-        except Exception as err:
-            result = EmbeddingResult(error=_failure(f"embedding failed: {err}"))
-        if not job.result.done():
-            job.result.set_result(result)
-
     async def close(self) -> None:
-        await self._generation.close()
-        await self._embedding.close()
+        await self._batcher.close()

@@ -9,31 +9,22 @@ import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
-from serve_app.engine.types import (
-    BatchOpened,
-    CancelRequests,
-    EmbeddingRequest,
-    EmbeddingResult,
-    GenerationChunk,
-    GenerationRequest,
-    RequestError,
-)
+from serve_app.replica.contract import BatchOpened, CancelRequests, Event, RelayRequest, ResponseEnd
 
 logger = logging.getLogger("serve_app.router")
 
 
 class ReplicaClient(Protocol):
-    def stream(self, model: str, requests: list[GenerationRequest]) -> AsyncIterator[GenerationChunk]:
-        """Chunks of every request in ``requests``, tagged with the request's index. A replica lost
-        before the first chunk is retried elsewhere; after it, the stream ends with an error chunk."""
+    def stream(self, model: str, requests: list[RelayRequest]) -> AsyncIterator[list[Event]]:
+        """The events of every request in ``requests`` (tagged with its index), a list per replica
+        message. A replica lost before the first event is retried elsewhere; after it, every
+        request gets a ``ResponseEnd`` with an error."""
         ...
 
     async def cancel(self, model: str, request_ids: list[str]) -> None:
         """Abort requests of running batches (``stream`` with several requests) whose clients
         went away; ids of requests that already ended are ignored."""
         ...
-
-    async def embed(self, model: str, request: EmbeddingRequest) -> EmbeddingResult: ...
 
     async def probe(self, model: str, prompt: str) -> str: ...
 
@@ -45,9 +36,13 @@ def _replica_lost_errors() -> tuple[type[BaseException], ...]:
     return tuple(getattr(rex, n) for n in names if hasattr(rex, n))
 
 
+def lost(requests: list[RelayRequest], message: str) -> list[Event]:
+    return [ResponseEnd(i, error=message, status=503) for i in range(len(requests))]
+
+
 class RayReplicaClient:
     """Calls replica deployments through Ray Serve handles (Ray Serve keeps replica tracking and
-    routing; a custom RequestRouter may be attached to the replica deployment)."""
+    routing; the replica choice is a RequestRouter attached to the replica deployment)."""
 
     def __init__(
         self,
@@ -56,7 +51,8 @@ class RayReplicaClient:
         retry_backoff_s: float = 0.2,
         cancel_timeout_s: float = 30.0,
     ) -> None:
-        self.handles = dict(handles)
+        self.handles = {model: handle.options(stream=True) for model, handle in handles.items()}
+        self.unary = dict(handles)
         self.max_attempts = max_attempts
         self.retry_backoff_s = retry_backoff_s
         # A cancel call waits in Ray's handle queue while no replica of the model is up; past
@@ -70,38 +66,27 @@ class RayReplicaClient:
         self._cancel_on_open: set[str] = set()
         self._early_cancels: set[asyncio.Task[None]] = set()
 
-    async def stream(self, model: str, requests: list[GenerationRequest]) -> AsyncIterator[GenerationChunk]:
-        handle = self.handles[model].options(stream=True)
+    async def stream(self, model: str, requests: list[RelayRequest]) -> AsyncIterator[list[Event]]:
         for attempt in range(1, self.max_attempts + 1):
             started = False
             try:
-                async for chunk in self._chunks(model, handle, requests):
+                async for events in self._events(model, requests):
                     started = True
-                    yield chunk
+                    yield events
                 return
             except self._lost as err:
                 if started:
                     logger.warning("replica lost mid-stream for %s: %s", requests[0].request_id, err)
-                    for i in range(len(requests)):
-                        yield GenerationChunk(index=i, error=_lost_error("the replica serving this stream failed"))
+                    yield lost(requests, "the replica serving this request failed")
                     return
-                logger.warning("replica lost before first token (attempt %d/%d): %s", attempt, self.max_attempts, err)
+                logger.warning("replica lost before first byte (attempt %d/%d): %s", attempt, self.max_attempts, err)
                 await asyncio.sleep(self.retry_backoff_s * attempt)
-        for i in range(len(requests)):
-            yield GenerationChunk(index=i, error=_lost_error("no replica could serve the request; retry later"))
+        yield lost(requests, "no replica could serve the request; retry later")
 
-    async def _chunks(
-        self, model: str, handle: Any, requests: list[GenerationRequest]
-    ) -> AsyncIterator[GenerationChunk]:
-        """One request's chunks from ``generate``; a batch's from ``generate_batch``, whose first
-        message names its replica and whose other messages are lists of chunks (one per engine
-        step, see LLMReplica.generate_batch)."""
-        if len(requests) == 1:
-            async for chunk in handle.generate.remote(requests[0]):
-                yield chunk
-            return
+    async def _events(self, model: str, requests: list[RelayRequest]) -> AsyncIterator[list[Event]]:
         ids = [r.request_id for r in requests]
-        self._unopened.update(ids)
+        if len(ids) > 1:
+            self._unopened.update(ids)
 
         def opened(message: BatchOpened) -> None:
             self._unopened.difference_update(ids)
@@ -113,13 +98,14 @@ class RayReplicaClient:
                 spawn_detached(cancel_logged(self, model, early), self._early_cancels)
 
         try:
-            async for chunk in batch_chunks(handle.generate_batch.remote(requests), opened):
-                yield chunk
+            async for events in replica_events(self.handles[model].stream.remote(requests), opened):
+                yield events
         finally:
-            for rid in ids:
-                self._batch_replica.pop(rid, None)
-                self._unopened.discard(rid)
-                self._cancel_on_open.discard(rid)
+            if len(ids) > 1:
+                for rid in ids:
+                    self._batch_replica.pop(rid, None)
+                    self._unopened.discard(rid)
+                    self._cancel_on_open.discard(rid)
 
     async def cancel(self, model: str, request_ids: list[str]) -> None:
         by_replica: dict[str, list[str]] = {}
@@ -129,34 +115,23 @@ class RayReplicaClient:
             elif rid in self._unopened:  # its batch's replica is not known yet: cancel on BatchOpened
                 self._cancel_on_open.add(rid)
         for replica_id, ids in by_replica.items():
-            call = self.handles[model].cancel.remote(CancelRequests(replica_id, tuple(ids)))
+            call = self.unary[model].cancel.remote(CancelRequests(replica_id, tuple(ids)))
             await _bounded(call, self.cancel_timeout_s)
 
-    async def embed(self, model: str, request: EmbeddingRequest) -> EmbeddingResult:
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                return await self.handles[model].embed.remote(request)
-            except self._lost as err:
-                logger.warning("replica lost during embed (attempt %d): %s", attempt, err)
-                await asyncio.sleep(self.retry_backoff_s * attempt)
-        return EmbeddingResult(error=_lost_error("no replica could serve the request; retry later"))
-
     async def probe(self, model: str, prompt: str) -> str:
-        return await self.handles[model].probe.remote(prompt)
+        return await self.unary[model].probe.remote(prompt)
 
 
-async def batch_chunks(
+async def replica_events(
     messages: AsyncIterator[Any], on_opened: Callable[[BatchOpened], None] | None = None
-) -> AsyncIterator[GenerationChunk]:
-    """The chunks of a ``LLMReplica.generate_batch`` stream: its first message names the replica
-    (handed to ``on_opened``), every other one is a list of chunks."""
+) -> AsyncIterator[list[Event]]:
+    """The event lists of a ``LLMReplica.stream``; a ``BatchOpened`` goes to ``on_opened``."""
     async for message in messages:
         if isinstance(message, BatchOpened):
             if on_opened is not None:
                 on_opened(message)
             continue
-        for chunk in message:
-            yield chunk
+        yield message
 
 
 async def _bounded(call: Any, timeout_s: float) -> None:
@@ -189,31 +164,19 @@ async def cancel_logged(client: ReplicaClient, model: str, request_ids: list[str
         logger.warning("cancelling %d requests of a batch failed: %r", len(request_ids), err)
 
 
-def _lost_error(message: str) -> RequestError:
-    return RequestError(503, message, type="service_unavailable", code="replica_unavailable")
-
-
 class LocalReplicaClient:
     """In-process replicas (``LLMReplica`` objects with a fake engine) for fast tests of the router."""
 
     def __init__(self, replicas: Mapping[str, Any]) -> None:
         self.replicas = dict(replicas)
 
-    async def stream(self, model: str, requests: list[GenerationRequest]) -> AsyncIterator[GenerationChunk]:
-        replica = self.replicas[model]
-        if len(requests) == 1:
-            async for chunk in replica.generate(requests[0]):
-                yield chunk
-            return
-        async for chunk in batch_chunks(replica.generate_batch(requests)):
-            yield chunk
+    async def stream(self, model: str, requests: list[RelayRequest]) -> AsyncIterator[list[Event]]:
+        async for events in replica_events(self.replicas[model].stream(requests)):
+            yield events
 
     async def cancel(self, model: str, request_ids: list[str]) -> None:
         replica = self.replicas[model]
         await replica.cancel(CancelRequests(replica.replica_name, tuple(request_ids)))
-
-    async def embed(self, model: str, request: EmbeddingRequest) -> EmbeddingResult:
-        return await self.replicas[model].embed(request)
 
     async def probe(self, model: str, prompt: str) -> str:
         return await self.replicas[model].probe(prompt)

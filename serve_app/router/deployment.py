@@ -10,7 +10,8 @@ from serve_app.observability.logs import install_json_logging
 from serve_app.observability.recorder import ServeAppMetrics
 from serve_app.router.client import RayReplicaClient
 from serve_app.router.ingress import build_fastapi
-from serve_app.router.service import RouterService
+from serve_app.router.readiness import Readiness
+from serve_app.router.relay import Relay
 
 
 class RouterDeployment:
@@ -22,12 +23,10 @@ class RouterDeployment:
 
         install_json_logging()  # serve_app.observability.logs says why not Ray Serve's JSON encoding
         self.config = config
-        self.service = RouterService(
-            config,
-            RayReplicaClient(replicas),
-            ServeAppMetrics.for_ray(),
-            replica_name=serve.get_replica_context().replica_id.unique_id,
-        )
+        client = RayReplicaClient(replicas)
+        replica_name = serve.get_replica_context().replica_id.unique_id
+        self.relay = Relay(config, client, ServeAppMetrics.for_ray(), replica_name=replica_name)
+        self.readiness = Readiness(config, client)
 
     def __serve_build_asgi_app__(self) -> Any:
-        return build_fastapi(self.service)
+        return build_fastapi(self.config, self.relay, self.readiness)

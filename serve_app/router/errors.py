@@ -12,8 +12,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve_app.engine.types import RequestError
-
 logger = logging.getLogger("serve_app.router")
 
 # FastAPI's HTTPException detail when the body cannot be decoded at all (fastapi.routing).
@@ -55,10 +53,6 @@ class OpenAIError(Exception):
         self.code = code
         self.type = type or _TYPES.get(status, "invalid_request_error")
         self.headers = headers or {}
-
-    @classmethod
-    def from_request_error(cls, err: RequestError) -> OpenAIError:
-        return cls(err.status, err.message, param=err.param, code=err.code, type=err.type)
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

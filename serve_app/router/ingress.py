@@ -1,52 +1,104 @@
-"""The HTTP ingress: OpenAI-compatible routes, ``/generate``, ``/health`` and ``/ready``."""
+"""The HTTP ingress: every route vLLM's OpenAI server has, relayed; plus ``/generate``,
+``/v1/models`` over all models, ``/health`` and ``/ready``.
+
+The router reads a request only lightly (serve_app.core.request_facts): the model, for the replica
+deployment to send it to; the caps vLLM lacks; the size, for admission and replica choice. vLLM
+validates and answers everything else, so its whole API comes through by construction.
+"""
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 
-from serve_app.core.coalesce import drained
-from serve_app.engine.types import EmbeddingRequest as EngineEmbeddingRequest
-from serve_app.engine.types import GenerationChunk, GenerationRequest, merge_chunks
+from serve_app.config import AppConfig, ModelConfig
+from serve_app.core.request_facts import STREAMED_PATHS, check_limits, read_facts, with_usage_reported
 from serve_app.observability.logs import RequestLog
+from serve_app.replica.contract import RelayRequest
 from serve_app.router.body_limit import BodySizeLimit
 from serve_app.router.errors import OpenAIError, install_error_handlers
 from serve_app.router.head_limits import RequestHeadLimits
-from serve_app.router.openai_types import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    EmbeddingRequest,
-    GenerateRequest,
-    model_card,
-)
+from serve_app.router.readiness import Readiness
+from serve_app.router.relay import Relay
 from serve_app.router.request_identity import RequestIdentity
 from serve_app.router.security import install_cors, install_security
-from serve_app.router.service import RouterService
-from serve_app.router.translate import (
-    ChoiceState,
-    StreamFormatter,
-    chat_response,
-    completion_response,
-    engine_requests,
-    generate_request,
-    new_id,
-)
+
+JSON_HEADERS = ((b"content-type", b"application/json"),)
 
 
-def build_fastapi(service: RouterService) -> FastAPI:
+class GenerateRequest(BaseModel):
+    """The simple API: ``POST /generate {prompt, max_new_tokens} -> {text}`` (greedy by default)."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(..., min_length=1)
+    max_new_tokens: Annotated[int, Field(ge=1)] = 64
+    model: str | None = Field(None, min_length=1, max_length=256)
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.0
+
+
+class ModelDirectory:
+    """The names clients may send as ``model``: each model's id and its aliases."""
+
+    def __init__(self, config: AppConfig) -> None:
+        self.default = config.models[0]
+        self._by_name = {n: m for m in config.models for n in (m.id, *m.openai_server.served_model_aliases)}
+
+    def find(self, name: str | None) -> ModelConfig:
+        if name is None:
+            return self.default  # vLLM serves a request without a model with its own model
+        found = self._by_name.get(name)
+        if found is None:
+            raise OpenAIError(404, f"The model `{name}` does not exist.", param="model", code="model_not_found")
+        return found
+
+
+def parse_object(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise OpenAIError(400, f"the request body is not valid JSON: {err}", code="invalid_json") from None
+    if not isinstance(payload, dict):
+        raise OpenAIError(400, "the request body must be a JSON object", code="invalid_json")
+    return payload
+
+
+def relay_request(model: ModelConfig, path: str, payload: dict[str, Any], body: bytes, rid: str) -> RelayRequest:
+    """Check the router's caps, then package the request for the replica (its bytes unchanged,
+    unless a stream must report its usage)."""
+    facts = read_facts(payload)
+    breach = check_limits(facts, model.max_n, model.max_tokens_limit)
+    if breach is not None:
+        raise OpenAIError(400, breach.message, param=breach.param)
+    strip_usage = False
+    if facts.stream and path in STREAMED_PATHS and (reporting := with_usage_reported(payload)) is not None:
+        body, strip_usage = json.dumps(reporting).encode(), True
+    return RelayRequest(
+        rid,
+        path,
+        body,
+        headers=JSON_HEADERS,
+        routing_text=facts.routing_text,
+        cost_hint=facts.cost(model.default_max_tokens),
+        strip_usage_event=strip_usage,
+    )
+
+
+def build_fastapi(config: AppConfig, relay: Relay, readiness: Readiness) -> FastAPI:
     app = FastAPI(title="serve-app", version="0.1.0")
     install_error_handlers(app)
-    server = service.config.server
+    server = config.server
+    models = ModelDirectory(config)
+    metrics = relay.metrics
     # Middleware added later runs earlier: CORS, request id, head limits, body cap, then keys and rate limits.
-    install_security(app, service.config, service.metrics.request_rejected)  # reads the API keys, once
+    install_security(app, config, metrics.request_rejected)  # reads the API keys, once
     app.add_middleware(BodySizeLimit, max_bytes=server.max_body_bytes)
     app.add_middleware(RequestHeadLimits, max_header_bytes=server.max_header_bytes, max_headers=server.max_headers)
-    app.add_middleware(RequestIdentity, on_finished=service.metrics.request_finished, log_prompts=server.log_prompts)
-    created = int(time.time())
+    app.add_middleware(RequestIdentity, on_finished=metrics.request_finished, log_prompts=server.log_prompts)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -54,123 +106,60 @@ def build_fastapi(service: RouterService) -> FastAPI:
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
-        state = await service.readiness()
+        state = await readiness.check()
         body = {"status": "ready" if state.ready else "not ready", "models": state.detail}
         return JSONResponse(body, status_code=200 if state.ready else 503)
 
     @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [model_card(m.id, created) for m in service.config.models]}
-
-    @app.post("/v1/chat/completions", response_model=None)
-    async def chat(body: ChatCompletionRequest, request: Request) -> Any:
-        request.state.model = _model_tag(service, body.model)
-        return await _completion(service, body, "chat", request.state.log)
-
-    @app.post("/v1/completions", response_model=None)
-    async def completions(body: CompletionRequest, request: Request) -> Any:
-        request.state.model = _model_tag(service, body.model)
-        return await _completion(service, body, "completion", request.state.log)
+    async def list_models(request: Request) -> dict[str, Any]:
+        data = []
+        for model in config.models:
+            data += await _model_cards(relay, model, request.state.log)
+        return {"object": "list", "data": data}
 
     @app.post("/generate")
-    async def generate(body: GenerateRequest, request: Request) -> dict[str, Any]:
-        request.state.model = _model_tag(service, body.model)
-        model = service.generation_model(body.model)
-        engine_request = generate_request(body, model, request.state.request_id)
+    async def generate(body: GenerateRequest, request: Request) -> Response:
+        model = models.find(body.model)
+        request.state.model = model.id
         request.state.log.note_prompt(body.prompt)
-        (state,) = await service.complete(model, [engine_request])
-        _note_choices(request.state.log, [state])
-        return {
-            "text": state.full_text,
-            "model": model.id,
-            "prompt_tokens": state.prompt_tokens,
-            "completion_tokens": state.completion_tokens,
-            "finish_reason": state.finish_reason,
-        }
+        payload = {"model": model.id, "prompt": body.prompt, "max_tokens": body.max_new_tokens}
+        payload["temperature"] = body.temperature
+        forwarded = relay_request(model, "/v1/completions", payload, json.dumps(payload).encode(), _rid(request))
+        answer = await relay.forward(model, forwarded, request.state.log)
+        if answer.status_code != 200:
+            return answer  # vLLM's own error, unchanged
+        completion = json.loads(bytes(answer.body))
+        choice, usage = completion["choices"][0], completion.get("usage") or {}
+        text = {"text": choice["text"], "model": model.id, "finish_reason": choice.get("finish_reason")}
+        return JSONResponse(text | {k: usage.get(k, 0) for k in ("prompt_tokens", "completion_tokens")})
 
-    @app.post("/v1/embeddings")
-    async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
-        request.state.model = _model_tag(service, body.model)
-        model = service.model(body.model)
-        request.state.log.note_prompt(body.inputs())
-        result = await service.embed(model, EngineEmbeddingRequest(request.state.request_id, model.id, body.inputs()))
-        request.state.log.prompt_tokens = result.prompt_tokens
-        return {
-            "object": "list",
-            "model": model.id,
-            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(result.vectors)],
-            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
-        }
+    @app.post("/{path:path}", response_model=None)
+    async def forward(path: str, request: Request) -> Response:
+        body = await request.body()
+        payload = parse_object(body)
+        model = models.find(payload.get("model") if isinstance(payload.get("model"), str) else None)
+        request.state.model = model.id
+        log: RequestLog = request.state.log
+        log.note_prompt(payload.get("messages", payload.get("prompt", payload.get("input"))))
+        forwarded = relay_request(model, "/" + path, payload, body, _rid(request))
+        return await relay.forward(model, forwarded, log)
 
     install_cors(app, server.cors_allow_origins)
     return app
 
 
-def _model_tag(service: RouterService, name: str | None) -> str:
-    """A metric label: configured model ids only, so clients cannot grow label cardinality."""
-    if name is None:
-        return service.config.models[0].id  # what RouterService.model() serves without a name
-    return name if service.config.model(name) is not None else "unknown"
+def _rid(request: Request) -> str:
+    return str(request.state.request_id)
 
 
-def _note_choices(log: RequestLog, states: list[ChoiceState]) -> None:
-    log.note_choices(
-        states[0].prompt_tokens if states else 0,
-        [s.completion_tokens for s in states],
-        [s.finish_reason for s in states],
-        [s.full_text for s in states],
-    )
-
-
-async def _completion(
-    service: RouterService, body: ChatCompletionRequest | CompletionRequest, kind: str, log: RequestLog
-) -> Any:
-    model = service.generation_model(body.model)
-    requests = engine_requests(body, model, log.request_id)
-    log.note_prompt(_prompt_of(requests[0]))
-    rid = new_id("chatcmpl" if kind == "chat" else "cmpl")
-    if not body.stream:
-        states = await service.complete(model, requests)
-        _note_choices(log, states)
-        build = chat_response if kind == "chat" else completion_response
-        return build(rid, model.id, states)
-    # Opening the stream waits for the first chunk: errors before it are ordinary HTTP errors.
-    stream = await service.open_stream(model, requests)
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    formatter = StreamFormatter(kind, rid, model.id)
-    return StreamingResponse(
-        _sse(stream, formatter, len(requests), include_usage, log),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-
-
-def _prompt_of(request: GenerationRequest) -> str | list[dict[str, Any]] | None:
-    return [dict(m) for m in request.messages] if request.messages is not None else request.prompt
-
-
-async def _sse(
-    stream: AsyncIterator[GenerationChunk], formatter: StreamFormatter, n: int, include_usage: bool, log: RequestLog
-) -> AsyncIterator[str]:
-    """Each engine chunk is written as soon as it arrives; a failure after the first token ends
-    the stream with an explicit error event and ``[DONE]``, never a silent cut."""
-    states = [ChoiceState() for _ in range(n)]
-    try:
-        async for arrived in drained(stream):
-            events = []
-            for chunk in merge_chunks(arrived):
-                states[chunk.index].add(chunk)
-                event = formatter.chunk(chunk)
-                if event is not None:
-                    events.append(event)
-            if events:
-                yield "".join(events)  # one write (one proxy message) for what arrived together
-    except OpenAIError as err:
-        log.error = err.code or err.type
-        yield err.sse_event()
-    else:
-        if include_usage:
-            yield formatter.usage_event(states)
-    finally:
-        _note_choices(log, states)  # what was sent, also when the client left early
-    yield formatter.done()
+async def _model_cards(relay: Relay, model: ModelConfig, log: RequestLog) -> list[dict[str, Any]]:
+    """vLLM's own model cards (with their context length, and any adapters it serves); a model
+    scaled to zero is listed from its config instead of being woken up to list itself."""
+    if model.autoscaling is not None and model.autoscaling.min_replicas == 0:
+        names = (model.id, *model.openai_server.served_model_aliases)
+        return [{"id": n, "object": "model", "created": int(time.time()), "owned_by": "vllm"} for n in names]
+    request = RelayRequest(f"{log.request_id}-models-{model.id}", "/v1/models", b"", method="GET")
+    answer = await relay.forward(model, request, log)
+    if answer.status_code != 200:
+        raise OpenAIError(503, f"model {model.id!r} could not list itself", type="service_unavailable")
+    return list(json.loads(bytes(answer.body))["data"])

@@ -11,7 +11,9 @@ from serve_app.engine.fake import FakeEngine
 from serve_app.replica.deployment import LLMReplica
 from serve_app.router.client import LocalReplicaClient
 from serve_app.router.ingress import build_fastapi
-from serve_app.router.service import RouterService
+from serve_app.observability.recorder import ServeAppMetrics
+from serve_app.router.readiness import Readiness
+from serve_app.router.relay import Relay
 
 
 async def make_replica_async(model: ModelConfig, engine: FakeEngine) -> LLMReplica:
@@ -42,8 +44,9 @@ def app_config() -> AppConfig:
 @pytest.fixture
 def client(app_config: AppConfig, fake_engine: FakeEngine) -> Iterator[TestClient]:
     replicas = {m.id: make_replica(m, fake_engine) for m in app_config.models}
-    service = RouterService(app_config, LocalReplicaClient(replicas))
-    with TestClient(build_fastapi(service)) as test_client:
+    replica_client = LocalReplicaClient(replicas)
+    relay = Relay(app_config, replica_client, ServeAppMetrics.disabled())
+    with TestClient(build_fastapi(app_config, relay, Readiness(app_config, replica_client))) as test_client:
         yield test_client
     for replica in replicas.values():
         asyncio.run(replica.__del__())

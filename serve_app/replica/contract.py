@@ -1,0 +1,84 @@
+"""The one stream contract between the router and a replica (plain picklable data; no Ray, no vLLM).
+
+The router sends a list of HTTP requests (a router batch; one request is the smallest batch) to
+``LLMReplica.stream``. The replica answers each with vLLM's own OpenAI server and streams back
+lists of events, one list per Ray message: what every request of the batch produced since the
+last message (typically one engine step). Each request's events are its response as vLLM wrote
+it: a ``ResponseStart`` (status and headers, sent together with the first body bytes, so that a
+replica lost before the first byte can be retried elsewhere), ``ResponseBody`` chunks, and one
+``ResponseEnd``, which ends that request whatever the rest of its batch does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class RelayRequest:
+    """One client request to be answered by the replica's vLLM server, bytes unchanged."""
+
+    request_id: str
+    path: str
+    body: bytes
+    method: str = "POST"
+    headers: tuple[tuple[bytes, bytes], ...] = ((b"content-type", b"application/json"),)
+    # Replica choice and admission read these (serve_app.router.replica_choice): the prompt text
+    # for prefix affinity, and the expected work in tokens.
+    routing_text: str = ""
+    cost_hint: int = 1
+    # The router added ``stream_options.include_usage`` to learn the token counts of a stream the
+    # client did not ask usage for: the replica takes the usage event out of the client's stream.
+    strip_usage_event: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseStart:
+    index: int
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseBody:
+    index: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseEnd:
+    """The request's last event. ``error`` is set when it ended without a complete answer (the
+    replica or engine failed, it was cancelled); ``status`` then says how the router answers if
+    nothing was sent yet."""
+
+    index: int
+    usage: Usage = field(default_factory=Usage)
+    error: str | None = None
+    status: int = 200
+
+
+Event = ResponseStart | ResponseBody | ResponseEnd
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOpened:
+    """The first message of a stream of several requests: the replica serving it, where a
+    cancellation of some of its requests must go."""
+
+    replica_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequests:
+    """Abort these requests of a running batch on one replica (their clients went away while the
+    rest of the batch goes on). The replica choice sends the call to ``target_replica_id``."""
+
+    target_replica_id: str
+    request_ids: tuple[str, ...]

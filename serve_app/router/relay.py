@@ -1,0 +1,191 @@
+"""Forwards one client request to a replica and relays vLLM's response bytes, JSON or SSE, unchanged.
+
+What the relay adds around those bytes: an admission ticket, one deadline, router batching or a
+call of its own, the wait for the first byte (errors and lost replicas before it are ordinary HTTP
+answers or a retry), and request metrics. Each of these ends when the request's own response ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from starlette.responses import Response, StreamingResponse
+
+from serve_app.config import AppConfig, ModelConfig
+from serve_app.core.admission import AdmissionController, AdmissionTicket, Rejection
+from serve_app.observability.logs import RequestLog
+from serve_app.observability.recorder import ServeAppMetrics
+from serve_app.replica.contract import Event, RelayRequest, ResponseBody, ResponseEnd, ResponseStart
+from serve_app.router.batch_dispatch import BatchDispatcher
+from serve_app.router.client import ReplicaClient
+from serve_app.router.errors import OpenAIError
+
+EventSource = AsyncIterator[list[Event]]
+
+
+@dataclass
+class _Head:
+    """What came before the response is committed: its start, first bytes, maybe its end."""
+
+    start: ResponseStart | None = None
+    bodies: list[bytes] = field(default_factory=list)
+    end: ResponseEnd | None = None
+
+    @property
+    def is_sse(self) -> bool:
+        content_type = (
+            next((v for k, v in self.start.headers if k.lower() == b"content-type"), b"") if self.start else b""
+        )
+        return content_type.startswith(b"text/event-stream")
+
+
+def _ended_early(end: ResponseEnd) -> OpenAIError:
+    kind = "service_unavailable" if end.status == 503 else "server_error"
+    return OpenAIError(end.status if end.status >= 400 else 502, end.error or "no answer", type=kind)
+
+
+class Relay:
+    def __init__(
+        self, config: AppConfig, client: ReplicaClient, metrics: ServeAppMetrics, replica_name: str = "local"
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.metrics = metrics
+        self.replica_name = replica_name  # this router replica: the label of its admission gauges
+        self.admission = AdmissionController.from_config(config.router)
+        self._batchers = {
+            m.id: BatchDispatcher(client, m, metrics) for m in config.models if m.batching.max_batch_size > 1
+        }
+
+    def admit(self, cost: int) -> AdmissionTicket:
+        """Bounded admission: past the router's request or token budget, answer 429/503 with
+        Retry-After at once instead of queueing without limit."""
+        decision = self.admission.try_admit(cost)
+        if isinstance(decision, Rejection):
+            self.metrics.request_rejected(decision.reason)
+            raise OpenAIError(
+                decision.status,
+                decision.message,
+                code=decision.reason,
+                type="rate_limit_error" if decision.status == 429 else "service_unavailable",
+                headers={"Retry-After": str(decision.retry_after_s)},
+            )
+        self._record_queue()
+        return decision
+
+    def release(self, ticket: AdmissionTicket) -> None:
+        if ticket.release():
+            self._record_queue()
+
+    def _record_queue(self) -> None:
+        self.metrics.router_queue(self.replica_name, self.admission.queued_requests, self.admission.queued_tokens)
+
+    def _source(self, model: ModelConfig, request: RelayRequest, admitted_at: float) -> EventSource:
+        batcher = self._batchers.get(model.id)
+        if batcher:
+            return batcher.stream(request)  # the dispatcher records batch size and queue wait at dispatch
+        self.metrics.router_batch(model.id, 1)
+        self.metrics.queue_wait(model.id, time.monotonic() - admitted_at)
+        return self.client.stream(model.id, [request])
+
+    async def forward(self, model: ModelConfig, request: RelayRequest, log: RequestLog) -> Response:
+        """The response, once its first bytes are here (or it failed before them)."""
+        ticket = self.admit(request.cost_hint)
+        admitted_at = time.monotonic()
+        deadline = admitted_at + self.config.router.request_timeout_s
+        source = self._source(model, request, admitted_at)
+        try:
+            head = await self._head(source, deadline)
+        except BaseException:
+            self.release(ticket)
+            await source.aclose()
+            raise
+        self.metrics.first_token(model.id, time.monotonic() - admitted_at)
+        assert head.start is not None
+        if head.end is not None:  # the whole answer is here (JSON)
+            self.release(ticket)
+            await source.aclose()
+            self._finish(model.id, log, head.end, admitted_at)
+            return _response(head.start, b"".join(head.bodies))
+        body = self._rest(model.id, head, source, deadline, ticket, log, admitted_at)
+        response = StreamingResponse(body, status_code=head.start.status)
+        response.raw_headers = list(head.start.headers)
+        return response
+
+    async def _head(self, source: EventSource, deadline: float) -> _Head:
+        head = _Head()
+        while True:
+            try:
+                events = await asyncio.wait_for(anext(source), timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise OpenAIError(504, "the request timed out before the first byte", code="timeout") from None
+            except StopAsyncIteration:
+                raise OpenAIError(503, "the replica ended the request without an answer") from None
+            for event in events:
+                if isinstance(event, ResponseStart):
+                    head.start = event
+                elif isinstance(event, ResponseBody):
+                    head.bodies.append(event.data)
+                elif isinstance(event, ResponseEnd):
+                    if event.error is not None or head.start is None:
+                        raise _ended_early(event)
+                    head.end = event
+            if head.bodies or head.end is not None:
+                return head
+
+    async def _rest(
+        self,
+        model_id: str,
+        head: _Head,
+        source: EventSource,
+        deadline: float,
+        ticket: AdmissionTicket,
+        log: RequestLog,
+        admitted_at: float,
+    ) -> AsyncIterator[bytes]:
+        end = ResponseEnd(0, error="the client left before the end")
+        try:
+            yield b"".join(head.bodies)
+            while True:
+                try:
+                    events = await asyncio.wait_for(anext(source), timeout=max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
+                    end = ResponseEnd(0, error="the request timed out", status=504)
+                    break
+                except StopAsyncIteration:
+                    end = ResponseEnd(0, error="the replica ended the stream without its end", status=502)
+                    break
+                data = b"".join(e.data for e in events if isinstance(e, ResponseBody))
+                if data:
+                    yield data
+                ends = [e for e in events if isinstance(e, ResponseEnd)]
+                if ends:
+                    end = ends[0]
+                    break
+            if end.error is not None and head.is_sse:
+                # A failure after the first byte: an explicit error event and [DONE], never a silent cut.
+                log.error = end.error
+                error = OpenAIError(end.status if end.status >= 400 else 502, end.error)
+                yield (error.sse_event() + "data: [DONE]\n\n").encode()
+        finally:
+            self.release(ticket)
+            await source.aclose()
+            self._finish(model_id, log, end, admitted_at)
+
+    def _finish(self, model_id: str, log: RequestLog, end: ResponseEnd, admitted_at: float) -> None:
+        usage = end.usage
+        log.prompt_tokens, log.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        log.finish_reason = usage.finish_reason
+        self.metrics.request_tokens(model_id, usage.prompt_tokens, usage.completion_tokens)
+        if usage.completion_tokens > 1:
+            elapsed = time.monotonic() - admitted_at
+            self.metrics.time_per_output_token(model_id, elapsed / usage.completion_tokens)
+
+
+def _response(start: ResponseStart, body: bytes) -> Response:
+    response = Response(body, status_code=start.status)
+    response.raw_headers = list(start.headers)
+    return response
