@@ -100,8 +100,8 @@ def read_scores(output_path: Path, task: str) -> dict[str, float]:
     results = json.loads(_newest(output_path, "results_*.json").read_text())["results"][task]
     scores = {}
     for key, value in results.items():
-        metric, _, _ = key.partition(",")
-        if isinstance(value, int | float) and not metric.endswith("_stderr"):
+        metric, comma, _ = key.partition(",")  # metrics are "name,filter"; "alias", "sample_len" are not
+        if comma and not metric.endswith("_stderr") and isinstance(value, int | float):
             scores[metric] = float(value)
     return scores
 

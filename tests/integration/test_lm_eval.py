@@ -1,0 +1,158 @@
+"""lm-eval through the OpenAI API: the project's own tasks (serve_app/data/lm_eval) score the same
+through this stack as on plain vLLM.
+
+* ``serve_app_facts_mc`` with ``local-completions``: loglikelihood requests (token-id prompts,
+  ``echo: true``, ``logprobs: 1``, ``max_tokens: 1``) on /v1/completions;
+* ``serve_app_facts_qa`` with ``local-chat-completions``: greedy replies on /v1/chat/completions.
+
+Each server runs alone (plain vLLM first, then the stack), lm-eval sends one request at a time, and
+both run the same vLLM engine in fp32, so greedy scores must be equal. lm-eval runs as a subprocess
+from its own venv (scripts/setup_eval_env.sh); without it the tests are skipped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from benchmarks.seed_table import MODEL_ID, VLLM_ENV, plain_vllm_command, stop
+from benchmarks.seed_table import wait_ready as wait_process_ready
+from serve_app.quantize.lm_eval_task import (
+    MC_TASK,
+    QA_TASK,
+    TASKS,
+    lm_eval_command,
+    lm_eval_python,
+    read_samples,
+    read_scores,
+)
+from tests.integration.conftest import free_port, local_config, running_serve
+
+pytestmark = pytest.mark.integration
+
+VLLM_START_TIMEOUT_S = 420
+LM_EVAL_TIMEOUT_S = 900
+# Per-item loglikelihoods may differ by fp32 noise at most; the closest call between two choices in
+# the task is far wider than this, so the chosen answers (and the scores) must match exactly.
+LOGPROB_ABS_TOL = 1e-3
+
+
+@dataclass
+class LmEvalResult:
+    task: str
+    returncode: int
+    output_path: Path
+    log_tail: str
+
+    def check(self, server: str) -> None:
+        assert self.returncode == 0, f"lm-eval {self.task} against {server} failed:\n{self.log_tail}"
+
+
+ServerResults = dict[str, LmEvalResult]
+
+
+@pytest.fixture(scope="module")
+def lm_eval_python_path() -> str:
+    python = lm_eval_python()
+    probe = subprocess.run([python, "-c", "import lm_eval"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"lm-eval is not importable by {python}; run scripts/setup_eval_env.sh")
+    return python
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> Path:
+    from serve_app.models.embedded import resolve_source
+
+    return resolve_source(f"embedded:{MODEL_ID}", None)
+
+
+def run_lm_eval(task: str, base_url: str, out: Path, tokenizer: Path, python: str) -> LmEvalResult:
+    run = lm_eval_command(task, base_url, MODEL_ID, out / task, tokenizer=tokenizer, python=python)
+    # A datasets cache of this run's own: the JSONL is converted afresh, nothing is shared.
+    env = os.environ | run.env | {"HF_DATASETS_CACHE": str(out / "hf-datasets")}
+    try:
+        proc = subprocess.run(
+            run.argv, cwd=run.cwd, env=env, capture_output=True, text=True, timeout=LM_EVAL_TIMEOUT_S, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        return LmEvalResult(task, -1, run.output_path, f"timed out after {exc.timeout} s")
+    return LmEvalResult(task, proc.returncode, run.output_path, (proc.stdout + proc.stderr)[-6000:])
+
+
+def run_all_tasks(base_url: str, out: Path, tokenizer: Path, python: str) -> ServerResults:
+    return {task: run_lm_eval(task, base_url, out, tokenizer, python) for task in TASKS}
+
+
+@pytest.fixture(scope="module")
+def plain_vllm_results(tmp_path_factory, model_dir: Path, lm_eval_python_path: str) -> ServerResults:
+    """Both tasks against vLLM's own OpenAI server, started here and stopped before the stack starts."""
+    port = free_port()
+    command = [*plain_vllm_command(model_dir, port), "--host", "127.0.0.1", "--seed", "0"]
+    log = tmp_path_factory.mktemp("plain-vllm") / "server.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            command, env=os.environ | VLLM_ENV, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        base_url = f"http://127.0.0.1:{port}"
+        wait_process_ready(proc, f"{base_url}/health", VLLM_START_TIMEOUT_S)
+        return run_all_tasks(base_url, log.parent, model_dir, lm_eval_python_path)
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def stack_results(tmp_path_factory, plain_vllm_results, model_dir: Path, lm_eval_python_path: str) -> ServerResults:
+    """Both tasks against this stack (configs/local.yaml: one replica, fp32, eager)."""
+    out = tmp_path_factory.mktemp("stack")
+    with running_serve() as start:
+        app = start(local_config())
+        return run_all_tasks(app.base_url, out, model_dir, lm_eval_python_path)
+
+
+def checked_pair(plain: ServerResults, stack: ServerResults, task: str) -> tuple[LmEvalResult, LmEvalResult]:
+    plain[task].check("plain vLLM")
+    stack[task].check("the stack")
+    return plain[task], stack[task]
+
+
+def loglikelihoods(result: LmEvalResult) -> list[list[float]]:
+    """Per document, the loglikelihood of each choice as lm-eval logged it."""
+    return [[float(resp[0][0]) for resp in s["resps"]] for s in read_samples(result.output_path, result.task)]
+
+
+def test_multiple_choice_matches_plain_vllm(plain_vllm_results: ServerResults, stack_results: ServerResults):
+    plain, stack = checked_pair(plain_vllm_results, stack_results, MC_TASK)
+    plain_ll, stack_ll = loglikelihoods(plain), loglikelihoods(stack)
+    assert len(plain_ll) == len(stack_ll)
+    differing = [
+        (doc_id, ours, theirs)
+        for doc_id, (ours, theirs) in enumerate(zip(stack_ll, plain_ll, strict=True))
+        if not all(math.isclose(a, b, abs_tol=LOGPROB_ABS_TOL) for a, b in zip(ours, theirs, strict=True))
+    ]
+    assert not differing, f"choice loglikelihoods (doc, stack, plain vLLM) differ: {differing[:5]}"
+    plain_scores, stack_scores = read_scores(plain.output_path, MC_TASK), read_scores(stack.output_path, MC_TASK)
+    assert plain_scores.keys() >= {"acc", "acc_norm"}
+    assert stack_scores == plain_scores
+
+
+def test_generation_matches_plain_vllm(plain_vllm_results: ServerResults, stack_results: ServerResults):
+    plain, stack = checked_pair(plain_vllm_results, stack_results, QA_TASK)
+    plain_scores, stack_scores = read_scores(plain.output_path, QA_TASK), read_scores(stack.output_path, QA_TASK)
+    assert "contains" in plain_scores
+    replies = {
+        name: [s["resps"][0][0] for s in read_samples(r.output_path, QA_TASK)]
+        for name, r in (("plain", plain), ("stack", stack))
+    }
+    differing = [
+        (doc_id, ours, theirs)
+        for doc_id, (ours, theirs) in enumerate(zip(replies["stack"], replies["plain"], strict=True))
+        if ours != theirs
+    ]
+    assert stack_scores == plain_scores, f"scores differ; replies (doc, stack, plain vLLM): {differing}"
