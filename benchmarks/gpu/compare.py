@@ -7,11 +7,12 @@ are started in their own sessions):
     python benchmarks/gpu/compare.py bench  --out $OUT   # waits for both, then interleaved runs
     python benchmarks/gpu/compare.py tp2    --out $OUT   # stops both, then the stack with TP=2
 
-Both servers share one GPU (0.3 of its memory for each 8B engine), so every pair of measurements runs on the
-same machine minutes apart, alternating plain/stack, two rounds. The stack is measured through two
-front doors of the same deployment: Ray Serve's HTTP proxy (port 8000) and Ray Serve's direct
-ingress (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``: the router replica serves HTTP itself, on the
-first port of Ray's 30000-31000 range), which removes one process hop from every request.
+Both servers share one GPU (a fraction of its memory for each 8B engine), so every pair of
+measurements runs on the same machine minutes apart, alternating plain/stack. The stack is measured
+through the door it ships with, port 8000: with ``--door haproxy`` (the default, as ``make serve``
+and the cluster manifests start Ray) that is Ray Serve's HAProxy, with ``--door ray-proxy`` Ray
+Serve's Python proxy; and through the router replica's own port (direct ingress, the first port of
+Ray's 30000-31000 range), which skips the door.
 """
 
 from __future__ import annotations
@@ -74,13 +75,16 @@ def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subp
     )
 
 
-def _stack_env(gpus: str) -> dict[str, str]:
+def _stack_env(gpus: str, door: str = "haproxy") -> dict[str, str]:
     # Ray workers (and vLLM's own Ray workers for TP) import serve_app from this checkout.
     path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH", ""), str(REPO)) if p)
     # Throughput-optimized mode for Ray Serve's proxy too (the app sets it for its own replicas,
     # and direct ingress from its config: setting that here as well, against the app's "0",
     # left the router's port answering 404 in run 3).
-    return {"CUDA_VISIBLE_DEVICES": gpus, "PYTHONPATH": path, "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    env = {"CUDA_VISIBLE_DEVICES": gpus, "PYTHONPATH": path, "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    if door == "haproxy":  # the shipped door (Makefile, cluster/): HAProxy on the HTTP port
+        env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+    return env
 
 
 def prepare_models() -> None:
@@ -93,7 +97,7 @@ def prepare_models() -> None:
         subprocess.run(make, check=True)
 
 
-def start(out: Path, timeout_s: float, tp: int, config: str, plain_memory: float, awq: bool) -> None:
+def start(out: Path, timeout_s: float, tp: int, config: str, plain_memory: float, awq: bool, door: str) -> None:
     """Plain vLLM, then the stack (servers of an earlier start are stopped first). With ``awq``
     both serve the AWQ int4 folder (the stack through stack-8b-awq-dummy.yaml)."""
     stop_servers()
@@ -109,19 +113,30 @@ def start(out: Path, timeout_s: float, tp: int, config: str, plain_memory: float
     config = "stack-8b-awq-dummy.yaml" if awq else config
     stack_config = HERE / (config if tp == 1 else f"stack-8b-dummy-tp{tp}.yaml")
     gpus = ",".join(str(i) for i in range(tp))
-    _spawn([shutil.which("serve") or "serve", "run", str(stack_config)], Path("/tmp/stack.log"), _stack_env(gpus))
-    (out / "start.json").write_text(json.dumps({"plain_start_s": time.monotonic() - started}))
+    stack_cmd = [shutil.which("serve") or "serve", "run", str(stack_config)]
+    stack = _spawn(stack_cmd, Path("/tmp/stack.log"), _stack_env(gpus, door))
+    plain_s = time.monotonic() - started
+    stack_s = wait_for(STACK_URL + "/ready", timeout_s, stack)
+    print(f"stack ({door}) ready after {stack_s:.0f} s", flush=True)
+    (out / "start.json").write_text(json.dumps({"plain_start_s": plain_s, "stack_ready_s": stack_s, "door": door}))
 
 
-def bench_once(base_url: str, concurrency: int, prompts: int, seed: int, model: str = MODEL) -> dict:
+def bench_once(
+    base_url: str, concurrency: int, prompts: int, seed: int, model: str = MODEL, length_spread: float = 0.0
+) -> dict:
+    """512 in / 128 out; with ``length_spread`` r, each request's lengths are drawn uniformly from
+    [(1-r) x, (1+r) x] (vLLM's ``--random-range-ratio``), so requests end at different times."""
     argv = ["--backend", "openai", "--base-url", base_url, "--endpoint", "/v1/completions", "--model", model]
     argv += ["--tokenizer", str(DUMMY), "--dataset-name", "random", "--random-input-len", "512"]
+    argv += ["--random-range-ratio", str(length_spread)]
     argv += ["--random-output-len", "128", "--ignore-eos", "--num-prompts", str(prompts), "--seed", str(seed)]
     argv += ["--max-concurrency", str(concurrency), "--request-rate", "inf"]
     argv += ["--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,95,99"]
     return vllm_bench.run(argv)
 
 
+MODEL_SHIPPED = "llama-8b-shipped"  # stack-8b-shipped.yaml: the A100 configs' router and batching settings
+MODEL_UNBATCHED = "llama-8b-unbatched"  # the same with router batching off
 DOORS = {
     "plain": (PLAIN_URL, MODEL),
     "stack": (STACK_URL, MODEL),
@@ -131,59 +146,53 @@ DOORS = {
     "plain-awq": (PLAIN_URL, MODEL_AWQ),  # after `start --awq`
     "stack-direct-awq": (DIRECT_URL, MODEL_AWQ),
     "stack-direct-old-defaults": (DIRECT_URL, MODEL_OLD_DEFAULTS),
+    # stack-8b-shipped.yaml: the shipped door (port 8000), the router's own port, batching off
+    "shipped": (STACK_URL, MODEL_SHIPPED),
+    "shipped-direct": (DIRECT_URL, MODEL_SHIPPED),
+    "shipped-unbatched": (STACK_URL, MODEL_UNBATCHED),
 }
-# stack-8b-modes.yaml: one application per Ray Serve setting, each reached on its router replica's
-# own port (direct ingress), under its route prefix.
-MODE_PREFIXES = {
-    "mode-on": "",
-    "mode-off": "/mode-off",
-    "mode-grpc-off": "/mode-grpc-off",
-    "mode-own-thread": "/mode-own-thread",
-}
+# (concurrency, prompts, output-length spread); the first is measured on every door, the others
+# on the concurrency-64 doors.
+PLAN = ((1, 30, 0.0), (64, 320, 0.0), (64, 320, 0.5))
 
 
-def door_url(name: str, timeout_s: float) -> tuple[str, str]:
-    """Base URL and model of a front door; a mode door's port is the one whose router answers
-    under its prefix (each application's router replica took the next free port from 30000)."""
-    if name not in MODE_PREFIXES:
-        return DOORS[name]
+def direct_url(timeout_s: float) -> str:
+    """The router replica's own port: the first of Ray's direct-ingress range that answers /ready."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for port in range(30000, 30032):
-            url = f"http://127.0.0.1:{port}{MODE_PREFIXES[name]}"
-            if _get(url + "/ready") == 200:
-                return url, MODEL
+            if _get(f"http://127.0.0.1:{port}/ready") == 200:
+                return f"http://127.0.0.1:{port}"
         time.sleep(3)
-    raise TimeoutError(f"no router answered {MODE_PREFIXES[name]}/ready on ports 30000-30031")
+    raise TimeoutError("no router answered /ready on ports 30000-30031")
 
 
-def bench(out: Path, timeout_s: float, rounds: int, doors: list[str], c64_doors: list[str]) -> None:
+def bench(out: Path, timeout_s: float, rounds: range, doors: list[str], c64_doors: list[str]) -> None:
     ready_s = wait_for(STACK_URL + "/ready", timeout_s)
     wait_for(PLAIN_URL + "/health", 60)
-    if any(DOORS.get(d, ("",))[0] == DIRECT_URL for d in doors):
-        wait_for(DIRECT_URL + "/ready", 60)
-    results: list[dict] = []
-    servers = [(name, *door_url(name, 120)) for name in doors]
+    direct = direct_url(60) if any(DOORS[d][0] == DIRECT_URL for d in doors) else DIRECT_URL
+    servers = [(name, direct if DOORS[name][0] == DIRECT_URL else DOORS[name][0], DOORS[name][1]) for name in doors]
     print("front doors:", servers, flush=True)
-    plan = [(1, 30, servers), (64, 320, [s for s in servers if s[0] in c64_doors])]
-    for r in range(rounds):
-        for concurrency, prompts, measured in plan:
+    results: list[dict] = []
+    for r in rounds:
+        for i, (concurrency, prompts, spread) in enumerate(PLAN):
+            measured = servers if i == 0 else [s for s in servers if s[0] in c64_doors]
             # Odd rounds run the doors in reverse order, so no door always follows the same one.
             for name, url, model in measured if r % 2 == 0 else measured[::-1]:
                 # Prompts of their own per door: two doors of one deployment (proxy and direct)
                 # must not meet prompts already in its prefix cache (run 2 did; see run 4's README).
                 seed = 1000 * r + doors.index(name)
                 try:
-                    metrics = bench_once(url, concurrency, prompts, seed=seed, model=model)
+                    metrics = bench_once(url, concurrency, prompts, seed, model, spread)
                 except RuntimeError as err:  # one front door failing must not lose the others' numbers
-                    print(name, concurrency, "FAILED", str(err)[-500:], flush=True)
+                    print(name, concurrency, spread, "FAILED", str(err)[-500:], flush=True)
                     continue
-                results.append({"round": r, "server": name, "concurrency": concurrency, "seed": seed} | metrics)
-                print(name, concurrency, round(metrics["output_throughput"], 1), flush=True)
+                row = {"round": r, "server": name, "concurrency": concurrency, "spread": spread, "seed": seed}
+                results.append(row | metrics)
+                print(name, concurrency, spread, round(metrics["output_throughput"], 1), flush=True)
                 # Written after every run: a call cut by its time limit keeps what it measured.
                 payload = {"stack_ready_wait_s": ready_s, "runs": results}
                 (out / "results.json").write_text(json.dumps(payload, indent=1))
-    (out / "results.json").write_text(json.dumps({"stack_ready_wait_s": ready_s, "runs": results}, indent=1))
     (out / "summary.md").write_text(summarize(results))
     print(summarize(results))
 
@@ -193,22 +202,24 @@ def _mean(rows: list[dict], key: str) -> float:
 
 
 def summarize(results: list[dict]) -> str:
-    keys = ["output_throughput", "median_ttft_ms", "median_tpot_ms", "median_itl_ms", "p99_ttft_ms"]
-    doors = (*(d for d in DOORS if d.startswith("stack")), *MODE_PREFIXES)
-    names = [n for n in doors if any(r["server"] == n for r in results)]
+    keys = ["output_throughput", "median_ttft_ms", "median_itl_ms", "p95_itl_ms", "p99_ttft_ms", "mean_e2el_ms"]
     plain = "plain-awq" if any(r["server"] == "plain-awq" for r in results) else "plain"
-    head = "| concurrency | metric | plain vLLM | " + " | ".join(f"{n} | {n} / plain" for n in names) + " |"
-    lines = [head, "|" + "---|" * (3 + 2 * len(names))]
-    for c in sorted({r["concurrency"] for r in results}):
-        rows = {n: [r for r in results if r["concurrency"] == c and r["server"] == n] for n in (plain, *names)}
+    names = [n for n in dict.fromkeys(r["server"] for r in results) if n != plain]
+    head = "| c | spread | metric | plain vLLM | " + " | ".join(f"{n} | {n} / plain" for n in names) + " |"
+    lines = [head, "|" + "---|" * (4 + 2 * len(names))]
+    for c, spread in sorted({(r["concurrency"], r.get("spread", 0.0)) for r in results}):
+        rows = {
+            n: [r for r in results if (r["concurrency"], r.get("spread", 0.0)) == (c, spread) and r["server"] == n]
+            for n in (plain, *names)
+        }
         if not rows[plain]:
             continue
         for k in keys:
             p = _mean(rows[plain], k)
             cells = " | ".join(
-                f"{_mean(rows[n], k):.2f} | {_mean(rows[n], k) / p:.3f}" if rows[n] else "failed | -" for n in names
+                f"{_mean(rows[n], k):.2f} | {_mean(rows[n], k) / p:.3f}" if rows[n] else "- | -" for n in names
             )
-            lines.append(f"| {c} | {k} | {p:.2f} | {cells} |")
+            lines.append(f"| {c} | {spread} | {k} | {p:.2f} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
@@ -242,15 +253,21 @@ def tp2(out: Path, timeout_s: float) -> None:
 
 
 def collect_logs(out: Path) -> None:
-    """Server and Ray logs come back with the results (tails only: the transfer is limited)."""
-    logs = out / "logs"
-    logs.mkdir(exist_ok=True)
+    """Server and Ray logs come back with the results as one tarball (the device returns at most
+    8 files), tails only: the transfer is limited."""
+    import tarfile
+
     candidates = [Path("/tmp/plain.log"), Path("/tmp/stack.log"), Path("/tmp/stack-tp2.log")]
     candidates += sorted(Path("/tmp/ray/session_latest/logs/serve").glob("*.log"))
     candidates += sorted(Path("/tmp/ray/session_latest/logs").glob("worker-*.err"))
+    staging = Path("/tmp/log-tails")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
     for path in candidates:
         if path.is_file() and path.stat().st_size:
-            (logs / path.name).write_bytes(path.read_bytes()[-200_000:])
+            (staging / path.name).write_bytes(path.read_bytes()[-200_000:])
+    with tarfile.open(out / "logs.tar.gz", "w:gz") as tar:
+        tar.add(staging, arcname="logs")
 
 
 def main() -> None:
@@ -259,6 +276,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/out")))
     parser.add_argument("--timeout", type=float, default=420)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--first-round", type=int, default=0, help="bench: number of the first round (seeds, order)")
+    parser.add_argument("--door", choices=["haproxy", "ray-proxy"], default="haproxy", help="start: port 8000's door")
     parser.add_argument("--doors", default=",".join(DOORS), help="comma-separated front doors to measure")
     parser.add_argument("--c64-doors", help="the doors also measured at concurrency 64 (default: all)")
     parser.add_argument("--config", default="stack-8b-dummy.yaml", help="the stack's serve config, in this folder")
@@ -269,10 +288,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         if args.phase == "start":
-            start(args.out, args.timeout, args.tp, args.config, args.plain_memory, args.awq)
+            start(args.out, args.timeout, args.tp, args.config, args.plain_memory, args.awq, args.door)
         elif args.phase == "bench":
             doors = args.doors.split(",")
-            bench(args.out, args.timeout, args.rounds, doors, (args.c64_doors or args.doors).split(","))
+            rounds = range(args.first_round, args.first_round + args.rounds)
+            bench(args.out, args.timeout, rounds, doors, (args.c64_doors or args.doors).split(","))
         elif args.phase == "tp2":
             tp2(args.out, args.timeout)
     finally:
