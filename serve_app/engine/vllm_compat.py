@@ -8,7 +8,9 @@ vLLM 0.26 (the GPU machines) in ``vllm.entrypoints.openai.api_server``. The func
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -76,11 +78,18 @@ def server_entry_points() -> ServerEntryPoints:
 
 
 def parse_server_args(entry: ServerEntryPoints, argv: list[str]) -> Any:
-    """``vllm serve``'s argument namespace for ``argv`` (flags as on its command line)."""
+    """``vllm serve``'s argument namespace for ``argv`` (flags as on its command line); a flag
+    vLLM does not know raises ValueError with argparse's own message."""
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     parser = entry.make_arg_parser(FlexibleArgumentParser())
-    args = parser.parse_args(argv)
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            args = parser.parse_args(argv)
+    except SystemExit:
+        message = errors.getvalue().strip().splitlines()[-1:] or ["invalid arguments"]
+        raise ValueError(f"vLLM {entry.vllm_version} refused the server options {argv}: {message[0]}") from None
     if entry.validate_args is not None:
         entry.validate_args(args)
     return args

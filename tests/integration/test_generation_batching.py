@@ -93,3 +93,29 @@ def test_clients_leaving_a_batch_are_aborted_while_the_rest_go_on(app: RunningAp
     while engine_busy(stats := replica_engine_stats(app)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert engine_busy(stats) == 0, stats
+
+
+async def _batch_seconds(app: RunningApp, max_tokens: list[int]) -> list[float]:
+    """Each request's seconds from the batch's start to its last byte; all sent at once (one batch)."""
+    started = time.monotonic()
+
+    async def one(http: httpx.AsyncClient, tokens: int) -> float:
+        body = {"model": MODEL, "prompt": "Count from one to a thousand:", "max_tokens": tokens, "ignore_eos": True}
+        resp = await http.post("/v1/completions", json=body | {"temperature": 0})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["usage"]["completion_tokens"] == tokens
+        return time.monotonic() - started
+
+    limits = httpx.Limits(max_connections=len(max_tokens))
+    async with httpx.AsyncClient(base_url=app.base_url, timeout=300, limits=limits) as http:
+        return list(await asyncio.gather(*(one(http, t) for t in max_tokens)))
+
+
+def test_short_requests_end_with_their_own_answer_not_their_batchs(app: RunningApp) -> None:
+    """Seven 4-token requests in one batch with a 160-token one end about when a batch of eight
+    4-token requests ends, while the long one runs on (on the old path they all ended with it)."""
+    alone = max(asyncio.run(_batch_seconds(app, [4] * BATCH)))
+    *short, long = asyncio.run(_batch_seconds(app, [4] * (BATCH - 1) + [160]))
+    print(f"\nshort batch {alone:.2f} s; in a mixed batch the short ones {max(short):.2f} s, the long one {long:.2f} s")
+    assert max(short) <= 2 * alone
+    assert long > 2 * max(short), "the long request must still run when the short ones have ended"
