@@ -57,6 +57,7 @@ class RequestFacts:
     best_of: int | None
     max_tokens: int | None
     prompt_texts: tuple[str, ...]
+    max_tokens_field: str = "max_tokens"  # the field the client set it with: an error names that one
 
     @property
     def routing_text(self) -> str:
@@ -72,9 +73,9 @@ class RequestFacts:
 def read_facts(payload: dict[str, Any]) -> RequestFacts:
     model = payload.get("model")
     options = payload.get("stream_options")
-    max_tokens = _int(payload.get("max_completion_tokens"))
+    max_tokens, max_tokens_field = _int(payload.get("max_completion_tokens")), "max_completion_tokens"
     if max_tokens is None:
-        max_tokens = _int(payload.get("max_tokens"))
+        max_tokens, max_tokens_field = _int(payload.get("max_tokens")), "max_tokens"
     return RequestFacts(
         model=model if isinstance(model, str) else None,
         stream=payload.get("stream") is True,
@@ -83,6 +84,7 @@ def read_facts(payload: dict[str, Any]) -> RequestFacts:
         best_of=_int(payload.get("best_of")),
         max_tokens=max_tokens,
         prompt_texts=tuple(_prompt_texts(payload)),
+        max_tokens_field=max_tokens_field,
     )
 
 
@@ -100,8 +102,8 @@ def check_limits(facts: RequestFacts, max_n: int, max_tokens_limit: int) -> Limi
     if facts.best_of is not None and facts.best_of > max_n:
         return LimitBreach(f"best_of is {facts.best_of}; this model allows at most {max_n}", "best_of")
     if facts.max_tokens is not None and facts.max_tokens > max_tokens_limit:
-        message = f"max_tokens is {facts.max_tokens}; this model allows at most {max_tokens_limit}"
-        return LimitBreach(message, "max_tokens")
+        name = facts.max_tokens_field
+        return LimitBreach(f"{name} is {facts.max_tokens}; this model allows at most {max_tokens_limit}", name)
     return None
 
 

@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -27,6 +27,16 @@ _VOCAB = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta")
 def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
     kind = {400: "BadRequestError", 404: "NotFoundError"}.get(status, "InternalServerError")
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status}}, status)
+
+
+def _compact(value: Any) -> str:
+    # vLLM writes its stream events as compact JSON (pydantic), which the replica reads counts from.
+    return json.dumps(value, separators=(",", ":"))
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _prompt_text(payload: dict[str, Any]) -> str:
@@ -102,11 +112,30 @@ class FakeEngine:
         if payload.get("stream"):
             events = self._events(chat, words, prompt_tokens, payload)
             return StreamingResponse(events, media_type="text/event-stream")
-        await asyncio.sleep(self.token_delay_s * len(words))
+        if not await self._generate_unless_disconnected(request, asyncio.sleep(self.token_delay_s * len(words))):
+            return JSONResponse(None)  # what vLLM's with_cancellation answers a client that left
         text = " ".join(words)
         choice = {"index": 0, "message": {"role": "assistant", "content": text}} if chat else {"index": 0, "text": text}
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words)}
         return JSONResponse({"id": "fake", "choices": [choice | {"finish_reason": "length"}], "usage": usage})
+
+    async def _generate_unless_disconnected(self, request: Request, work: Awaitable[None]) -> bool:
+        """Run ``work`` as one engine request, aborted when the client disconnects first (as vLLM's
+        ``with_cancellation`` does for its non-streaming handlers). True when it finished."""
+        request_id = f"fake-{time.monotonic_ns()}"
+        self.running.add(request_id)
+        generating = asyncio.ensure_future(work)
+        disconnected = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait([generating, disconnected], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            finished = generating.done()
+            self.running.discard(request_id)
+            if not finished:  # the client left, or this handler was cancelled
+                self.aborted.append(request_id)
+            for task in (generating, disconnected):
+                task.cancel()
+        return finished
 
     async def _events(
         self, chat: bool, words: list[str], prompt_tokens: int, payload: dict[str, Any]
@@ -118,10 +147,10 @@ class FakeEngine:
                 await asyncio.sleep(self.token_delay_s)
                 piece = {"delta": {"content": " " + word}} if chat else {"text": " " + word}
                 finish = "length" if i == len(words) - 1 else None
-                yield f"data: {json.dumps({'choices': [piece | {'index': 0, 'finish_reason': finish}]})}\n\n"
+                yield f"data: {_compact({'choices': [piece | {'index': 0, 'finish_reason': finish}]})}\n\n"
             if (payload.get("stream_options") or {}).get("include_usage"):
                 usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words)}
-                yield f"data: {json.dumps({'id': request_id, 'choices': [], 'usage': usage}, separators=(',', ':'))}\n\n"
+                yield f"data: {_compact({'id': request_id, 'choices': [], 'usage': usage})}\n\n"
             yield "data: [DONE]\n\n"
         except asyncio.CancelledError:
             self.aborted.append(request_id)

@@ -1,7 +1,7 @@
 """Structured logs: one JSON object a line, each carrying the id of the request it is about.
 
 Pure (neither Ray nor vLLM). The router writes one line per HTTP request when its answer is sent
-(:class:`RequestLog`); each replica writes one per generation, keyed by the same ``request_id``
+(:class:`RequestLog`); each replica writes one per request it answers, keyed by the same ``request_id``
 (the ``X-Request-Id`` the client sent or Ray Serve's proxy made up), so the two join.
 
 Why not Ray Serve's ``LoggingConfig(encoding="JSON")``: it formats only the ``ray.serve`` logger
@@ -33,7 +33,7 @@ REQUEST_LOGGER_NAME = "serve_app.requests"
 # An allow-list: anything else a caller (or a library) puts on a record never reaches the log.
 REQUEST_FIELDS = (
     "request_id", "method", "route", "model", "status", "latency_ms", "prompt_tokens", "completion_tokens",
-    "finish_reason", "replica", "choice", "error", "prompt", "completion",
+    "finish_reason", "replica", "error", "prompt", "completion",
 )  # fmt: skip
 # Opt-in request text is cut to this many characters per string: a 2 MB body is not a log line.
 TEXT_LIMIT = 16_384
@@ -103,20 +103,6 @@ def install_json_logging(stream: TextIO | None = None, level: int = logging.INFO
     logger.setLevel(level)
     logger.propagate = False
     return handler
-
-
-def choice_request_id(request_id: str, index: int) -> str:
-    """The engine request id of choice ``index`` of a client request."""
-    return f"{request_id}-{index}"
-
-
-def split_choice_request_id(engine_request_id: str) -> tuple[str, int | None]:
-    """(client request id, choice index) of an id made by :func:`choice_request_id`; other ids
-    (readiness probes) come back whole, without an index."""
-    base, dash, tail = engine_request_id.rpartition("-")
-    if dash and base and tail.isdigit():
-        return base, int(tail)
-    return engine_request_id, None
 
 
 def clip_text(value: Any, limit: int = TEXT_LIMIT) -> Any:

@@ -31,7 +31,7 @@ class _Job:
     submitted_at: float = field(default_factory=time.monotonic)
     dispatched: bool = False
     abandoned: bool = False  # its client went away
-    ended: bool = False  # its ResponseEnd came
+    ended: bool = False  # its ResponseEnd came (and is queued in ``out``)
 
 
 class BatchDispatcher:
@@ -53,7 +53,9 @@ class BatchDispatcher:
         try:
             while (events := await job.out.get()) is not None:
                 yield events
-                if job.ended:
+                # Its own end, not ``job.ended``: that is set when the end is queued, maybe behind
+                # event lists this consumer has yet to read.
+                if any(isinstance(e, ResponseEnd) for e in events):
                     return
         finally:
             job.abandoned = True

@@ -29,6 +29,9 @@ from serve_app.router.request_identity import RequestIdentity
 from serve_app.router.security import install_cors, install_security
 
 JSON_HEADERS = ((b"content-type", b"application/json"),)
+# Relayed paths that name themselves in request metrics and logs; any other path a client sends is
+# labelled with the catch-all route's template, so clients cannot grow the metrics' label sets.
+LABELLED_PATHS = STREAMED_PATHS | {"/v1/embeddings"}
 
 
 class GenerateRequest(BaseModel):
@@ -60,8 +63,8 @@ class ModelDirectory:
 def parse_object(body: bytes) -> dict[str, Any]:
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise OpenAIError(400, f"the request body is not valid JSON: {err}", code="invalid_json") from None
+    except (ValueError, RecursionError) as err:  # RecursionError: nesting past the parser's limit
+        raise OpenAIError(400, f"the request body is not valid JSON: {err}"[:300], code="invalid_json") from None
     if not isinstance(payload, dict):
         raise OpenAIError(400, "the request body must be a JSON object", code="invalid_json")
     return payload
@@ -122,7 +125,7 @@ def build_fastapi(config: AppConfig, relay: Relay, readiness: Readiness) -> Fast
         model = models.find(body.model)
         request.state.model = model.id
         request.state.log.note_prompt(body.prompt)
-        payload = {"model": model.id, "prompt": body.prompt, "max_tokens": body.max_new_tokens}
+        payload = {"model": model.id, "prompt": body.prompt, "max_tokens": _max_new_tokens(body, model)}
         payload["temperature"] = body.temperature
         forwarded = relay_request(model, "/v1/completions", payload, json.dumps(payload).encode(), _rid(request))
         answer = await relay.forward(model, forwarded, request.state.log)
@@ -135,6 +138,8 @@ def build_fastapi(config: AppConfig, relay: Relay, readiness: Readiness) -> Fast
 
     @app.post("/{path:path}", response_model=None)
     async def forward(path: str, request: Request) -> Response:
+        if "/" + path in LABELLED_PATHS:
+            request.state.route = "/" + path
         body = await request.body()
         payload = parse_object(body)
         model = models.find(payload.get("model") if isinstance(payload.get("model"), str) else None)
@@ -146,6 +151,15 @@ def build_fastapi(config: AppConfig, relay: Relay, readiness: Readiness) -> Fast
 
     install_cors(app, server.cors_allow_origins)
     return app
+
+
+def _max_new_tokens(body: GenerateRequest, model: ModelConfig) -> int:
+    if "max_new_tokens" not in body.model_fields_set:
+        return min(body.max_new_tokens, model.max_tokens_limit)  # the API's default must not fail on a lower limit
+    if body.max_new_tokens > model.max_tokens_limit:
+        message = f"max_new_tokens is {body.max_new_tokens}; this model allows at most {model.max_tokens_limit}"
+        raise OpenAIError(400, message, param="max_new_tokens")
+    return body.max_new_tokens
 
 
 def _rid(request: Request) -> str:

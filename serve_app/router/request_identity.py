@@ -9,7 +9,8 @@ of the router's CPU at 64 streams, but an A/B on the 2-core machine measured no 
 run-to-run noise (``benchmarks/results/stack-overhead/request-identity/``).
 
 The request's ``state`` (Starlette keeps ``request.state`` in ``scope["state"]``) carries
-``request_id`` and ``log`` for the routes; routes set ``model`` there for the metric label.
+``request_id`` and ``log`` for the routes; routes set ``model`` there for the metric label, and
+``route`` where the label is not the matched route's template (the relaying catch-all route).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class RequestIdentity:
                 return
             done = True
             # At the last byte of the answer: for a stream, when it ends, not when its headers go.
-            route = getattr(scope.get("route"), "path", "unmatched")
+            route = state.get("route") or getattr(scope.get("route"), "path", "unmatched")
             model = state.get("model", "none")
             latency_s = time.monotonic() - started
             self.on_finished(route, model, status, latency_s)

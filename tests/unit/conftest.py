@@ -1,38 +1,88 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from serve_app.config import AppConfig, ModelConfig
 from serve_app.engine.fake import FakeEngine
-from serve_app.replica.deployment import LLMReplica
-from serve_app.router.client import LocalReplicaClient
-from serve_app.router.ingress import build_fastapi
 from serve_app.observability.recorder import ServeAppMetrics
+from serve_app.replica.deployment import LLMReplica
+from serve_app.router.client import LocalReplicaClient, ReplicaClient
+from serve_app.router.ingress import build_fastapi
 from serve_app.router.readiness import Readiness
 from serve_app.router.relay import Relay
 
+# Replicas made by make_replica_async in a test's own event loop, for stop_replicas to shut down.
+_started: list[LLMReplica] = []
 
-async def make_replica_async(model: ModelConfig, engine: FakeEngine) -> LLMReplica:
+
+async def _new_replica(model: ModelConfig, engine: FakeEngine) -> LLMReplica:
     replica = LLMReplica.__new__(LLMReplica)
     await LLMReplica.__init__(replica, model, None, engine_factory=lambda _m, _p: engine)  # type: ignore[misc]
     return replica
 
 
+async def make_replica_async(model: ModelConfig, engine: FakeEngine) -> LLMReplica:
+    """A replica in the running loop; the ``stop_replicas`` fixture shuts it down after the test."""
+    _started.append(replica := await _new_replica(model, engine))
+    return replica
+
+
 def make_replica(model: ModelConfig, engine: FakeEngine) -> LLMReplica:
-    return asyncio.run(make_replica_async(model, engine))
+    """A replica for a TestClient's loop; whoever makes one shuts it down (``app_client`` does)."""
+    return asyncio.run(_new_replica(model, engine))
 
 
 @pytest.fixture
-def fake_engine() -> FakeEngine:
-    return FakeEngine(max_model_len=64)
+async def stop_replicas() -> AsyncIterator[None]:
+    """Shut down, after the test, the replicas it made with make_replica_async (briefly drained):
+    a replica left to garbage collection leaves its shutdown coroutine never awaited."""
+    yield
+    while _started:
+        replica = _started.pop()
+        replica.drain_timeout_s = min(replica.drain_timeout_s, 0.05)
+        if (stopping := replica.__del__()) is not None:
+            await stopping
 
 
-@pytest.fixture
-def app_config() -> AppConfig:
+def engine_for(model: ModelConfig, engine: FakeEngine) -> FakeEngine:
+    """``engine`` for the model it serves; any other model gets a fake of its own (with the same
+    settings), whose model card names that model as vLLM's would."""
+    if model.id == engine.model_id:
+        return engine
+    return FakeEngine(engine.max_model_len, engine.token_delay_s, engine.fail_on, model_id=model.id)
+
+
+def build_app(
+    config: AppConfig,
+    replica_client: ReplicaClient,
+    metrics: ServeAppMetrics | None = None,
+    replica_name: str = "local",
+) -> FastAPI:
+    """The router's HTTP app as its deployment builds it, over ``replica_client``."""
+    relay = Relay(config, replica_client, metrics or ServeAppMetrics.disabled(), replica_name)
+    return build_fastapi(config, relay, Readiness(config, replica_client))
+
+
+@contextmanager
+def app_client(
+    config: AppConfig, engine: FakeEngine, metrics: ServeAppMetrics | None = None, **client_options: Any
+) -> Iterator[TestClient]:
+    """Router + replica code + fake engines in-process, behind a TestClient."""
+    replicas = {m.id: make_replica(m, engine_for(m, engine)) for m in config.models}
+    with TestClient(build_app(config, LocalReplicaClient(replicas), metrics), **client_options) as test_client:
+        yield test_client
+    for replica in replicas.values():
+        asyncio.run(replica.__del__())
+
+
+def two_models() -> AppConfig:
     return AppConfig(
         models=[
             ModelConfig(id="fake", source="/nonexistent/fake", max_tokens_limit=32, default_max_tokens=8, max_n=4),
@@ -42,11 +92,16 @@ def app_config() -> AppConfig:
 
 
 @pytest.fixture
+def fake_engine() -> FakeEngine:
+    return FakeEngine(max_model_len=64)
+
+
+@pytest.fixture
+def app_config() -> AppConfig:
+    return two_models()
+
+
+@pytest.fixture
 def client(app_config: AppConfig, fake_engine: FakeEngine) -> Iterator[TestClient]:
-    replicas = {m.id: make_replica(m, fake_engine) for m in app_config.models}
-    replica_client = LocalReplicaClient(replicas)
-    relay = Relay(app_config, replica_client, ServeAppMetrics.disabled())
-    with TestClient(build_fastapi(app_config, relay, Readiness(app_config, replica_client))) as test_client:
+    with app_client(app_config, fake_engine) as test_client:
         yield test_client
-    for replica in replicas.values():
-        asyncio.run(replica.__del__())

@@ -1,5 +1,5 @@
 """Structured request logs: the formatter, the request-id context, and one line per request at the
-router and per generation at the replica (in-process app on the FakeEngine)."""
+router and one at the replica (in-process app on the FakeEngine)."""
 
 from __future__ import annotations
 
@@ -9,28 +9,25 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from serve_app.config import AppConfig, ServerConfig
+from serve_app.config import AppConfig, ModelConfig, ServerConfig
 from serve_app.engine.fake import FakeEngine
 from serve_app.observability.logs import (
     LOGGER_NAME,
     JsonLineFormatter,
+    ReplicaRequestLog,
     RequestIdFilter,
     RequestLog,
-    choice_request_id,
     clip_text,
     install_json_logging,
     request_context,
-    split_choice_request_id,
 )
-from serve_app.router.client import LocalReplicaClient
-from serve_app.router.ingress import build_fastapi
-from serve_app.router.service import RouterService
-from tests.unit.conftest import make_replica
+from tests.unit.conftest import app_client
 
 PROMPT = "tell me a secret about zebras"
 CHAT = {"model": "fake", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 5}
@@ -93,10 +90,25 @@ async def test_tasks_started_in_a_request_context_inherit_its_id() -> None:
     assert (await task).request_id == "task-parent"
 
 
-def test_choice_ids_split_back_to_the_client_id() -> None:
-    assert split_choice_request_id(choice_request_id("abc-def", 3)) == ("abc-def", 3)
-    assert split_choice_request_id("probe-x") == ("probe-x", None)
-    assert split_choice_request_id("-7") == ("-7", None)
+def test_a_replica_line_is_a_warning_when_the_request_failed() -> None:
+    answered = ReplicaRequestLog("r1", "/v1/completions", "m", "replica-1", started=10.0, status=200)
+    answered.completion_tokens, answered.finish_reason = 4, "stop"
+    fields = answered.fields(now=10.25)
+    assert fields["latency_ms"] == 250.0 and fields["replica"] == "replica-1" and fields["error"] is None
+    records: list[logging.LogRecord] = []
+    logger = logging.getLogger("serve_app.test_replica_lines")
+    logger.addHandler(handler := logging.Handler())
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger.setLevel(logging.DEBUG)
+    answered.write(logger, 11.0)
+    ReplicaRequestLog("r2", "/v1/completions", "m", "replica-1", 10.0, status=500).write(logger, 11.0)
+    ReplicaRequestLog("r3", "/v1/completions", "m", "replica-1", 10.0, error="engine failed").write(logger, 11.0)
+    logger.removeHandler(handler)
+    assert [(r.levelno, r.getMessage()) for r in records] == [
+        (logging.INFO, "request answered"),
+        (logging.WARNING, "request answered"),
+        (logging.WARNING, "request failed"),
+    ]
 
 
 def test_text_is_recorded_only_with_the_flag_and_clipped() -> None:
@@ -134,20 +146,8 @@ def log_stream() -> Iterator[io.StringIO]:
 
 @pytest.fixture
 def serve(fake_engine: FakeEngine) -> Iterator[Callable[[AppConfig], TestClient]]:
-    opened: list[tuple[TestClient, dict[str, Any]]] = []
-
-    def start(config: AppConfig) -> TestClient:
-        replicas = {m.id: make_replica(m, fake_engine) for m in config.models}
-        client = TestClient(build_fastapi(RouterService(config, LocalReplicaClient(replicas))))
-        client.__enter__()
-        opened.append((client, replicas))
-        return client
-
-    yield start
-    for client, replicas in opened:
-        client.__exit__(None, None, None)
-        for replica in replicas.values():
-            asyncio.run(replica.__del__())
+    with ExitStack() as opened:
+        yield lambda config: opened.enter_context(app_client(config, fake_engine))
 
 
 def lines(stream: io.StringIO) -> list[dict[str, Any]]:
@@ -168,20 +168,26 @@ def test_a_request_logs_one_router_line_and_one_replica_line_with_its_id(
     assert expected.items() <= router.items()
     assert (router["prompt_tokens"], router["completion_tokens"]) == (resp.json()["usage"]["prompt_tokens"], 5)
     assert router["latency_ms"] >= 0 and router["level"] == "INFO"
-    assert {"choice": 0, "model": "fake", "replica": "local", "completion_tokens": 5}.items() <= replica.items()
-    assert replica["message"] == "generation finished"
+    expected = {"route": "/v1/chat/completions", "model": "fake", "replica": "local", "status": 200}
+    assert expected.items() <= replica.items()
+    assert (replica["message"], replica["completion_tokens"], replica["finish_reason"]) == (
+        "request answered",
+        5,
+        "length",
+    )
     assert PROMPT not in log_stream.getvalue()
     assert resp.json()["choices"][0]["message"]["content"] not in log_stream.getvalue()
 
 
-def test_a_stream_is_logged_when_it_ends_with_its_tokens(
+def test_a_stream_is_logged_when_it_ends_with_the_tokens_the_router_asked_usage_for(
     serve: Callable[[AppConfig], TestClient], app_config: AppConfig, log_stream: io.StringIO
 ) -> None:
     client = serve(app_config)
     resp = client.post("/v1/chat/completions", json=CHAT | {"stream": True}, headers={"X-Request-Id": "stream-1"})
-    assert resp.status_code == 200
+    assert resp.status_code == 200 and '"usage"' not in resp.text  # the client did not ask for it
     (router,) = [e for e in lines(log_stream) if e["logger"] == "serve_app.requests"]
     assert (router["request_id"], router["completion_tokens"], router["finish_reason"]) == ("stream-1", 5, "length")
+    assert router["prompt_tokens"] == len(PROMPT.split())
 
 
 def test_probes_log_only_at_debug(
@@ -204,31 +210,39 @@ def test_without_a_client_id_the_line_carries_the_id_of_the_response_header(
     assert resp.status_code == 404
     (router,) = [e for e in lines(log_stream) if e["logger"] == "serve_app.requests"]
     assert router["request_id"] == resp.headers["X-Request-Id"]
-    assert (router["status"], router["model"]) == (404, "unknown")
+    assert (router["status"], "model" in router) == (404, False)
 
 
-def test_prompts_and_completions_are_logged_only_with_log_prompts(
+def test_paths_outside_the_known_routes_share_one_route_label(
+    serve: Callable[[AppConfig], TestClient], app_config: AppConfig, log_stream: io.StringIO
+) -> None:
+    client = serve(app_config)
+    for path in ("/v1/nothing", "/v1/a-path-made-up-by-a-client"):
+        assert client.post(path, json=CHAT).status_code == 404
+    routes = [e["route"] for e in lines(log_stream) if e["logger"] == "serve_app.requests"]
+    assert routes == ["/{path:path}"] * 2, "a client must not create a label per path"
+
+
+def test_prompts_are_logged_only_with_log_prompts_and_never_on_the_replica(
     serve: Callable[[AppConfig], TestClient], app_config: AppConfig, log_stream: io.StringIO
 ) -> None:
     loud = app_config.model_copy(update={"server": ServerConfig(log_prompts=True)})
     client = serve(loud)
     resp = client.post("/v1/chat/completions", json=CHAT, headers={"X-Request-Id": "loud-1"})
-    answer = resp.json()["choices"][0]["message"]["content"]
+    assert resp.status_code == 200
     (router,) = [e for e in lines(log_stream) if e["logger"] == "serve_app.requests"]
     assert router["prompt"] == [{"role": "user", "content": PROMPT}]
-    assert router["completion"] == answer
     (replica,) = [e for e in lines(log_stream) if e.get("request_id") == "loud-1" and "replica" in e]
     assert "prompt" not in replica and PROMPT not in json.dumps(replica)
 
 
-def test_each_choice_of_a_request_gets_a_replica_line_with_the_client_id(
-    serve: Callable[[AppConfig], TestClient], app_config: AppConfig, log_stream: io.StringIO
+def test_a_request_the_server_fails_is_a_warning_on_both_sides(
+    serve: Callable[[AppConfig], TestClient], log_stream: io.StringIO, fake_engine: FakeEngine
 ) -> None:
-    client = serve(app_config)
-    body = {"model": "fake", "prompt": "once upon", "max_tokens": 3, "n": 2, "seed": 1}
-    resp = client.post("/v1/completions", json=body, headers={"X-Request-Id": "multi-7"})
-    assert resp.status_code == 200
-    entries = [e for e in lines(log_stream) if e.get("request_id") == "multi-7"]
-    assert sorted(e["choice"] for e in entries if "replica" in e) == [0, 1]
-    (router,) = [e for e in entries if e["logger"] == "serve_app.requests"]
-    assert (router["completion_tokens"], router["finish_reason"]) == (6, "length,length")
+    fake_engine.fail_on = "secret"
+    client = serve(AppConfig(models=[ModelConfig(id="fake", source="/x")]))
+    resp = client.post("/v1/chat/completions", json=CHAT, headers={"X-Request-Id": "bad-1"})
+    assert resp.status_code == 500
+    entries = {e["logger"]: e for e in lines(log_stream) if e.get("request_id") == "bad-1"}
+    assert {e["level"] for e in entries.values()} == {"WARNING"}
+    assert entries["serve_app.replica"]["status"] == 500 and entries["serve_app.requests"]["status"] == 500

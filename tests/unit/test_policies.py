@@ -21,7 +21,7 @@ from serve_app.core.policies import (
     make_policy,
     preferred_replica,
 )
-from serve_app.engine.types import GenerationRequest, SamplingOptions
+from serve_app.replica.contract import CancelRequests, RelayRequest
 
 REPLICAS = [f"replica-{i}" for i in range(8)]
 
@@ -159,8 +159,10 @@ class FakeReplica:
     max_ongoing_requests: int = 64
 
 
-def _generation(request_id: str, prompt: str, max_tokens: int = 100) -> GenerationRequest:
-    return GenerationRequest(request_id, "m", SamplingOptions(max_tokens=max_tokens), prompt=prompt)
+def _generation(request_id: str, prompt: str, max_tokens: int = 100) -> RelayRequest:
+    """A request as the router sends it: its prompt for affinity, its expected tokens as cost."""
+    cost = len(prompt) // 4 + max_tokens
+    return RelayRequest(request_id, "/v1/completions", b"{}", routing_text=prompt, cost_hint=cost)
 
 
 def _pending(args: list[Any], internal_id: str) -> Any:
@@ -215,6 +217,7 @@ async def test_ray_router_reads_replica_routing_stats_and_batches() -> None:
     from serve_app.router.replica_router import routing_key_and_cost
 
     assert routing_key_and_cost([batch]) == ("x" * 400, (100 + 10) + (10 + 20))
+    assert routing_key_and_cost([batch[1:]]) == ("y" * 40, 10 + 20)
     assert routing_key_and_cost(["probe prompt"]) == ("", 1)
     assert routing_key_and_cost([]) == ("", 1)
 
@@ -236,8 +239,6 @@ def test_ray_router_rejects_unknown_config_keys() -> None:
 
 
 async def test_ray_router_sends_a_cancellation_to_the_replica_running_the_batch() -> None:
-    from serve_app.engine.types import CancelRequests
-
     router, replicas, _ = _router(policy="pow2")
     target = replicas[2].replica_id.unique_id
     for i in range(8):  # the policy alone would spread these over the replicas

@@ -16,9 +16,9 @@ from serve_app.config import AppConfig, AutoscalingConfig, ModelConfig, NcclConf
 from serve_app.engine.fake import FakeEngine
 from serve_app.observability import InMemoryMetricsBackend, ServeAppMetrics
 from serve_app.router.client import LocalReplicaClient
-from serve_app.router.ingress import build_fastapi
-from serve_app.router.service import RouterService
-from tests.unit.conftest import make_replica_async
+from tests.unit.conftest import build_app, engine_for, make_replica_async
+
+pytestmark = pytest.mark.usefixtures("stop_replicas")
 
 TO_ZERO = AutoscalingConfig(min_replicas=0, max_replicas=2)
 
@@ -31,11 +31,13 @@ class ColdStartClient(LocalReplicaClient):
         super().__init__(replicas)
         self.started = asyncio.Event()
         self.probes = 0
+        self.calls: list[str] = []
 
     async def stream(self, model, requests):
+        self.calls += [r.path for r in requests]
         await self.started.wait()
-        async for chunk in super().stream(model, requests):
-            yield chunk
+        async for events in super().stream(model, requests):
+            yield events
 
     async def probe(self, model, prompt):
         self.probes += 1
@@ -46,10 +48,11 @@ class ColdStartClient(LocalReplicaClient):
 async def make_app(router: RouterConfig | None = None, models: list[ModelConfig] | None = None) -> tuple:
     models = models or [ModelConfig(id="cold", source="/x", autoscaling=TO_ZERO)]
     config = AppConfig(models=models, router=router or RouterConfig())
-    client = ColdStartClient({m.id: await make_replica_async(m, FakeEngine()) for m in models})
+    engine = FakeEngine(model_id=models[0].id)
+    client = ColdStartClient({m.id: await make_replica_async(m, engine_for(m, engine)) for m in models})
     store = InMemoryMetricsBackend()
-    service = RouterService(config, client, ServeAppMetrics(store), replica_name="router-1")
-    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=build_fastapi(service)), base_url="http://test")
+    app = build_app(config, client, ServeAppMetrics(store), replica_name="router-1")
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
     return http, client, store
 
 
@@ -61,7 +64,7 @@ async def test_a_request_is_held_until_the_first_replica_starts() -> None:
     http, client, store = await make_app()
     async with http:
         request = asyncio.create_task(http.post("/v1/completions", json=completion()))
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.1)
         assert not request.done(), "the request must wait for a replica, not fail"
         assert store.gauge("serve_app_router_queue_depth", replica="router-1") == 1  # held under admission
         client.started.set()
@@ -71,7 +74,7 @@ async def test_a_request_is_held_until_the_first_replica_starts() -> None:
 
 
 async def test_a_replica_that_starts_too_late_answers_504_and_frees_the_queue() -> None:
-    http, _, store = await make_app(router=RouterConfig(request_timeout_s=0.3))
+    http, _, store = await make_app(router=RouterConfig(request_timeout_s=0.1))
     async with http:
         resp = await asyncio.wait_for(http.post("/v1/completions", json=completion()), timeout=5)
     assert resp.status_code == 504 and resp.json()["error"]["code"] == "timeout"
@@ -98,6 +101,16 @@ async def test_readiness_does_not_wake_a_model_scaled_to_zero() -> None:
         resp = await http.get("/ready")
     assert resp.status_code == 200 and resp.json()["models"] == {"cold": "ok", "warm": "ok"}
     assert client.probes == 1, "only the model with min_replicas >= 1 is probed"
+
+
+async def test_models_lists_a_model_scaled_to_zero_without_waking_it() -> None:
+    cold = ModelConfig(id="cold", source="/x", autoscaling=TO_ZERO, openai_server={"served_model_aliases": ["c"]})
+    http, client, _ = await make_app(models=[cold, ModelConfig(id="warm", source="/y")])
+    client.started.set()
+    async with http:
+        resp = await http.get("/v1/models")
+    assert [card["id"] for card in resp.json()["data"]] == ["cold", "c", "warm"]
+    assert client.calls == ["/v1/models"], "only the warm model's server is asked for its cards"
 
 
 def test_scale_to_zero_config_is_accepted_by_ray_and_bounded() -> None:

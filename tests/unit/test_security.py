@@ -17,9 +17,8 @@ from serve_app.engine.fake import FakeEngine
 from serve_app.observability import InMemoryMetricsBackend, ServeAppMetrics
 from serve_app.router import security
 from serve_app.router.client import LocalReplicaClient
-from serve_app.router.ingress import build_fastapi
-from serve_app.router.service import RouterService
-from tests.unit.conftest import make_replica
+from tests.unit.conftest import app_client as served_app
+from tests.unit.conftest import build_app, make_replica
 
 KEY_A = "sk-test-aaaaaaaaaaaaaaaaaaaa"
 KEY_B = "sk-test-bbbbbbbbbbbbbbbbbbbb"
@@ -37,11 +36,8 @@ def app_client(metrics: ServeAppMetrics | None = None, **server: Any) -> Iterato
         models=[ModelConfig(id="fake", source="/nonexistent/fake", max_tokens_limit=32, default_max_tokens=8)],
         server=ServerConfig(**server),
     )
-    replicas = {m.id: make_replica(m, FakeEngine(max_model_len=64)) for m in config.models}
-    with TestClient(build_fastapi(RouterService(config, LocalReplicaClient(replicas), metrics))) as client:
+    with served_app(config, FakeEngine(max_model_len=64), metrics) as client:
         yield client
-    for replica in replicas.values():
-        asyncio.run(replica.__del__())
 
 
 @pytest.fixture
@@ -75,6 +71,30 @@ def test_right_keys_pass(keyed: TestClient) -> None:
     for key in (KEY_A, KEY_B):
         assert keyed.post("/v1/chat/completions", json=CHAT, headers=bearer(key)).status_code == 200
     assert keyed.get("/v1/models", headers={"authorization": f"bearer {KEY_B}"}).status_code == 200
+
+
+class RecordingClient(LocalReplicaClient):
+    def __init__(self, replicas: dict[str, Any]) -> None:
+        super().__init__(replicas)
+        self.sent: list[Any] = []
+
+    def stream(self, model: str, requests: list[Any]) -> Any:
+        self.sent += requests
+        return super().stream(model, requests)
+
+
+def test_the_api_key_and_client_headers_do_not_reach_the_model_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEYS_ENV, KEY_A)
+    config = AppConfig(models=[ModelConfig(id="fake", source="/x")], server=ServerConfig(api_keys_env=KEYS_ENV))
+    replica = make_replica(config.models[0], FakeEngine())
+    client = RecordingClient({"fake": replica})
+    with TestClient(build_app(config, client)) as http:
+        headers = bearer(KEY_A) | {"Cookie": "session=1", "X-Forwarded-For": "10.0.0.1"}
+        assert http.post("/v1/chat/completions", json=CHAT, headers=headers).status_code == 200
+    asyncio.run(replica.__del__())
+    (sent,) = client.sent
+    assert sent.headers == ((b"content-type", b"application/json"),)
+    assert KEY_A.encode() not in sent.body
 
 
 def test_only_health_and_ready_are_open(keyed: TestClient) -> None:
