@@ -113,17 +113,17 @@ REQUEST_LATENCY = MetricSpec(
     ("route", "model", "status_class"), "seconds", _ROUTER, "request_finished", E2E_BUCKETS,
 )  # fmt: skip
 TIME_TO_FIRST_TOKEN = MetricSpec(
-    "serve_app_time_to_first_token_seconds", _H, "Time from request arrival to the first generated token.",
+    "serve_app_time_to_first_token_seconds", _H, "Time from admission to a stream's first event (streamed requests).",
     ("model",), "seconds", _ROUTER, "first_token", TTFT_BUCKETS,
 )  # fmt: skip
 TIME_PER_OUTPUT_TOKEN = MetricSpec(
     "serve_app_time_per_output_token_seconds", _H,
-    "Per request: time from the first to the last streamed chunk / tokens generated after the first chunk.",
+    "Per stream: time from the first to the last streamed chunk / the events after the first chunk.",
     ("model",), "seconds", _ROUTER, "time_per_output_token", TOKEN_LATENCY_BUCKETS,
 )  # fmt: skip
 INTER_TOKEN_LATENCY = MetricSpec(
     "serve_app_inter_token_latency_seconds", _H,
-    "Gap between streamed chunks divided by the tokens the chunk carried (one observation per chunk).",
+    "Gap between streamed chunks divided by the events the chunk carried (vLLM: one per engine step and choice).",
     ("model",), "seconds", _ROUTER, "inter_token", TOKEN_LATENCY_BUCKETS,
 )  # fmt: skip
 PROMPT_TOKENS = MetricSpec(

@@ -144,7 +144,7 @@ class StreamTimer:
         self._finished = False
 
     def on_tokens(self, completion_tokens: int, now: float) -> None:
-        """``completion_tokens`` is the running count (``GenerationChunk.completion_tokens``)."""
+        """``completion_tokens`` is the running count of streamed events (serve_app.router.relay.sse_events)."""
         new_tokens = completion_tokens - self._tokens
         if new_tokens <= 0 or self._finished:
             return

@@ -17,13 +17,18 @@ from starlette.responses import Response, StreamingResponse
 from serve_app.config import AppConfig, ModelConfig
 from serve_app.core.admission import AdmissionController, AdmissionTicket, Rejection
 from serve_app.observability.logs import RequestLog
-from serve_app.observability.recorder import ServeAppMetrics
+from serve_app.observability.recorder import ServeAppMetrics, StreamTimer
 from serve_app.replica.contract import Event, RelayRequest, ResponseBody, ResponseEnd, ResponseStart
 from serve_app.router.batch_dispatch import BatchDispatcher
 from serve_app.router.client import ReplicaClient
 from serve_app.router.errors import OpenAIError
 
 EventSource = AsyncIterator[list[Event]]
+
+
+def sse_events(data: bytes) -> int:
+    """Streamed events in relayed bytes: vLLM sends one per engine step and choice."""
+    return data.count(b"data: {")
 
 
 @dataclass
@@ -103,14 +108,14 @@ class Relay:
             self.release(ticket)
             await source.aclose()
             raise
-        self.metrics.first_token(model.id, time.monotonic() - admitted_at)
         assert head.start is not None
         if head.end is not None:  # the whole answer is here (JSON)
             self.release(ticket)
             await source.aclose()
-            self._finish(model.id, log, head.end, admitted_at)
+            self._finish(model.id, log, head.end)
             return _response(head.start, b"".join(head.bodies))
-        body = self._rest(model.id, head, source, deadline, ticket, log, admitted_at)
+        timer = self.metrics.stream_timer(model.id, admitted_at)
+        body = self._rest(model.id, head, source, deadline, ticket, log, timer)
         response = StreamingResponse(body, status_code=head.start.status)
         response.raw_headers = list(head.start.headers)
         return response
@@ -144,11 +149,13 @@ class Relay:
         deadline: float,
         ticket: AdmissionTicket,
         log: RequestLog,
-        admitted_at: float,
+        timer: StreamTimer,
     ) -> AsyncIterator[bytes]:
         end = ResponseEnd(0, error="the client left before the end")
+        streamed = sse_events(first := b"".join(head.bodies))
+        timer.on_tokens(streamed, time.monotonic())
         try:
-            yield b"".join(head.bodies)
+            yield first
             while True:
                 try:
                     events = await asyncio.wait_for(anext(source), timeout=max(0.0, deadline - time.monotonic()))
@@ -160,6 +167,8 @@ class Relay:
                     break
                 data = b"".join(e.data for e in events if isinstance(e, ResponseBody))
                 if data:
+                    streamed += sse_events(data)
+                    timer.on_tokens(streamed, time.monotonic())
                     yield data
                 ends = [e for e in events if isinstance(e, ResponseEnd)]
                 if ends:
@@ -172,17 +181,15 @@ class Relay:
                 yield (error.sse_event() + "data: [DONE]\n\n").encode()
         finally:
             self.release(ticket)
+            timer.finish()
             await source.aclose()
-            self._finish(model_id, log, end, admitted_at)
+            self._finish(model_id, log, end)
 
-    def _finish(self, model_id: str, log: RequestLog, end: ResponseEnd, admitted_at: float) -> None:
+    def _finish(self, model_id: str, log: RequestLog, end: ResponseEnd) -> None:
         usage = end.usage
         log.prompt_tokens, log.completion_tokens = usage.prompt_tokens, usage.completion_tokens
         log.finish_reason = usage.finish_reason
         self.metrics.request_tokens(model_id, usage.prompt_tokens, usage.completion_tokens)
-        if usage.completion_tokens > 1:
-            elapsed = time.monotonic() - admitted_at
-            self.metrics.time_per_output_token(model_id, elapsed / usage.completion_tokens)
 
 
 def _response(start: ResponseStart, body: bytes) -> Response:
