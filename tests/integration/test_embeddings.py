@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from serve_app.config import app_args_from_serve_file, load_config
@@ -53,4 +54,12 @@ def test_embeddings_batched_through_the_router(serve_app_factory) -> None:
         json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
         timeout=60,
     )
-    assert wrong.status_code == 400
+    # vLLM's pooling server has no chat route: the replica answers 404 with an OpenAI error body.
+    assert wrong.status_code == 404 and "message" in wrong.json()["error"], wrong.text
+
+    # The official SDK as called by default sends encoding_format=base64; vLLM answers it.
+    client = openai.OpenAI(base_url=f"{app.base_url}/v1", api_key="unused", max_retries=0)
+    default = client.embeddings.create(model=MODEL, input="The capital of France is Paris.")
+    floats = client.embeddings.create(model=MODEL, input="The capital of France is Paris.", encoding_format="float")
+    assert cosine(default.data[0].embedding, floats.data[0].embedding) > 0.9999
+    assert cosine(default.data[0].embedding, same) > 0.9999
