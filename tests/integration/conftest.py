@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -45,14 +46,25 @@ class RunningApp:
     ready_after_s: float
 
 
+# The door the project ships (Makefile, cluster/): Ray Serve's HAProxy on the HTTP port, read by
+# Ray from the environment of the process that starts it.
+SHIPPED_DOOR_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+
+
 @contextmanager
-def running_serve(**ray_init_options: Any) -> Iterator[Callable[..., RunningApp]]:
-    """Starts Ray and Serve; the yielded ``start(config)`` deploys an app and waits for /ready."""
+def running_serve(
+    door_env: dict[str, str] | None = None, **ray_init_options: Any
+) -> Iterator[Callable[..., RunningApp]]:
+    """Starts Ray and Serve behind the shipped door (or ``door_env``: {} for Ray's own proxy); the
+    yielded ``start(config)`` deploys an app and waits for /ready."""
     import ray
     from ray import serve
 
     from serve_app.app import build_app
 
+    env = SHIPPED_DOOR_ENV if door_env is None else door_env
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     port = free_port()
     # Logical CPUs: the machine has 2 cores, but router + replicas each reserve some.
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, **ray_init_options)
@@ -80,6 +92,11 @@ def running_serve(**ray_init_options: Any) -> Iterator[Callable[..., RunningApp]
     finally:
         serve.shutdown()
         ray.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture(scope="module")
