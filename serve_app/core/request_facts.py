@@ -14,7 +14,6 @@ from typing import Any
 CHARS_PER_TOKEN = 4
 # How much of the prompt prefix affinity hashes; more than any policy's prefix_chars.
 _ROUTING_TEXT_CHARS = 4096
-STREAMED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 
 def _int(value: Any) -> int | None:
@@ -52,7 +51,6 @@ def _prompt_texts(payload: dict[str, Any]) -> list[str]:
 class RequestFacts:
     model: str | None
     stream: bool
-    include_usage: bool
     n: int
     best_of: int | None
     max_tokens: int | None
@@ -72,14 +70,12 @@ class RequestFacts:
 
 def read_facts(payload: dict[str, Any]) -> RequestFacts:
     model = payload.get("model")
-    options = payload.get("stream_options")
     max_tokens, max_tokens_field = _int(payload.get("max_completion_tokens")), "max_completion_tokens"
     if max_tokens is None:
         max_tokens, max_tokens_field = _int(payload.get("max_tokens")), "max_tokens"
     return RequestFacts(
         model=model if isinstance(model, str) else None,
         stream=payload.get("stream") is True,
-        include_usage=isinstance(options, dict) and options.get("include_usage") is True,
         n=_int(payload.get("n")) or 1,
         best_of=_int(payload.get("best_of")),
         max_tokens=max_tokens,
@@ -104,15 +100,4 @@ def check_limits(facts: RequestFacts, max_n: int, max_tokens_limit: int) -> Limi
     if facts.max_tokens is not None and facts.max_tokens > max_tokens_limit:
         name = facts.max_tokens_field
         return LimitBreach(f"{name} is {facts.max_tokens}; this model allows at most {max_tokens_limit}", name)
-    return None
-
-
-def with_usage_reported(payload: dict[str, Any]) -> dict[str, Any] | None:
-    """The payload asking vLLM to end the stream with its token counts, or None when it already
-    does or cannot (the counts are what admission settles and metrics record)."""
-    options = payload.get("stream_options")
-    if options is None:
-        return payload | {"stream_options": {"include_usage": True}}
-    if isinstance(options, dict) and options.get("include_usage") is not True:
-        return payload | {"stream_options": options | {"include_usage": True}}
     return None

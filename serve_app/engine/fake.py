@@ -12,6 +12,7 @@ import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable
+from types import SimpleNamespace
 from typing import Any
 
 from starlette.applications import Starlette
@@ -37,6 +38,12 @@ def _compact(value: Any) -> str:
 async def _disconnected(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+def _record_usage(request: Request, prompt_tokens: int, completion_tokens: int) -> None:
+    """Where vLLM's handlers leave a request's token counts (``request_metadata.final_usage_info``)."""
+    usage = SimpleNamespace(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+    request.state.request_metadata = SimpleNamespace(final_usage_info=usage)
 
 
 def _prompt_text(payload: dict[str, Any]) -> str:
@@ -110,13 +117,14 @@ class FakeEngine:
         chat = request.url.path.endswith("chat/completions")
         words = self.reply(prompt, max_tokens)
         if payload.get("stream"):
-            events = self._events(chat, words, prompt_tokens, payload)
+            events = self._events(request, chat, words, prompt_tokens, payload)
             return StreamingResponse(events, media_type="text/event-stream")
         if not await self._generate_unless_disconnected(request, asyncio.sleep(self.token_delay_s * len(words))):
             return JSONResponse(None)  # what vLLM's with_cancellation answers a client that left
         text = " ".join(words)
         choice = {"index": 0, "message": {"role": "assistant", "content": text}} if chat else {"index": 0, "text": text}
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words)}
+        _record_usage(request, prompt_tokens, len(words))
         return JSONResponse({"id": "fake", "choices": [choice | {"finish_reason": "length"}], "usage": usage})
 
     async def _generate_unless_disconnected(self, request: Request, work: Awaitable[None]) -> bool:
@@ -138,7 +146,7 @@ class FakeEngine:
         return finished
 
     async def _events(
-        self, chat: bool, words: list[str], prompt_tokens: int, payload: dict[str, Any]
+        self, request: Request, chat: bool, words: list[str], prompt_tokens: int, payload: dict[str, Any]
     ) -> AsyncIterator[str]:
         request_id = f"fake-{time.monotonic_ns()}"
         self.running.add(request_id)
@@ -151,6 +159,7 @@ class FakeEngine:
             if (payload.get("stream_options") or {}).get("include_usage"):
                 usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words)}
                 yield f"data: {_compact({'id': request_id, 'choices': [], 'usage': usage})}\n\n"
+            _record_usage(request, prompt_tokens, len(words))
             yield "data: [DONE]\n\n"
         except asyncio.CancelledError:
             self.aborted.append(request_id)

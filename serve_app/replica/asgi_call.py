@@ -32,9 +32,12 @@ def _last_int(pattern: re.Pattern[bytes], data: bytes) -> int | None:
     return int(found[-1]) if found else None
 
 
-def is_usage_event(data: bytes) -> bool:
-    """vLLM's closing usage event of a stream: ``data: {..."choices":[],"usage":{...}}``."""
-    return data.startswith(b"data: {") and b'"choices":[]' in data and b'"usage":{' in data
+def _usage_recorded_by_vllm(state: dict[str, Any]) -> Any:
+    """The token counts vLLM's chat and completion handlers record on the request's state for
+    its own middleware (``request_metadata.final_usage_info``), streamed or not, whatever the
+    client asked: the replica reads them there rather than change the client's request."""
+    metadata = state.get("request_metadata")
+    return getattr(metadata, "final_usage_info", None)
 
 
 class ResponseSink:
@@ -44,6 +47,7 @@ class ResponseSink:
         self.index = index
         self.request = request
         self.emit = emit
+        self.state: dict[str, Any] = {}  # the request's ASGI state, where vLLM records usage
         self.status = 0
         self._start: ResponseStart | None = None
         self.ended = False
@@ -69,11 +73,10 @@ class ResponseSink:
                 self.end()
 
     def _read_counts(self, data: bytes) -> bytes:
+        # Other answers (embeddings, pooling) carry their usage in their JSON body.
         if b'"usage":{' in data:
             self.prompt_tokens = _last_int(_PROMPT_TOKENS, data) or self.prompt_tokens
             self.completion_tokens = _last_int(_COMPLETION_TOKENS, data) or self.completion_tokens
-            if self.request.strip_usage_event and is_usage_event(data):
-                return b""
         if b'"finish_reason":"' in data:
             self.finish_reason = _FINISH_REASON.findall(data)[-1].decode()
         return data
@@ -90,6 +93,9 @@ class ResponseSink:
         self.error = error
         if error is None:
             self._flush_start()
+        if (recorded := _usage_recorded_by_vllm(self.state)) is not None:
+            self.prompt_tokens = recorded.prompt_tokens or 0
+            self.completion_tokens = recorded.completion_tokens or 0
         usage = Usage(self.prompt_tokens, self.completion_tokens, self.finish_reason)
         self.emit(ResponseEnd(self.index, usage, error, status))
 
@@ -135,4 +141,6 @@ class AsgiCall:
         return {"type": "http.disconnect"}
 
     async def run(self) -> None:
-        await self.app(http_scope(self.request), self._receive, self.sink.send)
+        scope = http_scope(self.request)
+        self.sink.state = scope["state"]
+        await self.app(scope, self._receive, self.sink.send)

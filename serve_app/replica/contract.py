@@ -27,9 +27,6 @@ class RelayRequest:
     # for prefix affinity, and the expected work in tokens.
     routing_text: str = ""
     cost_hint: int = 1
-    # The router added ``stream_options.include_usage`` to learn the token counts of a stream the
-    # client did not ask usage for: the replica takes the usage event out of the client's stream.
-    strip_usage_event: bool = False
 
 
 @dataclass(frozen=True, slots=True)

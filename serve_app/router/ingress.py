@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from serve_app.config import AppConfig, ModelConfig
-from serve_app.core.request_facts import STREAMED_PATHS, check_limits, read_facts, with_usage_reported
+from serve_app.core.request_facts import check_limits, read_facts
 from serve_app.observability.logs import RequestLog
 from serve_app.replica.contract import RelayRequest
 from serve_app.router.body_limit import BodySizeLimit
@@ -31,7 +31,7 @@ from serve_app.router.security import install_cors, install_security
 JSON_HEADERS = ((b"content-type", b"application/json"),)
 # Relayed paths that name themselves in request metrics and logs; any other path a client sends is
 # labelled with the catch-all route's template, so clients cannot grow the metrics' label sets.
-LABELLED_PATHS = STREAMED_PATHS | {"/v1/embeddings"}
+LABELLED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 
 
 class GenerateRequest(BaseModel):
@@ -71,15 +71,11 @@ def parse_object(body: bytes) -> dict[str, Any]:
 
 
 def relay_request(model: ModelConfig, path: str, payload: dict[str, Any], body: bytes, rid: str) -> RelayRequest:
-    """Check the router's caps, then package the request for the replica (its bytes unchanged,
-    unless a stream must report its usage)."""
+    """Check the router's caps, then package the request for the replica, its bytes unchanged."""
     facts = read_facts(payload)
     breach = check_limits(facts, model.max_n, model.max_tokens_limit)
     if breach is not None:
         raise OpenAIError(400, breach.message, param=breach.param)
-    strip_usage = False
-    if facts.stream and path in STREAMED_PATHS and (reporting := with_usage_reported(payload)) is not None:
-        body, strip_usage = json.dumps(reporting).encode(), True
     return RelayRequest(
         rid,
         path,
@@ -87,7 +83,6 @@ def relay_request(model: ModelConfig, path: str, payload: dict[str, Any], body: 
         headers=JSON_HEADERS,
         routing_text=facts.routing_text,
         cost_hint=facts.cost(model.default_max_tokens),
-        strip_usage_event=strip_usage,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app.core.request_facts import CHARS_PER_TOKEN, check_limits, read_facts, with_usage_reported
+from serve_app.core.request_facts import CHARS_PER_TOKEN, check_limits, read_facts
 
 
 def test_chat_messages_make_one_prompt_with_roles_and_text_parts() -> None:
@@ -50,7 +50,7 @@ def test_cost_counts_every_prompt_and_every_completion_of_each() -> None:
 
 def test_fields_of_the_wrong_type_are_left_for_the_server() -> None:
     facts = read_facts({"model": 5, "n": "3", "max_tokens": True, "stream": "yes", "stream_options": "x"})
-    assert (facts.model, facts.n, facts.max_tokens, facts.stream, facts.include_usage) == (None, 1, None, False, False)
+    assert (facts.model, facts.n, facts.max_tokens, facts.stream) == (None, 1, None, False)
     assert check_limits(facts, max_n=1, max_tokens_limit=1) is None
 
 
@@ -67,12 +67,3 @@ def test_max_completion_tokens_wins_and_is_named_when_over_the_cap() -> None:
 def test_caps(fields: dict, param: str | None) -> None:
     breach = check_limits(read_facts(fields | {"max_tokens": fields.get("max_tokens", 32)}), 4, 32)
     assert (breach.param if breach else None) == param
-
-
-def test_usage_is_asked_for_unless_the_client_did() -> None:
-    assert with_usage_reported({"stream": True}) == {"stream": True, "stream_options": {"include_usage": True}}
-    options = {"include_usage": False, "continuous_usage_stats": True}
-    asked = with_usage_reported({"stream_options": options})
-    assert asked == {"stream_options": {"include_usage": True, "continuous_usage_stats": True}}
-    assert with_usage_reported({"stream_options": {"include_usage": True}}) is None
-    assert with_usage_reported({"stream_options": "bad"}) is None  # vLLM refuses it; not the router's to fix
