@@ -89,8 +89,9 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("readme-home")
 
 
-def stop_group(process: subprocess.Popen[bytes], sig: int = signal.SIGINT) -> None:
-    """Signal the whole process group (a terminal's Ctrl-C does); SIGKILL it if it outlives the wait."""
+def stop_group(process: subprocess.Popen[bytes], sig: int = signal.SIGINT) -> bool:
+    """Signal the whole process group (a terminal's Ctrl-C does); SIGKILL it if it outlives the wait.
+    True if it ended on the signal."""
     if process.poll() is None:
         os.killpg(process.pid, sig)
         try:
@@ -98,6 +99,8 @@ def stop_group(process: subprocess.Popen[bytes], sig: int = signal.SIGINT) -> No
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+            return False
+    return True
 
 
 def force_ray_stop(env: dict[str, str]) -> None:
@@ -107,8 +110,9 @@ def force_ray_stop(env: dict[str, str]) -> None:
 
 
 @contextmanager
-def background(blocks: list[Block], env: dict[str, str], logs: Path) -> Iterator[list[Path]]:
-    """Start each background block (a server) in its own process group; SIGINT them on exit."""
+def background(blocks: list[Block], env: dict[str, str], logs: Path, stopped: list[bool]) -> Iterator[list[Path]]:
+    """Start each background block (a server) in its own process group; SIGINT them on exit and
+    record in ``stopped`` whether each ended on it."""
     with ExitStack() as stack:
         paths = []
         for i, block in enumerate(blocks):
@@ -122,7 +126,7 @@ def background(blocks: list[Block], env: dict[str, str], logs: Path) -> Iterator
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-            stack.callback(stop_group, process)
+            stack.callback(lambda p=process: stopped.append(stop_group(p)))
             paths.append(path)
         yield paths
 
@@ -164,13 +168,14 @@ def run_section(title: str, env: dict[str, str], logs: Path) -> tuple[list[Block
     commands = [b for b in blocks if b.mode == "run"]
     # Servers start first: a block that runs before a server would otherwise see it already up.
     assert blocks[: len(servers)] == servers, f"'{title}': background blocks must come before the others"
-    started = time.monotonic()
+    started, stopped = time.monotonic(), []
     try:
-        with background(servers, env, logs) as server_logs:
+        with background(servers, env, logs, stopped) as server_logs:
             outputs = run_in_one_shell(commands, env, server_logs)
     finally:
         # Whatever a failed block, or a `ray stop` that gave up waiting, left: later tests need the ports.
         force_ray_stop(env)
+    assert all(stopped), f"'{title}': a server did not stop on Ctrl-C's SIGINT within {STOP_TIMEOUT_S} s"
     print(
         f"\nREADME '{title}': {len(commands)} blocks and {len(servers)} server(s) in {time.monotonic() - started:.0f} s"
     )
