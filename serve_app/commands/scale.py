@@ -3,6 +3,10 @@
 This is the API the Ray dashboard's Serve page uses: read the deployed config
 (GET /api/serve/applications/), override one deployment's ``num_replicas``, and PUT the whole
 config back. Ray Serve then adds or drains replicas without touching the others.
+
+Authentication is Ray's own: the dashboard client sends the cluster token only when
+``RAY_AUTH_MODE=token`` is set, reading it from ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
+``~/.ray/auth_token`` (in that order), exactly as the ``serve`` CLI does.
 """
 
 from __future__ import annotations
@@ -10,7 +14,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from typing import Any
+
+TOKEN_SOURCES = "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"
+POLL_S = 2.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--address",
         default=os.environ.get("RAY_DASHBOARD_ADDRESS", "http://127.0.0.1:8265"),
         help="Ray dashboard address (default: $RAY_DASHBOARD_ADDRESS or http://127.0.0.1:8265)",
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="then wait until exactly N replicas run (exit 1 if not within SECONDS; default: do not wait)",
     )
     p.set_defaults(func=run)
 
@@ -62,15 +77,54 @@ def scaled_config(details: dict[str, Any], app: str, deployment: str, replicas: 
     return result
 
 
+def auth_hint() -> str:
+    """What to do after the dashboard refused the request: send the token at all, or the right one."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return f"the cluster uses Ray's token authentication: export RAY_AUTH_MODE=token (token from {TOKEN_SOURCES})"
+    return f"the cluster refused the token from {TOKEN_SOURCES}: use the one it was started with"
+
+
+def replica_counts(details: dict[str, Any], app: str, deployment: str) -> tuple[int, int]:
+    """(RUNNING replicas, replicas in any state) of one deployment, from the Serve REST API's details."""
+    info = ((details.get("applications") or {}).get(app) or {}).get("deployments") or {}
+    replicas = (info.get(deployment) or {}).get("replicas") or []
+    return sum(1 for r in replicas if r.get("state") == "RUNNING"), len(replicas)
+
+
+def wait_for_replicas(client: Any, args: argparse.Namespace) -> bool:
+    """Poll until the deployment runs exactly ``args.replicas`` replicas and none is starting or stopping."""
+    started = time.monotonic()
+    running, total = -1, -1
+    while time.monotonic() - started < args.wait:
+        running, total = replica_counts(client.get_serve_details(), args.app, args.deployment)
+        if running == total == args.replicas:
+            print(f"{args.app}/{args.deployment}: {running} replicas running after {time.monotonic() - started:.0f} s")
+            return True
+        time.sleep(POLL_S)
+    print(
+        f"serve-app scale: {args.app}/{args.deployment}: {running} of {total} replicas running after "
+        f"{args.wait:.0f} s, not {args.replicas} (see serve status)",
+        file=sys.stderr,
+    )
+    return False
+
+
 def run(args: argparse.Namespace) -> int:
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+    from ray.exceptions import AuthenticationError
 
-    client = ServeSubmissionClient(args.address)
     try:
+        client = ServeSubmissionClient(args.address)
         config = scaled_config(client.get_serve_details(), args.app, args.deployment, args.replicas)
+        client.deploy_applications(config)
     except ScaleError as err:
         print(f"serve-app scale: {err}", file=sys.stderr)
         return 2
-    client.deploy_applications(config)
+    except AuthenticationError as err:
+        # Ray's own message names the token sources but not the variable that switches sending it on.
+        print(f"serve-app scale: {auth_hint()}\n{err.message}", file=sys.stderr)
+        return 2
     print(f"{args.app}/{args.deployment}: num_replicas -> {args.replicas} (watch: serve status)")
+    if args.wait > 0 and not wait_for_replicas(client, args):
+        return 1
     return 0

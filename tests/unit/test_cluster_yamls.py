@@ -7,6 +7,7 @@ import copy
 import functools
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -67,6 +68,29 @@ def test_launcher_keeps_ray_ports_private(path: Path) -> None:
     assert opened <= {8000}
     for rule in rules:
         assert all(r["CidrIp"] != "0.0.0.0/0" for r in rule.get("IpRanges", [])), "8000 only for the VPC"
+
+
+def header(path: Path) -> str:
+    """The comment block at the top of a YAML: the commands it tells the operator to run."""
+    lines = path.read_text().splitlines()
+    return "\n".join(line for line in lines[: next(i for i, x in enumerate(lines) if not x.startswith("#"))])
+
+
+@pytest.mark.parametrize("path", LAUNCHER_YAMLS, ids=lambda p: p.name)
+def test_launcher_token_auth_as_in_the_readme(path: Path) -> None:
+    """Ray's token auth the README's way: one token file, on every node at Ray's default path, and
+    RAY_AUTH_MODE=token wherever Ray starts and in the operator's shell."""
+    config = launcher(path)
+    assert config["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"
+    starts = [c for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2
+    for command in starts:
+        assert re.search(r"(^|[;\s])RAY_AUTH_MODE=token\s+(\w+=\S*\s+)*ray start\b", command), command
+    assert "RAY_AUTH_TOKEN" not in path.read_text(), "the token comes from the mounted file, never the YAML"
+    text = header(path)
+    steps = ["export RAY_AUTH_MODE=token", "ray get-auth-token --generate", "ray up", "serve deploy"]
+    positions = [text.find(step) for step in steps]
+    assert -1 not in positions and positions == sorted(positions), f"{path.name} header: {steps} in this order"
 
 
 @pytest.mark.parametrize("path", LAUNCHER_YAMLS, ids=lambda p: p.name)
@@ -176,7 +200,6 @@ def cluster_spec(manifest: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize(("name", "manifest"), ray_manifests(), ids=[n for n, _ in ray_manifests()])
 def test_kuberay_gpu_workers_are_pinned_probed_and_drained(name: str, manifest: dict[str, Any]) -> None:
     spec = cluster_spec(manifest)
-    assert spec["authOptions"]["mode"] == "token"
     assert spec["headGroupSpec"].get("serviceType", "ClusterIP") == "ClusterIP"
     for group in spec["workerGroupSpecs"]:
         pod = group["template"]["spec"]
@@ -194,6 +217,34 @@ def test_kuberay_gpu_workers_are_pinned_probed_and_drained(name: str, manifest: 
             assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": 8000}
         assert "drain-node" in " ".join(container["lifecycle"]["preStop"]["exec"]["command"])
         assert pod["terminationGracePeriodSeconds"] > 150  # longer than the preStop drain
+
+
+@pytest.mark.parametrize(("name", "manifest"), ray_manifests(), ids=[n for n, _ in ray_manifests()])
+def test_kuberay_token_auth(name: str, manifest: dict[str, Any]) -> None:
+    """KubeRay's authOptions turn token auth on and inject RAY_AUTH_MODE/RAY_AUTH_TOKEN itself: no
+    container may set either (a literal token would be committed, another mode would switch it off)."""
+    spec = cluster_spec(manifest)
+    assert spec["authOptions"] == {"mode": "token"}
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    for container in (c for g in groups for c in g["template"]["spec"]["containers"]):
+        names = {e["name"] for e in container.get("env", [])}
+        assert not names & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"}, (name, container["name"])
+
+
+def test_raycluster_header_reads_the_token_kuberay_makes() -> None:
+    path = CLUSTER / "kuberay" / "raycluster-eks-a100.yaml"
+    (manifest,) = [d for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] == "RayCluster"]
+    text = header(path)
+    assert "export RAY_AUTH_MODE=token" in text
+    assert f"kubectl get secret {manifest['metadata']['name']} -o jsonpath='{{.data.auth_token}}'" in text
+
+
+def test_crd_check_catches_a_wrong_auth_mode() -> None:
+    _, service = next(m for m in ray_manifests() if m[1]["kind"] == "RayService")
+    wrong = copy.deepcopy(service)
+    wrong["spec"]["rayClusterConfig"]["authOptions"]["mode"] = "tokens"
+    with pytest.raises(jsonschema.ValidationError, match="tokens"):
+        check_against_crd(wrong)
 
 
 def test_network_policy_opens_only_the_serve_port_to_outsiders() -> None:
