@@ -26,8 +26,10 @@ $(STAMP): requirements/cpu.txt requirements/cpu-nodeps.txt requirements/models.t
 	@$(PY) -c "import importlib.util as u; bad=[m for m in ('torchvision','torchaudio','torchcodec') if u.find_spec(m)]; assert not bad, bad"
 	touch $@
 
-$(TEST_STAMP): $(STAMP) requirements/test.txt
+$(TEST_STAMP): $(STAMP) requirements/test.txt requirements/eval.txt
 	$(PIP) install -r requirements/test.txt
+	# lm-eval in a venv of its own (tests/integration/test_lm_eval.py; scripts/setup_eval_env.sh says why)
+	PYTHON=$(PYTHON) scripts/setup_eval_env.sh
 	touch $@
 
 install: $(STAMP)
@@ -44,10 +46,11 @@ install-prometheus:
 quant-env:
 	PYTHON=$(PYTHON) TORCH_INDEX=$(TORCH_INDEX) scripts/setup_quant_env.sh
 
-## Set up, prepare the embedded model and serve it on http://127.0.0.1:8000 (Ctrl-C stops).
+## Set up, prepare the embedded model and serve it on http://127.0.0.1:8000 (Ctrl-C stops), behind
+## the shipped door: Ray Serve's HAProxy, which Ray reads from the environment that starts it.
 serve: install
 	$(VENV)/bin/serve-app prepare-model
-	$(VENV)/bin/serve run configs/local.yaml
+	RAY_SERVE_ENABLE_HA_PROXY=1 $(VENV)/bin/serve run configs/local.yaml
 
 ## Set up and run every test (unit + integration on the real stack).
 test: install-test

@@ -260,8 +260,9 @@ class ServerConfig(StrictModel):
     # 2.8x less router CPU per streamed token (benchmarks/results/stack-overhead/).
     ray_serve_throughput_optimized: bool = True
     # Ray Serve's direct ingress: the router replica serves HTTP itself on a port from Ray's replica
-    # range (30000+ per node), skipping the proxy hop (-20 ms TTFT on an H200). Off by default: that
-    # port is outside what the cluster manifests expose; see the README's GPU section.
+    # range (30000+ per node). The shipped door, Ray Serve's HAProxy on the HTTP port (turned on
+    # where Ray starts: RAY_SERVE_ENABLE_HA_PROXY=1), forwards to those ports and turns this on by
+    # itself; set it only to reach router replicas directly without HAProxy.
     ray_serve_direct_ingress: bool = False
 
     @field_validator("cors_allow_origins")

@@ -257,3 +257,23 @@ def test_network_policy_opens_only_the_serve_port_to_outsiders() -> None:
             assert ports and not (ports & {6379, 10001}), rule
             if not sources:
                 assert ports == {8000}, rule
+
+
+# The door the stack ships on port 8000 (Ray Serve's HAProxy; benchmarks/results/gpu-h200-run6/).
+SHIPPED_DOOR = "RAY_SERVE_ENABLE_HA_PROXY"
+
+
+@pytest.mark.parametrize("path", LAUNCHER_YAMLS, ids=lambda p: p.name)
+def test_launcher_starts_ray_behind_the_shipped_door(path: Path) -> None:
+    config = launcher(path)
+    for command in config["head_start_ray_commands"] + config["worker_start_ray_commands"]:
+        if "ray start" in command:
+            assert re.search(rf"(^|[;\s]){SHIPPED_DOOR}=1\s+(\w+=\S*\s+)*ray start\b", command), command
+
+
+@pytest.mark.parametrize(("name", "manifest"), ray_manifests(), ids=[n for n, _ in ray_manifests()])
+def test_kuberay_ray_containers_start_behind_the_shipped_door(name: str, manifest: dict[str, Any]) -> None:
+    spec = cluster_spec(manifest)
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        env = {e["name"]: e.get("value") for e in group["template"]["spec"]["containers"][0].get("env", [])}
+        assert env.get(SHIPPED_DOOR) == "1", (name, group.get("groupName", "head"))
