@@ -207,5 +207,7 @@ class ReplicaRequestLog:
         }
 
     def write(self, logger: logging.Logger, now: float) -> None:
-        level = logging.WARNING if self.error or (self.status or 0) >= 500 else logging.INFO
-        logger.log(level, "request %s", "failed" if self.error else "answered", extra=self.fields(now))
+        left = self.status == 499  # the client went away: not the server's failure
+        level = logging.WARNING if (self.error and not left) or (self.status or 0) >= 500 else logging.INFO
+        outcome = "cancelled" if left else "failed" if self.error else "answered"
+        logger.log(level, "request %s", outcome, extra=self.fields(now))

@@ -84,6 +84,7 @@ class LLMReplica:
         self.drain_timeout_s = drain_timeout_s
         self._inflight: dict[str, int] = {}  # request id -> expected tokens
         self._calls: dict[str, AsgiCall] = {}  # request id -> its running call into the server
+        self._left: set[str] = set()  # request ids whose client left (their calls were disconnected)
         self._shutting_down = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -121,6 +122,7 @@ class LLMReplica:
         """The stream was closed: requests still running lost their client."""
         for request in requests:
             if (call := self._calls.get(request.request_id)) is not None:
+                self._left.add(request.request_id)
                 call.disconnect()
         pending = [t for t in tasks if not t.done()]
         if pending:
@@ -131,8 +133,9 @@ class LLMReplica:
     async def cancel(self, request: CancelRequests) -> int:
         """Abort requests of running batches (the engine frees their slots); the others go on.
         Returns how many were still running here."""
-        running = [call for rid in request.request_ids if (call := self._calls.get(rid)) is not None]
-        for call in running:
+        running = {rid: call for rid in request.request_ids if (call := self._calls.get(rid)) is not None}
+        self._left.update(running)
+        for call in running.values():
             call.disconnect()
         return len(running)
 
@@ -148,8 +151,12 @@ class LLMReplica:
         try:
             await self._answer(request, sink)
         finally:
-            sink.end(error="the server ended the response before its last byte", status=502)
-            log.status, log.error = sink.status, sink.error
+            # 499 (client closed request): the answer stopped because its client left.
+            left = request.request_id in self._left
+            self._left.discard(request.request_id)
+            cut = "the client left" if left else "the server ended the response before its last byte"
+            sink.end(error=cut, status=499 if left else 502)
+            log.status, log.error = (499 if left else sink.status), sink.error
             log.prompt_tokens, log.completion_tokens = sink.prompt_tokens, sink.completion_tokens
             log.finish_reason = sink.finish_reason
             log.write(logger, time.monotonic())
