@@ -1,5 +1,5 @@
 """A light read of an OpenAI request body: what admission, replica choice and the router's guards
-need (model, stream, n, max_tokens, the prompt's text and size). Pure; vLLM validates the rest.
+need (model, n, max_tokens, the prompt's text and size). Pure; vLLM validates the rest.
 
 A field of the wrong type is left for vLLM to refuse with its own 400: this read never fails on
 one, it just does not use it.
@@ -50,7 +50,6 @@ def _prompt_texts(payload: dict[str, Any]) -> list[str]:
 @dataclass(frozen=True)
 class RequestFacts:
     model: str | None
-    stream: bool
     n: int
     best_of: int | None
     max_tokens: int | None
@@ -75,7 +74,6 @@ def read_facts(payload: dict[str, Any]) -> RequestFacts:
         max_tokens, max_tokens_field = _int(payload.get("max_tokens")), "max_tokens"
     return RequestFacts(
         model=model if isinstance(model, str) else None,
-        stream=payload.get("stream") is True,
         n=_int(payload.get("n")) or 1,
         best_of=_int(payload.get("best_of")),
         max_tokens=max_tokens,

@@ -50,7 +50,7 @@ def test_cost_counts_every_prompt_and_every_completion_of_each() -> None:
 
 def test_fields_of_the_wrong_type_are_left_for_the_server() -> None:
     facts = read_facts({"model": 5, "n": "3", "max_tokens": True, "stream": "yes", "stream_options": "x"})
-    assert (facts.model, facts.n, facts.max_tokens, facts.stream) == (None, 1, None, False)
+    assert (facts.model, facts.n, facts.max_tokens) == (None, 1, None)
     assert check_limits(facts, max_n=1, max_tokens_limit=1) is None
 
 
