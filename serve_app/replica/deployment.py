@@ -29,7 +29,7 @@ from serve_app.replica.contract import (
     ResponseBody,
     ResponseEnd,
 )
-from serve_app.replica.server_routes import ServerRoutes, error_response
+from serve_app.replica.server_routes import ServerRoutes
 
 logger = logging.getLogger("serve_app.replica")
 
@@ -167,7 +167,7 @@ class LLMReplica:
             sink.end(error=reason, status=503)
             return
         if not self.routes.serves(request.method, request.path):
-            await error_response(sink, 404, f"{request.method} {request.path} is not served", "NotFoundError")
+            await self.routes.refuse(sink, request.method, request.path)
             return
         if not self._inflight:
             self._last_progress = time.monotonic()  # an idle engine owes no progress until now

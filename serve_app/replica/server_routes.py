@@ -36,14 +36,28 @@ class ServerRoutes:
         return cls(tuple(found))
 
     def serves(self, method: str, path: str) -> bool:
+        return method in self.methods(path)
+
+    def methods(self, path: str) -> frozenset[str]:
+        """The methods the server answers on this path (none: the path is not a client route)."""
         path = path.partition("?")[0]
-        return any(method in methods and pattern.match(path) for methods, pattern in self.routes)
+        return frozenset().union(*(methods for methods, pattern in self.routes if pattern.match(path)))
+
+    async def refuse(self, sink: ResponseSink, method: str, path: str) -> None:
+        """404 for a path the server lacks or hides, 405 (with ``Allow``) for a method it lacks there."""
+        allowed = self.methods(path)
+        if not allowed:
+            await error_response(sink, 404, f"{method} {path} is not served", "NotFoundError")
+            return
+        allow = [(b"allow", ", ".join(sorted(allowed)).encode())]
+        await error_response(sink, 405, f"{method} is not allowed on {path}", "MethodNotAllowed", allow)
 
 
-async def error_response(sink: ResponseSink, status: int, message: str, error_type: str) -> None:
+async def error_response(
+    sink: ResponseSink, status: int, message: str, error_type: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     """An answer in the shape vLLM gives its own errors."""
     body = {"error": {"message": message, "type": error_type, "param": None, "code": status}}
-    await sink.send(
-        {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]}
-    )
+    head = [(b"content-type", b"application/json"), *(headers or [])]
+    await sink.send({"type": "http.response.start", "status": status, "headers": head})
     await sink.send({"type": "http.response.body", "body": json.dumps(body).encode(), "more_body": False})

@@ -131,6 +131,14 @@ def build_fastapi(config: AppConfig, relay: Relay, readiness: Readiness) -> Fast
         text = {"text": choice["text"], "model": model.id, "finish_reason": choice.get("finish_reason")}
         return JSONResponse(text | {k: usage.get(k, 0) for k in ("prompt_tokens", "completion_tokens")})
 
+    @app.get("/{path:path}", response_model=None)
+    async def forward_get(path: str, request: Request) -> Response:
+        # The model's server decides: its GET routes answer, a POST-only route is a 405 with
+        # ``Allow``, anything else a 404, as plain vLLM answers them.
+        target = "/" + path + (f"?{request.url.query}" if request.url.query else "")
+        forwarded = RelayRequest(_rid(request), target, b"", method="GET", headers=())
+        return await relay.forward(models.default, forwarded, request.state.log)
+
     @app.post("/{path:path}", response_model=None)
     async def forward(path: str, request: Request) -> Response:
         if "/" + path in LABELLED_PATHS:

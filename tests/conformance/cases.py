@@ -62,6 +62,7 @@ class Case:
     body: dict[str, Any] | bytes
     stream: bool = False
     path: str = ""  # the route, for ``post`` and ``raw``
+    method: str = "POST"  # for ``raw``
     server: Literal["chat", "embed"] = "chat"
     # Largest allowed difference between two floats (logprobs, embeddings).
     tol: float = 1e-3

@@ -35,6 +35,9 @@ MALFORMED = [
     raw("bad_json_array_body", CHAT_PATH, b"[]"),
     # FastAPI's body parsing gives up on deep nesting (its own {"detail": ...}) before vLLM's handler runs.
     raw("bad_json_deeply_nested", CHAT_PATH, b'{"a":' * 5000 + b"1" + b"}" * 5000, vllm_detail_body=True),
+    # Plain vLLM answers these with FastAPI's ``{"detail": ...}``; the stack with the same status, OpenAI-shaped.
+    raw("bad_get_unknown_path", "/v1/nothing", b"", method="GET", vllm_detail_body=True),
+    raw("bad_get_on_post_route", CHAT_PATH, b"", method="GET", vllm_detail_body=True),
 ]
 
 WRONG_FIELDS = [

@@ -63,7 +63,8 @@ def _sdk_call(case: Case, base_url: str) -> Outcome:
 
 def _raw_call(case: Case, base_url: str) -> Outcome:
     assert isinstance(case.body, bytes)
-    resp = httpx.post(
+    resp = httpx.request(
+        case.method,
         f"{base_url}{case.path}",
         content=case.body,
         headers={"content-type": "application/json"},

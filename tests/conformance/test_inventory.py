@@ -17,4 +17,5 @@ def test_cases_cover_the_issue() -> None:
     for group in ("chat", "tools", "structured", "cmpl", "embed", "tokenize"):
         assert groups[group] >= 2, group
     assert any(c.stream for c in cases if c.api == "chat") and any(c.stream for c in cases if c.api == "completions")
-    assert sum(c.api == "raw" for c in cases) <= 6, "the SDK sends every case it can"
+    # raw: bodies that are not JSON, and GETs on paths the SDK has no call for
+    assert sum(c.api == "raw" for c in cases) <= 8, "the SDK sends every case it can"

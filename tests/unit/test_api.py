@@ -134,7 +134,16 @@ def test_operator_routes_of_the_server_stay_hidden(client: TestClient, fake_engi
     with TestClient(fake_engine.app) as server:
         assert server.get("/metrics").status_code == 200  # the server has it ...
     assert client.post("/metrics", json={}).status_code == 404  # ... clients do not reach it
-    assert client.get("/metrics").status_code == 405  # the router relays only POST routes
+    assert client.get("/metrics").status_code == 404
+
+
+@pytest.mark.parametrize(("path", "status"), [("/v1/nothing", 404), ("/v1/chat/completions", 405), ("/v1/x?a=1", 404)])
+def test_get_is_answered_as_the_server_answers_it(client: TestClient, fake_engine, path: str, status: int) -> None:
+    resp = client.get(path)
+    assert resp.status_code == status, resp.text
+    assert resp.json()["error"]["code"] == status
+    if status == 405:
+        assert resp.headers["allow"] == "POST"
 
 
 def test_generate_translates_to_a_completion(client: TestClient, fake_engine: FakeEngine) -> None:
