@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _read_goal_inputs(args: argparse.Namespace) -> tuple[Goal, ModelShape, dict[str, GateVerdict], dict[str, Any], str]:
-    goal = parse_goal(yaml.safe_load(args.goal.read_text()) or {})
+    goal = parse_goal(yaml.safe_load(args.goal.read_text()))
     shape = load_target(goal.model).shape
     ids = [v.id for v in all_variants()]
     verdicts = read_gate_reports(args.gate_reports, ids) if args.gate_reports else {}

@@ -124,7 +124,9 @@ def _default_id(model: str) -> str:
     return parts[-1] if parts else model
 
 
-def parse_goal(data: Mapping[str, Any]) -> Goal:
+def parse_goal(data: Any) -> Goal:
+    if not isinstance(data, Mapping):
+        raise GoalError(f"a goal is a mapping of {sorted(GOAL_KEYS)}, got {type(data).__name__}")
     unknown = sorted(set(data) - GOAL_KEYS)
     if unknown:
         raise GoalError(f"unknown goal keys {unknown}; known: {sorted(GOAL_KEYS)}")

@@ -30,7 +30,7 @@ from typing import Any
 from serve_app.quantize.architectures import ModelShape
 from serve_app.quantize.goal import Traffic
 from serve_app.quantize.planner import Gpu
-from serve_app.quantize.variants import Variant
+from serve_app.quantize.variants import Variant, variant_by_id
 
 ROOFLINE = "roofline estimate (no profile): weights + KV bytes over HBM bandwidth vs matmul FLOPs over peak"
 
@@ -142,6 +142,7 @@ def parse_profile(data: Mapping[str, Any], gpu: str) -> tuple[dict[str, tuple[Sp
         raise ValueError("profile: expected a 'variants' mapping of variant id -> list of points")
     out = {}
     for variant_id, raw_points in variants.items():
+        variant_by_id(str(variant_id))  # a typo would otherwise leave the variant on the roofline unnoticed
         if not isinstance(raw_points, list) or not raw_points:
             raise ValueError(f"profile.variants.{variant_id}: expected a non-empty list of points")
         points = [_point(p, f"profile.variants.{variant_id}[{i}]") for i, p in enumerate(raw_points)]

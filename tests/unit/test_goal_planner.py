@@ -224,6 +224,10 @@ def test_goal_errors_name_the_key() -> None:
         parse_goal({k: v for k, v in goal_dict().items() if k != "source"})
     with pytest.raises(GoalError, match="unknown goal keys"):
         parse_goal(goal_dict(slos={}))
+    with pytest.raises(GoalError, match="a goal is a mapping"):
+        parse_goal(None)
+    with pytest.raises(ValueError, match="unknown variant 'awq4'"):
+        parse_profile({"variants": {"awq4": [{"concurrency": 1, "tpot_ms": 5}]}}, "h200")
 
 
 def test_plan_json_lists_every_variant_once() -> None:
@@ -243,3 +247,10 @@ def test_max_num_seqs_stops_where_a_profile_shows_goodput_falling() -> None:
     # TPOT reaches the 40 ms target at c=96, but 96 sequences at 40 ms make fewer tokens/s than 64 at 20 ms.
     assert bf16.max_num_seqs == 64
     assert "the largest such is 96" in bf16.reasons["max_num_seqs"]
+
+
+def test_plan_command_exits_1_when_no_variant_is_left(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "goal.yaml").write_text(yaml.safe_dump(goal_dict(variants=["awq"])))
+    assert plan_command.run(_parser().parse_args(["plan", "--goal", str(tmp_path / "goal.yaml")])) == 1
+    captured = capsys.readouterr()
+    assert "nothing to deploy" in captured.err and json.loads(captured.out)["chosen"] is None
