@@ -1,4 +1,8 @@
-"""serve-app plan: GPU memory for weights and KV cache, concurrency at a context length, smallest TP."""
+"""serve-app plan: GPU memory for weights and KV cache, concurrency at a context length, smallest TP.
+
+With ``--goal`` it plans a deployment instead: the variant, KV dtype, engine and admission settings
+that serve a traffic shape under an SLO on a GPU type, written as a serve config with its reasons
+(serve_app.quantize.goal_planner)."""
 
 from __future__ import annotations
 
@@ -9,9 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from serve_app.quantize.architectures import PRESETS, ModelShape, UnknownModelError, preset, shape_from_hf_config
+from serve_app.quantize.gate_reports import GateVerdict, read_gate_reports
+from serve_app.quantize.goal import Goal, parse_goal
+from serve_app.quantize.goal_output import header, plan_json, render_yaml, serve_config
+from serve_app.quantize.goal_planner import plan_goal
 from serve_app.quantize.planner import GIB, GPUS, Plan, PlanRequest, plan_with_smallest_tp
 from serve_app.quantize.report import checkpoint_bytes
+from serve_app.quantize.speed import parse_profile
+from serve_app.quantize.variants import all_variants
 
 QUANTIZATIONS = ["none", "awq", "gptq", "w8a8-int8", "fp8", "fp8-dynamic", "int8-weight-only", "bitsandbytes"]
 
@@ -20,11 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="capacity plan: weights, KV cache, concurrency and the smallest TP for a GPU")
     p.add_argument(
         "--model",
-        required=True,
+        default=None,
         help=f"a preset ({', '.join(PRESETS)}), a checkpoint folder or config.json, or a serve config YAML",
     )
     p.add_argument("--model-id", default=None, help="which model of a serve config (default: the first)")
-    p.add_argument("--gpu", required=True, choices=sorted(GPUS))
+    p.add_argument("--gpu", default=None, choices=sorted(GPUS), help="required without --goal")
     p.add_argument("--quantization", default=None, choices=QUANTIZATIONS, help="default: none, or the config's")
     p.add_argument("--group-size", type=int, default=128, help="group size of int4 methods")
     p.add_argument("--tp", type=int, default=None, help="tensor-parallel size (default: 1, or the config's)")
@@ -35,6 +47,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-num-batched-tokens", type=int, default=8192)
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    goal = p.add_argument_group("planning for a goal (GPU type, SLO, traffic shape)")
+    goal.add_argument("--goal", type=Path, default=None, help="goal YAML; plans a serve config (see docs/planner.md)")
+    goal.add_argument("--gate-reports", type=Path, default=None, help="folder of <variant>.json evaluation reports")
+    goal.add_argument("--profile", type=Path, default=None, help="measured speeds per variant (JSON)")
+    goal.add_argument("--out", type=Path, default=None, help="serve config to write (plan.json beside it)")
     p.set_defaults(func=run)
 
 
@@ -140,6 +157,11 @@ def build_request(args: argparse.Namespace, target: Target) -> PlanRequest:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.goal is not None:
+        return run_goal(args)
+    if args.model is None or args.gpu is None:
+        print("serve-app plan: error: --model and --gpu are required (or give --goal)", file=sys.stderr)
+        return 2
     if not 0 < args.gpu_memory_utilization <= 1:
         print("serve-app plan: error: --gpu-memory-utilization must be in (0, 1]", file=sys.stderr)
         return 2
@@ -151,3 +173,55 @@ def run(args: argparse.Namespace) -> int:
     result = plan_with_smallest_tp(request)
     print(json.dumps(result.to_dict(), indent=2) if args.json else render(result))
     return 0 if result.fits else 1
+
+
+def _read_goal_inputs(args: argparse.Namespace) -> tuple[Goal, ModelShape, dict[str, GateVerdict], dict[str, Any], str]:
+    goal = parse_goal(yaml.safe_load(args.goal.read_text()))
+    shape = load_target(goal.model).shape
+    ids = [v.id for v in all_variants()]
+    verdicts = read_gate_reports(args.gate_reports, ids) if args.gate_reports else {}
+    profile: dict[str, Any] = {}
+    note = ""
+    if args.profile:
+        profile, skipped = parse_profile(json.loads(args.profile.read_text()), goal.gpu)
+        note = skipped or ""
+    return goal, shape, verdicts, profile, note
+
+
+def run_goal(args: argparse.Namespace) -> int:
+    """``--goal``: plan the variant and settings, validate the serve config, write it and plan.json."""
+    from serve_app.config import ConfigError, load_config
+
+    try:
+        goal, shape, verdicts, profile, note = _read_goal_inputs(args)
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        print(f"serve-app plan: error: {err}", file=sys.stderr)
+        return 2
+    result = plan_goal(goal, shape, verdicts, profile, str(args.profile or ""))
+    if note:
+        result.notes.append(note)
+    sidecar = plan_json(result)
+    if result.chosen is None:
+        print(json.dumps(sidecar, indent=2))
+        print(f"serve-app plan: nothing to deploy: {result.choice_reason}", file=sys.stderr)
+        return 1
+    config = serve_config(result)
+    try:
+        load_config(app_args_from_config(config))
+    except ConfigError as err:  # a planner bug: never write a config the app would refuse
+        print(f"serve-app plan: error: the planned config does not validate: {err}", file=sys.stderr)
+        return 2
+    text = render_yaml(result, config)
+    if args.out is None:
+        print(text)
+        return 0
+    args.out.write_text(text)
+    sidecar_path = args.out.with_name("plan.json")
+    sidecar_path.write_text(json.dumps(sidecar, indent=2) + "\n")
+    print("\n".join(header(result)))
+    print(f"wrote {args.out} and {sidecar_path}")
+    return 0
+
+
+def app_args_from_config(config: dict[str, Any]) -> dict[str, Any]:
+    return dict(config["applications"][0]["args"])

@@ -32,18 +32,26 @@ KV_DTYPE_BYTES = {"fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1}
 
 @dataclass(frozen=True)
 class Gpu:
+    """One GPU model. Bandwidth and dense tensor-core peaks are the vendors' spec-sheet figures
+    (SXM parts); the goal planner's roofline estimate divides by them when no profile is given."""
+
     name: str
     memory_bytes: int  # the total nvidia-smi reports (the marketing "GB" is rounder)
     fp8_compute: bool  # FP8 tensor cores (Hopper and later)
+    memory_bandwidth_gbps: float = 0.0  # GB/s (10^9 bytes) of HBM bandwidth
+    bf16_tflops: float = 0.0  # dense 16-bit tensor-core peak
+    int8_tops: float = 0.0  # dense int8 tensor-core peak
+    fp8_tflops: float = 0.0  # dense FP8 tensor-core peak; 0 = none
 
 
 GPUS: dict[str, Gpu] = {
     g.name: g
     for g in (
-        Gpu("a100-40gb", 40_960 * MIB, False),
-        Gpu("a100-80gb", 81_920 * MIB, False),
-        Gpu("h100-80gb", 81_559 * MIB, True),
-        Gpu("h200", 143_771 * MIB, True),
+        # name, memory, FP8 tensor cores, HBM GB/s, bf16 TFLOPS, int8 TOPS, FP8 TFLOPS
+        Gpu("a100-40gb", 40_960 * MIB, False, 1555, 312, 624),
+        Gpu("a100-80gb", 81_920 * MIB, False, 2039, 312, 624),
+        Gpu("h100-80gb", 81_559 * MIB, True, 3350, 989, 1979, 1979),
+        Gpu("h200", 143_771 * MIB, True, 4800, 989, 1979, 1979),
     )
 }
 

@@ -1,0 +1,174 @@
+"""A goal plan as a deployable serve config (YAML with the reasons as comments) and a ``plan.json``
+sidecar with the whole table (pure: PyYAML only, no Ray/vLLM).
+
+The config has the schema of ``configs/*.yaml`` (``serve_app.config.AppConfig`` under ``args``);
+the command validates it with that model before writing it.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import yaml
+
+from serve_app.quantize.architectures import PRESETS
+from serve_app.quantize.goal import Goal
+from serve_app.quantize.goal_planner import SLO_HEADROOM, GoalPlan, VariantPlan
+
+REPLICAS_PER_GPU = 1
+REPLICAS_PER_GPU_REASON = (
+    "one engine per GPU: every engine reads all the weights each decode step, so two engines on a GPU read "
+    "them twice for the same sequences and split the KV cache"
+)
+# The router batching the shipped GPU configs use (configs/llama2-7b-awq-a100.yaml says why).
+BATCHING = {"max_batch_size": 64, "batch_timeout_ms": 2, "at_once_when_idle": True}
+REPLICA_CPUS = 4
+
+
+@dataclass(frozen=True)
+class Admission:
+    max_queued_requests: int  # per router replica
+    max_queued_tokens: int  # per router replica
+    request_cost_tokens: int
+    max_ongoing_requests: int  # per model replica
+    reason: str
+
+
+def admission_for(goal: Goal, vp: VariantPlan) -> Admission:
+    """Room for every running sequence plus the waiting requests that still start within the TTFT
+    target: past that, a request would miss the SLO anyway, so the router refuses it at once."""
+    t, replicas = goal.traffic, goal.gpus * REPLICAS_PER_GPU
+    running = vp.max_num_seqs * replicas
+    slack_s = max(0.0, goal.slo.ttft_p99_ms * SLO_HEADROOM - vp.estimate.ttft_ms) / 1000
+    waiting = math.floor(slack_s * vp.goodput_rps)
+    per_router = math.ceil((running + waiting) / goal.router_replicas)
+    cost = t.input_tokens + t.admission_output_tokens
+    reason = (
+        f"router.max_queued_tokens {per_router * cost:,} = {per_router} requests x {cost} tokens (prompt + "
+        f"the max_tokens admission charges: mean output + 2 spreads); {running} running (max_num_seqs x "
+        f"{replicas} replicas) + {waiting} waiting, the ones that finish within the TTFT slack "
+        f"({slack_s * 1000:.0f} ms at {vp.goodput_rps:.1f} requests/s), split over {goal.router_replicas} "
+        "router replica(s), each with its own budget"
+    )
+    return Admission(per_router, per_router * cost, cost, vp.max_num_seqs + math.ceil(waiting / replicas), reason)
+
+
+def model_entry(gp: GoalPlan, vp: VariantPlan, admission: Admission) -> dict[str, Any]:
+    goal, t = gp.goal, gp.goal.traffic
+    entry: dict[str, Any] = {"id": goal.model_id, "source": vp.source}
+    if goal.model.lower() in PRESETS:
+        entry["shape_preset"] = goal.model.lower()
+    entry["dtype"] = "bfloat16"
+    if vp.variant.config_quantization:
+        entry["quantization"] = vp.variant.config_quantization
+    entry |= {
+        "kv_cache_dtype": vp.variant.kv_cache_dtype,
+        "max_model_len": gp.max_model_len,
+        "engine_options": {
+            "gpu_memory_utilization": round(goal.gpu_memory_utilization / REPLICAS_PER_GPU, 4),
+            "max_num_seqs": vp.max_num_seqs,
+            "max_num_batched_tokens": vp.max_num_batched_tokens,
+        },
+        "num_replicas": goal.gpus * REPLICAS_PER_GPU,
+        "max_ongoing_requests": admission.max_ongoing_requests,
+        "default_max_tokens": t.admission_output_tokens,
+        # nothing longer fits the context anyway
+        "max_tokens_limit": max(gp.max_model_len, t.admission_output_tokens),
+        "batching": dict(BATCHING),
+        "ray_actor_options": {"num_cpus": REPLICA_CPUS, "num_gpus": 1 / REPLICAS_PER_GPU},
+    }
+    return entry
+
+
+def serve_config(gp: GoalPlan) -> dict[str, Any]:
+    """The Ray Serve config of the chosen variant; raises ValueError when nothing was chosen."""
+    vp = gp.chosen
+    if vp is None:
+        raise ValueError(f"nothing to deploy: {gp.choice_reason}")
+    admission = admission_for(gp.goal, vp)
+    router = {
+        "num_replicas": gp.goal.router_replicas,
+        "max_queued_requests": admission.max_queued_requests,
+        "max_queued_tokens": admission.max_queued_tokens,
+    }
+    app = {
+        "name": "serve-app",
+        "route_prefix": "/",
+        "import_path": "serve_app.app:build_app",
+        "args": {"models": [model_entry(gp, vp, admission)], "router": router},
+    }
+    return {"proxy_location": "EveryNode", "http_options": {"host": "0.0.0.0", "port": 8000}, "applications": [app]}
+
+
+def _comment(text: str, indent: int = 0) -> list[str]:
+    prefix = "# " + " " * indent
+    return textwrap.wrap(text, 118, initial_indent=prefix, subsequent_indent=prefix + "  ") or ["#"]
+
+
+def header(gp: GoalPlan) -> list[str]:
+    goal, vp = gp.goal, gp.chosen
+    t = goal.traffic
+    lines = [f"# Planned by `serve-app plan --goal` for {goal.model} on {goal.gpus} x {goal.gpu}."]
+    lines += _comment(
+        f"Goal: TTFT p99 <= {goal.slo.ttft_p99_ms:g} ms, TPOT p99 <= {goal.slo.tpot_p99_ms:g} ms; traffic "
+        f"{t.input_tokens} input / {t.output_tokens_mean} output tokens (spread {t.output_tokens_spread})."
+    )
+    if vp is None:
+        return lines
+    lines += _comment(f"Variant {vp.variant.id}: {gp.choice_reason}")
+    for key, reason in vp.reasons.items():
+        lines += _comment(f"{key}: {reason}", 2)
+    lines += _comment(f"admission: {admission_for(goal, vp).reason}", 2)
+    lines += _comment(f"replicas per GPU {REPLICAS_PER_GPU}: {REPLICAS_PER_GPU_REASON}", 2)
+    lines += _comment(f"router batching {BATCHING}: the shipped GPU configs' setting", 2)
+    lines.append("# Other candidates (estimated goodput):")
+    for other in gp.candidates:
+        if other is not vp:
+            lines += _comment(f"{other.variant.id}: {other.goodput_rps:.1f} requests/s at max_num_seqs "
+                              f"{other.max_num_seqs} ({other.estimate.source.split(' (')[0]})", 2)  # fmt: skip
+    lines.append("# Dropped:")
+    for d in gp.dropped:
+        lines += _comment(f"{d.variant}: {d.reason}", 2)
+    lines += [line for note in gp.notes for line in _comment(f"note: {note}")]
+    return lines
+
+
+def render_yaml(gp: GoalPlan, config: dict[str, Any]) -> str:
+    body = yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+    return "\n".join(header(gp)) + "\n" + body
+
+
+def candidate_dict(vp: VariantPlan) -> dict[str, Any]:
+    return {
+        "variant": vp.variant.id,
+        "source": vp.source,
+        "max_num_seqs": vp.max_num_seqs,
+        "max_num_batched_tokens": vp.max_num_batched_tokens,
+        "kv_capacity_seqs": vp.kv_capacity_seqs,
+        "tpot_ms": round(vp.estimate.tpot_ms, 3),
+        "ttft_ms": round(vp.estimate.ttft_ms, 3),
+        "goodput_rps": round(vp.goodput_rps, 3),
+        "speed_source": vp.estimate.source,
+        "reasons": dict(vp.reasons),
+        "memory": vp.memory.to_dict(),
+    }
+
+
+def plan_json(gp: GoalPlan) -> dict[str, Any]:
+    vp = gp.chosen
+    admission = admission_for(gp.goal, vp) if vp else None
+    return {
+        "goal": asdict(gp.goal),
+        "chosen": vp.variant.id if vp else None,
+        "choice_reason": gp.choice_reason,
+        "max_model_len": gp.max_model_len,
+        "slo_headroom": SLO_HEADROOM,
+        "replicas_per_gpu": {"value": REPLICAS_PER_GPU, "reason": REPLICAS_PER_GPU_REASON},
+        "admission": asdict(admission) if admission else None,
+        "candidates": [candidate_dict(c) for c in gp.candidates],
+        "dropped": [[d.variant, d.reason] for d in gp.dropped],
+        "notes": list(gp.notes),
+    }

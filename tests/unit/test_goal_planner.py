@@ -1,0 +1,256 @@
+"""The goal planner (serve-app plan --goal): variants per GPU, gate verdicts, memory and speed
+arithmetic, and the serve config it writes. Pure: no Ray, vLLM or torch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from serve_app.commands import plan as plan_command
+from serve_app.config import app_args_from_serve_file, load_config
+from serve_app.quantize.architectures import preset
+from serve_app.quantize.gate_reports import NO_PASSING_REPORT, GateVerdict, read_gate_reports
+from serve_app.quantize.goal import GoalError, parse_goal
+from serve_app.quantize.goal_output import admission_for, plan_json, serve_config
+from serve_app.quantize.goal_planner import GoalPlan, VariantPlan, plan_goal
+from serve_app.quantize.planner import GPUS
+from serve_app.quantize.speed import ROOFLINE, parse_profile
+
+SHAPE = preset("llama-3-8b")
+ALL_GATED = ("bf16-fp8kv", "fp8", "fp8-fp8kv", "w8a8", "w8a8-fp8kv", "awq", "awq-fp8kv", "gptq", "gptq-fp8kv")
+
+
+def goal_dict(**overrides: Any) -> dict[str, Any]:
+    goal: dict[str, Any] = {
+        "model": "llama-3-8b",
+        "source": "/models/llama-3-8b",
+        "gpu": "h200",
+        "slo": {"ttft_p99_ms": 500, "tpot_p99_ms": 50},
+        "traffic": {"input_tokens": 512, "output_tokens_mean": 128},
+        "checkpoints": {"w8a8": "/models/w8a8", "awq": "/models/awq", "gptq": "/models/gptq"},
+    }
+    goal.update(overrides)
+    return goal
+
+
+def passing(*ids: str) -> dict[str, GateVerdict]:
+    return {i: GateVerdict(True, f"{i}.json") for i in ids}
+
+
+def run_plan(verdicts: dict[str, GateVerdict] | None = None, profile: dict | None = None, **goal: Any) -> GoalPlan:
+    verdicts = passing(*ALL_GATED) if verdicts is None else verdicts
+    return plan_goal(parse_goal(goal_dict(**goal)), SHAPE, verdicts, profile or {})
+
+
+def candidate(result: GoalPlan, variant_id: str) -> VariantPlan:
+    return next(c for c in result.candidates if c.variant.id == variant_id)
+
+
+def dropped(result: GoalPlan) -> dict[str, str]:
+    return {d.variant: d.reason for d in result.dropped}
+
+
+def test_a100_drops_fp8_weights_with_a_reason_and_keeps_fp8_kv_with_a_note() -> None:
+    result = run_plan(gpu="a100-80gb")
+    reasons = dropped(result)
+    assert "no FP8 tensor cores" in reasons["fp8"] and "no FP8 tensor cores" in reasons["fp8-fp8kv"]
+    kept = {c.variant.id for c in result.candidates}
+    assert {"bf16", "bf16-fp8kv", "w8a8", "awq", "gptq", "awq-fp8kv"} <= kept
+    assert "FlashInfer" in candidate(result, "bf16-fp8kv").reasons["hardware"]
+    hopper = run_plan(gpu="h100-80gb")
+    assert {"fp8", "fp8-fp8kv"} <= {c.variant.id for c in hopper.candidates}
+    assert "hardware" not in candidate(hopper, "bf16-fp8kv").reasons
+
+
+def test_a_failing_or_missing_gate_report_drops_the_variant_but_not_the_baseline() -> None:
+    verdicts = passing("awq")
+    verdicts["fp8"] = GateVerdict(False, "fp8.json", failures=("perplexity rose 12%",))
+    result = run_plan(verdicts=verdicts)
+    reasons = dropped(result)
+    assert reasons["fp8"].startswith(NO_PASSING_REPORT) and "perplexity rose 12%" in reasons["fp8"]
+    assert reasons["gptq"].startswith(NO_PASSING_REPORT)
+    assert reasons["bf16-fp8kv"].startswith(NO_PASSING_REPORT)  # an FP8 KV cache needs its own verdict
+    assert {c.variant.id for c in result.candidates} == {"bf16", "awq"}
+    assert "baseline" in candidate(result, "bf16").reasons["gate"]
+
+
+def test_gate_reports_are_read_from_either_layout_and_a_broken_one_fails(tmp_path: Path) -> None:
+    (tmp_path / "awq").mkdir()
+    (tmp_path / "awq" / "evaluation_report.json").write_text(
+        json.dumps({"passed": True, "failures": [], "model": {"path": "/ckpt/awq"}})
+    )
+    (tmp_path / "fp8.json").write_text(json.dumps({"passed": False, "failures": ["kept 5/9 golden answers"]}))
+    (tmp_path / "gptq.json").write_text("{not json")
+    verdicts = read_gate_reports(tmp_path, ["awq", "fp8", "gptq", "w8a8"])
+    assert verdicts["awq"].passed and verdicts["awq"].checkpoint == "/ckpt/awq"
+    assert not verdicts["fp8"].passed and "golden" in verdicts["fp8"].reason
+    assert not verdicts["gptq"].passed and "unreadable" in verdicts["gptq"].reason
+    assert "w8a8" not in verdicts
+
+
+def test_a_checkpoint_variant_without_a_checkpoint_is_dropped_and_a_gate_report_can_name_one() -> None:
+    verdicts = {"awq": GateVerdict(True, "awq.json", checkpoint="/from/report"), **passing("gptq")}
+    result = run_plan(verdicts=verdicts, checkpoints={})
+    assert candidate(result, "awq").source == "/from/report"
+    assert "no gptq checkpoint" in dropped(result)["gptq"]
+
+
+def test_fp8_kv_doubles_the_kv_token_capacity() -> None:
+    result = run_plan()
+    bf16, fp8kv = candidate(result, "bf16"), candidate(result, "bf16-fp8kv")
+    assert fp8kv.memory.kv_bytes_per_token * 2 == bf16.memory.kv_bytes_per_token
+    # same weights; the reserve differs only if max_num_seqs/batched tokens differ, which they do not here
+    assert (fp8kv.max_num_seqs, fp8kv.max_num_batched_tokens) == (bf16.max_num_seqs, bf16.max_num_batched_tokens)
+    assert fp8kv.memory.kv_cache_tokens in (2 * bf16.memory.kv_cache_tokens, 2 * bf16.memory.kv_cache_tokens + 1)
+    assert fp8kv.kv_capacity_seqs >= 2 * bf16.kv_capacity_seqs
+
+
+def test_a_tighter_tpot_slo_lowers_max_num_seqs() -> None:
+    loose = candidate(run_plan(), "bf16")
+    tight = candidate(run_plan(slo={"ttft_p99_ms": 500, "tpot_p99_ms": 20}), "bf16")
+    assert tight.max_num_seqs < loose.max_num_seqs
+    assert tight.estimate.tpot_ms <= 20 * 0.8 and "stopped by the TPOT target" in tight.reasons["max_num_seqs"]
+    assert tight.goodput_rps < loose.goodput_rps
+
+
+def test_the_kv_cache_bounds_max_num_seqs_when_memory_is_short() -> None:
+    result = run_plan(gpu="a100-40gb", traffic={"input_tokens": 3000, "output_tokens_mean": 1000})
+    bf16 = candidate(result, "bf16")
+    assert bf16.max_num_seqs <= bf16.kv_capacity_seqs and "stopped by the KV cache" in bf16.reasons["max_num_seqs"]
+    assert candidate(result, "awq").max_num_seqs > bf16.max_num_seqs  # smaller weights, more KV room
+
+
+def test_every_choice_has_a_reason_and_the_speed_source_is_labelled() -> None:
+    for c in run_plan().candidates:
+        assert set(c.reasons) >= {"gate", "memory", "max_num_seqs", "max_num_batched_tokens", "speed", "goodput"}
+        assert c.reasons["speed"] == ROOFLINE
+        assert c.max_num_batched_tokens >= c.max_num_seqs  # vLLM refuses fewer
+
+
+def test_ties_go_to_the_more_precise_variant_and_a_clear_win_to_the_faster_one() -> None:
+    result = run_plan(verdicts=passing("awq", "bf16-fp8kv"))
+    # Both compute at the 16-bit peak, so the roofline sees no gain: precision wins.
+    assert result.chosen is not None and result.chosen.variant.id == "bf16"
+    fp8 = run_plan(verdicts=passing("fp8"))
+    assert fp8.chosen is not None and fp8.chosen.variant.id == "fp8" and "above bf16" in fp8.choice_reason
+
+
+def test_a_measured_profile_replaces_the_roofline() -> None:
+    profile = {
+        "gpu": "h200",
+        "variants": {
+            "bf16": [{"concurrency": 1, "tpot_ms": 8}, {"concurrency": 64, "output_tokens_per_s": 3200}],
+            "awq": [{"concurrency": 1, "tpot_ms": 6}, {"concurrency": 64, "tpot_ms": 12, "ttft_ms": 80}],
+        },
+    }
+    points, note = parse_profile(profile, "h200")
+    assert note is None and points["bf16"][1].tpot_ms == 20.0  # 64 sequences sharing 3200 tok/s
+    result = run_plan(verdicts=passing("awq"), profile=points)
+    awq, bf16 = candidate(result, "awq"), candidate(result, "bf16")
+    assert awq.reasons["speed"].startswith("measured profile")
+    assert awq.max_num_seqs > bf16.max_num_seqs and result.chosen is awq
+    other_gpu, note = parse_profile(profile, "a100-80gb")
+    assert other_gpu == {} and note is not None and "ignored" in note
+
+
+def test_the_planned_config_validates_against_the_app_schema() -> None:
+    for gpu in ("h200", "a100-40gb"):
+        result = run_plan(gpu=gpu, traffic={"input_tokens": 512, "output_tokens_mean": 128, "output_tokens_spread": 64})
+        config = serve_config(result)
+        app = load_config(config["applications"][0]["args"])
+        model = app.models[0]
+        assert model.engine_options["max_num_seqs"] == result.chosen.max_num_seqs  # type: ignore[union-attr]
+        assert model.default_max_tokens == 128 + 2 * 64
+        assert app.router.max_queued_tokens == admission_for(result.goal, result.chosen).max_queued_tokens  # type: ignore[arg-type]
+
+
+def test_fp8_config_quantizes_on_load_on_a_gpu() -> None:
+    result = run_plan(verdicts=passing("fp8-fp8kv"), variants=["bf16", "fp8-fp8kv"])
+    model = load_config(serve_config(result)["applications"][0]["args"]).models[0]
+    assert model.quantization == "fp8" and model.kv_cache_dtype == "fp8" and model.ray_actor_options.num_gpus == 1
+    assert dropped(result)["awq"] == "not among the goal's variants"
+
+
+def test_admission_budget_holds_running_sequences_plus_what_meets_the_ttft_target() -> None:
+    result = run_plan(router_replicas=2)
+    vp = result.chosen
+    assert vp is not None
+    admission = admission_for(result.goal, vp)
+    assert admission.request_cost_tokens == 512 + 128
+    assert admission.max_queued_requests * 2 >= vp.max_num_seqs
+    assert admission.max_queued_tokens == admission.max_queued_requests * 640
+    assert "router.max_queued_tokens" in admission.reason
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    plan_command.register(parser.add_subparsers())
+    return parser
+
+
+def test_plan_command_writes_a_commented_config_and_plan_json(tmp_path: Path) -> None:
+    (tmp_path / "goal.yaml").write_text(yaml.safe_dump(goal_dict(gpu="a100-80gb")))
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    (gates / "awq.json").write_text(json.dumps({"passed": True, "failures": [], "model": {"path": "/m/awq"}}))
+    out = tmp_path / "config.yaml"
+    argv = ["plan", "--goal", str(tmp_path / "goal.yaml"), "--gate-reports", str(gates), "--out", str(out)]
+    assert plan_command.run(_parser().parse_args(argv)) == 0
+    text = out.read_text()
+    assert text.startswith("# Planned by `serve-app plan --goal`") and "no FP8 tensor cores" in text
+    app = load_config(app_args_from_serve_file(out))
+    assert app.models[0].id == "llama-3-8b"
+    sidecar = json.loads((tmp_path / "plan.json").read_text())
+    assert sidecar["chosen"] in {c["variant"] for c in sidecar["candidates"]}
+    assert ["gptq", "no passing gate report: none for 'gptq'"] in sidecar["dropped"]
+
+
+def test_plan_command_without_goal_still_needs_model_and_gpu(capsys: pytest.CaptureFixture[str]) -> None:
+    assert plan_command.run(_parser().parse_args(["plan", "--gpu", "h200"])) == 2
+    assert "--model and --gpu are required" in capsys.readouterr().err
+
+
+def test_goal_errors_name_the_key() -> None:
+    with pytest.raises(GoalError, match="gpu"):
+        parse_goal(goal_dict(gpu="t4"))
+    with pytest.raises(GoalError, match=r"slo\.tpot_p99_ms"):
+        parse_goal(goal_dict(slo={"ttft_p99_ms": 500}))
+    with pytest.raises(GoalError, match="source"):
+        parse_goal({k: v for k, v in goal_dict().items() if k != "source"})
+    with pytest.raises(GoalError, match="unknown goal keys"):
+        parse_goal(goal_dict(slos={}))
+    with pytest.raises(GoalError, match="a goal is a mapping"):
+        parse_goal(None)
+    with pytest.raises(ValueError, match="unknown variant 'awq4'"):
+        parse_profile({"variants": {"awq4": [{"concurrency": 1, "tpot_ms": 5}]}}, "h200")
+
+
+def test_plan_json_lists_every_variant_once() -> None:
+    sidecar = plan_json(run_plan(gpu="a100-80gb"))
+    ids = [c["variant"] for c in sidecar["candidates"]] + [d[0] for d in sidecar["dropped"]]
+    assert sorted(ids) == sorted(["bf16", *ALL_GATED]) and GPUS["a100-80gb"].memory_bandwidth_gbps == 2039
+
+
+def test_max_num_seqs_stops_where_a_profile_shows_goodput_falling() -> None:
+    saturating = [
+        {"concurrency": 1, "tpot_ms": 10},
+        {"concurrency": 64, "tpot_ms": 20},
+        {"concurrency": 128, "tpot_ms": 60},
+    ]
+    points, _ = parse_profile({"variants": {"bf16": saturating}}, "h200")
+    bf16 = candidate(run_plan(verdicts={}, profile=points), "bf16")
+    # TPOT reaches the 40 ms target at c=96, but 96 sequences at 40 ms make fewer tokens/s than 64 at 20 ms.
+    assert bf16.max_num_seqs == 64
+    assert "the largest such is 96" in bf16.reasons["max_num_seqs"]
+
+
+def test_plan_command_exits_1_when_no_variant_is_left(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "goal.yaml").write_text(yaml.safe_dump(goal_dict(variants=["awq"])))
+    assert plan_command.run(_parser().parse_args(["plan", "--goal", str(tmp_path / "goal.yaml")])) == 1
+    captured = capsys.readouterr()
+    assert "nothing to deploy" in captured.err and json.loads(captured.out)["chosen"] is None
