@@ -103,8 +103,9 @@ def serve_ray_llm() -> None:
         runtime_env={"env_vars": VLLM_ENV},
     )
     # Logical CPUs: the engine's placement group takes 2 (replica + engine worker), the ingress 1;
-    # the cores are the same 2 for every server.
-    ray.init(address="local", num_cpus=4, include_dashboard=False)
+    # the cores are the same 2 for every server. The dashboard stays on, as `serve run` gives
+    # it to the stack and to any Ray Serve LLM user.
+    ray.init(address="local", num_cpus=4)
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     serve.run(build_openai_app({"llm_configs": [config]}), blocking=False)
     while True:
