@@ -28,7 +28,9 @@ def run(argv: list[str], timeout_s: float = 600) -> dict[str, Any]:
     return json.loads(text[text.rindex("\n{") + 1 :])
 
 
-def main(argv: list[str]) -> int:
+def measure(argv: list[str]) -> dict[str, Any]:
+    """``vllm bench serve`` with these arguments in this process (vLLM imported once for many runs):
+    its numeric figures and, with ``--save-detailed``, each failed request's reason."""
     from vllm.benchmarks.serve import add_cli_args
     from vllm.benchmarks.serve import main as bench_main
     from vllm.utils.argparse_utils import FlexibleArgumentParser
@@ -37,8 +39,14 @@ def main(argv: list[str]) -> int:
     add_cli_args(parser)
     args = parser.parse_args(argv)
     result = bench_main(args)
-    keys = [k for k in result if isinstance(result[k], int | float)]
-    print(json.dumps({k: result[k] for k in keys}, indent=1))
+    figures = {k: result[k] for k in result if isinstance(result[k], int | float)}
+    if args.save_detailed:  # a status line or a traceback per failed request, shortened
+        figures["error_texts"] = [error[-300:] for error in result.get("errors") or [] if error]
+    return figures
+
+
+def main(argv: list[str]) -> int:
+    print(json.dumps(measure(argv), indent=1))
     return 0
 
 

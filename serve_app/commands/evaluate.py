@@ -23,6 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"], help="model dtype")
     p.add_argument("--baseline-dtype", default=None, help="baseline dtype (default: --dtype)")
     p.add_argument("--quantization", default=None, help="quantize-on-load method for --model, e.g. int8-weight-only")
+    p.add_argument(
+        "--kv-cache-dtype",
+        default="auto",
+        choices=["auto", "fp8", "fp8_e4m3", "fp8_e5m2"],
+        help="KV cache dtype of --model (the baseline keeps its model dtype); fp8 needs a GPU",
+    )
     p.add_argument("--heldout", type=Path, default=None, help="held-out text for perplexity (default: shipped)")
     p.add_argument("--golden", type=Path, default=None, help="golden Q/A JSONL (default: shipped)")
     p.add_argument("--max-model-len", type=int, default=1024, help="context (perplexity window = this - 1)")
@@ -47,16 +53,19 @@ def run(args: argparse.Namespace) -> int:
     model = resolve_source(args.model, args.cache_dir)
     baseline = resolve_source(args.baseline, args.cache_dir)
     heldout, golden = args.heldout or shipped(DEFAULT_HELDOUT), args.golden or shipped(DEFAULT_GOLDEN)
-    # The report belongs next to a checkpoint the gate will read; on-load quantization and shared
-    # embedded folders have no such checkpoint, so they need an explicit --report path.
-    own_folder = model.is_dir() and not args.quantization and not args.model.startswith("embedded:")
+    # The report belongs next to a checkpoint the gate will read; on-load quantization, an FP8 KV
+    # cache and shared embedded folders have no such checkpoint, so they need an explicit --report.
+    plain_checkpoint = not args.quantization and args.kv_cache_dtype == "auto"
+    own_folder = model.is_dir() and plain_checkpoint and not args.model.startswith("embedded:")
     report_path = args.report or (model / EVAL_REPORT if own_folder else None)
     if report_path is None:
         print("serve-app evaluate: error: no checkpoint folder of its own to write to; pass --report", file=sys.stderr)
         return 2
     try:
         base = runner.measure_model(baseline, args.baseline_dtype or args.dtype, heldout, golden, args.max_model_len)
-        cand = runner.measure_model(model, args.dtype, heldout, golden, args.max_model_len, args.quantization)
+        cand = runner.measure_model(
+            model, args.dtype, heldout, golden, args.max_model_len, args.quantization, args.kv_cache_dtype
+        )
     except runner.RunnerError as err:
         print(f"serve-app evaluate: error: {err}", file=sys.stderr)
         return 2

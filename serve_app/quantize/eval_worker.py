@@ -78,6 +78,8 @@ def measure(args: argparse.Namespace) -> ModelMeasurement:
 
     started = time.perf_counter()
     options = {"quantization": vllm_quantization_name(args.quantization)} if args.quantization else {}
+    if args.kv_cache_dtype != "auto":
+        options["kv_cache_dtype"] = args.kv_cache_dtype
     llm = LLM(
         model=args.model, dtype=args.dtype, enforce_eager=True, max_model_len=args.max_model_len, seed=0, **options
     )
@@ -103,6 +105,7 @@ def measure(args: argparse.Namespace) -> ModelMeasurement:
         ],
         decode_tokens=generated,
         decode_tokens_per_s=generated / decode_s,
+        kv_cache_dtype=args.kv_cache_dtype,
     )
 
 
@@ -112,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--quantization", default=None, help="quantize-on-load method (serve_app names)")
+    p.add_argument("--kv-cache-dtype", default="auto", help="vLLM's kv_cache_dtype, e.g. fp8")
     p.add_argument("--heldout", required=True)
     p.add_argument("--golden", required=True)
     p.add_argument("--max-model-len", type=int, default=1024)

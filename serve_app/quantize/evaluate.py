@@ -31,6 +31,7 @@ class ModelMeasurement:
     golden: list[dict[str, Any]] = field(default_factory=list)
     decode_tokens: int = 0
     decode_tokens_per_s: float = 0.0
+    kv_cache_dtype: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,6 +113,7 @@ def summary(m: ModelMeasurement) -> dict[str, Any]:
         "path": m.model,
         "dtype": m.dtype,
         "quantization": m.quantization,
+        "kv_cache_dtype": m.kv_cache_dtype,
         "checkpoint_bytes": m.checkpoint_bytes,
         "perplexity": round(m.perplexity, 4),
         "heldout_tokens": m.heldout_tokens,

@@ -68,7 +68,13 @@ def run_pipeline(python: Path, pipeline_args: list[str], command_line: list[str]
 
 
 def measure_model(
-    model: Path, dtype: str, heldout: Path, golden: Path, max_model_len: int, quantization: str | None = None
+    model: Path,
+    dtype: str,
+    heldout: Path,
+    golden: Path,
+    max_model_len: int,
+    quantization: str | None = None,
+    kv_cache_dtype: str = "auto",
 ) -> ModelMeasurement:
     """One evaluation worker (a fresh vLLM process) for one model."""
     env = dict(os.environ)
@@ -82,6 +88,8 @@ def measure_model(
         ]  # fmt: skip
         if quantization:
             cmd += ["--quantization", quantization]
+        if kv_cache_dtype != "auto":
+            cmd += ["--kv-cache-dtype", kv_cache_dtype]
         # The worker's (vLLM's) log goes to stderr so that stdout carries only our report.
         code = subprocess.run(cmd, check=False, env=env, stdout=sys.stderr).returncode
         if code != 0 or not out.is_file():

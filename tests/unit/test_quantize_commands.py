@@ -79,3 +79,40 @@ def test_evaluate_of_on_load_quantization_needs_an_explicit_report(tmp_path: Pat
     folder.mkdir()
     args = _parser().parse_args(["evaluate", "--model", str(folder), "--quantization", "int8-weight-only"])
     assert evaluate_command.run(args) == 2
+
+
+def test_evaluate_of_an_fp8_kv_cache_measures_the_candidate_only_and_needs_an_explicit_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    candidate, baseline = _checkpoint(tmp_path / "q"), tmp_path / "base"
+    baseline.mkdir()
+    calls: dict[str, str] = {}
+
+    def measure(model: Path, *args: object) -> ModelMeasurement:
+        calls[str(model)] = str(args[5]) if len(args) > 5 else "auto"  # (dtype, ..., quantization, kv)
+        return _measurement(str(model), 20.0, 10)
+
+    monkeypatch.setattr(runner, "measure_model", measure)
+    argv = ["evaluate", "--model", str(candidate), "--baseline", str(baseline), "--kv-cache-dtype", "fp8"]
+    assert evaluate_command.run(_parser().parse_args(argv)) == 2  # no report next to the checkpoint
+    assert not (candidate / EVAL_REPORT).exists()
+    report = tmp_path / "fp8kv.json"
+    assert evaluate_command.run(_parser().parse_args([*argv, "--report", str(report)])) == 0
+    assert calls == {str(baseline): "auto", str(candidate): "fp8"}
+
+
+def test_the_worker_command_line_carries_the_kv_cache_dtype(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[str]] = []
+
+    def fake_run(cmd: list[str], **_: object) -> object:
+        seen.append(cmd)
+        out = Path(cmd[cmd.index("--out") + 1])
+        out.write_text(json.dumps(_measurement("m", 20.0, 10).to_dict() | {"kv_cache_dtype": "fp8"}))
+        return type("Done", (), {"returncode": 0})()
+
+    monkeypatch.setattr(runner.subprocess, "run", fake_run)
+    got = runner.measure_model(tmp_path, "bfloat16", tmp_path, tmp_path, 1024, "fp8", "fp8")
+    assert seen[0][seen[0].index("--kv-cache-dtype") + 1] == "fp8"
+    assert got.kv_cache_dtype == "fp8"
+    runner.measure_model(tmp_path, "bfloat16", tmp_path, tmp_path, 1024)
+    assert "--kv-cache-dtype" not in seen[1]

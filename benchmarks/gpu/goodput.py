@@ -1,0 +1,203 @@
+"""Goodput at an SLO on one GPU: plain vLLM (bf16, its defaults) against the stack as
+``serve-app plan --goal`` configures it (issue #21). Phases, each one device call on the same warm
+machine (servers outlive a call: they run in sessions of their own):
+
+    python benchmarks/gpu/goodput.py gate    --out $OUT   # SmolLM2 (real weights): each FP8 variant vs bf16
+    python benchmarks/gpu/goodput.py profile --out $OUT   # 8B shape: bf16 and fp8 profiled; plan; stack started
+    python benchmarks/gpu/goodput.py ladder  --out $OUT --runs 0:fixed,0:spread   # (round:lengths)s
+
+Accuracy evidence comes from the real SmolLM2 (``gate``), speed evidence from the 8B shape with
+dummy weights (``profile``, ``ladder``): dummy weights have no accuracy to measure.
+``benchmarks/gpu/goodput_report.py`` turns the ladder files into goodput.json, a table and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import compare  # this folder's: models, servers, waiting
+import yaml
+
+HERE = Path(__file__).resolve().parent
+STATE = Path("/tmp/goodput")  # survives between calls on a warm machine; $OUT does not
+GOAL = HERE / "goodput-goal-h200.yaml"
+FP8_URL = "http://127.0.0.1:8101"
+GIB = 1024**3
+# One budget for each server: the share of the GPU the goal gives the stack.
+BUDGET_FRACTION = 0.43
+# Plain vLLM's KV cache in that budget: the budget minus bf16 weights (13.8 GiB measured for this
+# shape) and 3 GiB of activations and CUDA graphs. Set as bytes because two engines starting
+# together on one GPU cannot size their caches from free memory (each would count the other's).
+BF16_WEIGHTS_GIB, ACTIVATIONS_GIB = 13.8, 3.0
+# (variant id, serve-app evaluate flags): FP8 weights, and with an FP8 KV cache, gated on SmolLM2.
+FP8 = ["--quantization", "fp8"]
+GATE_VARIANTS = (("fp8", FP8), ("fp8-fp8kv", [*FP8, "--kv-cache-dtype", "fp8"]))
+PROFILE_POINTS = ((1, 12), (64, 128), (192, 192), (384, 384))  # (concurrency, prompts), closed loop
+LADDER_LOADS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)  # offered rates, in units of plain vLLM's capacity
+LADDER_SECONDS = 10  # of Poisson arrivals per rate
+SLO = {"ttft": 500, "tpot": 50}  # ms, the goal's
+LENGTH_SPREAD = {"fixed": 0.0, "spread": 0.5}
+
+
+def gate(out: Path) -> None:
+    compare.prepare_models()
+    folder = out / "gate"
+    folder.mkdir(parents=True, exist_ok=True)
+    for variant, flags in GATE_VARIANTS:
+        report = folder / f"{variant}.json"
+        cmd = [sys.executable, "-m", "serve_app.cli", "evaluate", "--model", "embedded:smollm2-135m-instruct"]
+        cmd += ["--cache-dir", str(compare.CACHE), "--dtype", "bfloat16", "--report", str(report), *flags]
+        with (folder / f"{variant}.log").open("w") as log:
+            code = subprocess.run(cmd, cwd=compare.REPO, stdout=log, stderr=subprocess.STDOUT).returncode
+        print(variant, "exit", code, "report" if report.exists() else "NO REPORT", flush=True)
+    STATE.mkdir(exist_ok=True)
+    shutil.copytree(folder, STATE / "gate", dirs_exist_ok=True)
+
+
+def _plain(port: int, extra: list[str], log: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(compare.DUMMY)]
+    cmd += ["--served-model-name", compare.MODEL, "--load-format", "dummy", "--port", str(port), *extra]
+    return compare._spawn(cmd, Path(log), {"CUDA_VISIBLE_DEVICES": "0"})
+
+
+def _bench(url: str, extra: list[str]) -> dict:
+    argv = ["--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions", "--model", compare.MODEL]
+    argv += ["--tokenizer", str(compare.DUMMY), "--dataset-name", "random", "--random-input-len", "512"]
+    argv += ["--random-output-len", "128", "--ignore-eos", *extra]
+    return compare.vllm_bench.measure(argv)  # in this process: vLLM imported once for all runs
+
+
+def _profile_points(url: str) -> list[dict]:
+    points = []
+    for concurrency, prompts in PROFILE_POINTS:
+        extra = ["--num-prompts", str(prompts), "--max-concurrency", str(concurrency), "--seed", str(concurrency)]
+        m = _bench(url, [*extra, "--request-rate", "inf", "--percentile-metrics", "ttft,tpot"])
+        points.append(
+            {"concurrency": concurrency, "tpot_ms": round(m["mean_tpot_ms"], 2)}
+            | {"output_tokens_per_s": round(m["output_throughput"], 1), "ttft_p50_ms": round(m["median_ttft_ms"], 1)}
+        )
+        print(url, points[-1], flush=True)
+    return points
+
+
+def profile(out: Path, timeout_s: float) -> None:
+    """bf16 and fp8 side by side, profiled; the planner on gate reports + profile; then plain fp8
+    stops, plain bf16 stays for the ladder and the stack starts with the planner's config."""
+    compare.stop_servers()
+    compare.prepare_models()
+    total = _gpu_memory_bytes()
+    kv_bytes = int(BUDGET_FRACTION * total - (BF16_WEIGHTS_GIB + ACTIVATIONS_GIB) * GIB)
+    bf16 = _plain(8100, ["--dtype", "bfloat16", "--kv-cache-memory-bytes", str(kv_bytes)], "/tmp/plain.log")
+    fp8_flags = ["--dtype", "bfloat16", "--quantization", "fp8", "--kv-cache-memory-bytes", str(kv_bytes)]
+    fp8 = _plain(8101, fp8_flags, "/tmp/plain-fp8.log")
+    started = time.monotonic()
+    for url, proc in ((compare.PLAIN_URL, bf16), (FP8_URL, fp8)):
+        compare.wait_for(url + "/health", timeout_s, proc)
+    engines_s = time.monotonic() - started
+    variants = {"bf16": _profile_points(compare.PLAIN_URL), "fp8": _profile_points(FP8_URL)}
+    os.killpg(fp8.pid, signal.SIGTERM)
+    (STATE / "profile.json").write_text(json.dumps({"gpu": "h200", "variants": variants}, indent=1))
+    capacity = variants["bf16"][-1]["output_tokens_per_s"] / 128  # requests/s at the largest closed loop
+    rates = [round(capacity * load, 1) for load in LADDER_LOADS]
+    plan = [sys.executable, "-m", "serve_app.cli", "plan", "--goal", str(GOAL), "--gate-reports", str(STATE / "gate")]
+    plan += ["--profile", str(STATE / "profile.json"), "--out", str(STATE / "planned.yaml")]
+    subprocess.run(plan, cwd=compare.REPO, check=True)
+    write_stack_config(STATE / "planned.yaml", STATE / "stack.yaml")
+    fp8.wait(timeout=60)
+    meta = {"engines_ready_s": engines_s, "plain_kv_cache_bytes": kv_bytes, "gpu_bytes": total, "rates": rates}
+    (STATE / "meta.json").write_text(json.dumps(meta, indent=1))
+    stack_cmd = [shutil.which("serve") or "serve", "run", str(STATE / "stack.yaml")]
+    compare._spawn(stack_cmd, Path("/tmp/stack.log"), compare._stack_env("0", "haproxy"))
+    for name in ("profile.json", "planned.yaml", "plan.json", "stack.yaml", "meta.json"):
+        shutil.copy(STATE / name, out / name)
+
+
+def write_stack_config(planned: Path, out: Path) -> None:
+    """The planner's config with dummy weights (the one change: no 8B checkpoint is on the machine)."""
+    config = yaml.safe_load(planned.read_text())
+    for model in config["applications"][0]["args"]["models"]:
+        model.setdefault("engine_options", {})["load_format"] = "dummy"
+    header = "".join(line + "\n" for line in planned.read_text().splitlines() if line.startswith("#"))
+    out.write_text(header + "# + engine_options.load_format: dummy (goodput.py)\n" + yaml.safe_dump(config))
+
+
+def _gpu_memory_bytes() -> int:
+    import torch
+
+    return torch.cuda.get_device_properties(0).total_memory
+
+
+def error_kinds(errors: list[str]) -> dict[str, int]:
+    """vLLM's benchmark keeps each failed request's reason: a 429/503 (admission) is a rejection."""
+    kinds = {"rejected": 0, "timed_out": 0, "failed": 0}
+    for error in errors:
+        if not error:
+            continue
+        if "Too Many Requests" in error or "Service Unavailable" in error:
+            kinds["rejected"] += 1
+        elif "Timeout" in error:
+            kinds["timed_out"] += 1
+        else:
+            kinds["failed"] += 1
+    return kinds
+
+
+def ladder(out: Path, round_no: int, lengths: str) -> None:
+    rates = json.loads((STATE / "meta.json").read_text())["rates"]
+    servers = [("plain", compare.PLAIN_URL), ("stack", compare.STACK_URL)]
+    rows, path = [], out / f"ladder-round{round_no}-{lengths}.json"
+    for i, rate in enumerate(rates):
+        # The same prompts for both servers (one seed per round, lengths and rate); the first server
+        # alternates from rate to rate and from round to round.
+        seed = 1000 * round_no + 100 * list(LENGTH_SPREAD).index(lengths) + i
+        for name, url in servers if (round_no + i) % 2 == 0 else servers[::-1]:
+            row = {"round": round_no, "lengths": lengths, "rate": rate, "server": name, "seed": seed}
+            rows.append(row | run_rate(url, rate, seed, LENGTH_SPREAD[lengths]))
+            print(name, rate, {k: rows[-1].get(k) for k in ("request_goodput", "completed", "errors")}, flush=True)
+            path.write_text(json.dumps({"slo_ms": SLO, "runs": rows}, indent=1))
+
+
+def run_rate(url: str, rate: float, seed: int, spread: float) -> dict:
+    prompts = max(20, round(rate * LADDER_SECONDS))
+    extra = ["--num-prompts", str(prompts), "--seed", str(seed), "--random-range-ratio", str(spread)]
+    extra += ["--request-rate", str(rate), "--burstiness", "1.0", "--save-detailed"]
+    extra += ["--goodput", f"ttft:{SLO['ttft']}", f"tpot:{SLO['tpot']}"]
+    extra += ["--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99"]
+    figures = _bench(url, extra)
+    return figures | {"errors": error_kinds(figures.pop("error_texts", []))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("phase", choices=["gate", "profile", "ladder"])
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/out")))
+    parser.add_argument("--timeout", type=float, default=400)
+    parser.add_argument("--runs", default="0:fixed", help="ladder: round:lengths pairs, lengths fixed or spread")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    STATE.mkdir(exist_ok=True)
+    try:
+        if args.phase == "gate":
+            gate(args.out)
+        elif args.phase == "profile":
+            profile(args.out, args.timeout)
+        else:
+            compare.wait_for(compare.STACK_URL + "/ready", args.timeout)
+            compare.wait_for(compare.PLAIN_URL + "/health", 60)
+            for pair in args.runs.split(","):
+                round_no, lengths = pair.split(":")
+                ladder(args.out, int(round_no), lengths)
+    finally:
+        compare.collect_logs(args.out)
+
+
+if __name__ == "__main__":
+    main()
