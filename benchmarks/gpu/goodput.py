@@ -44,6 +44,7 @@ PROFILE_POINTS = ((1, 12), (64, 128), (192, 192), (384, 384))  # (concurrency, p
 LADDER_LOADS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)  # offered rates, in units of plain vLLM's capacity
 LADDER_SECONDS = 10  # of Poisson arrivals per rate
 SLO = {"ttft": 500, "tpot": 50}  # ms, the goal's
+INPUT_TOKENS, OUTPUT_TOKENS = 512, 128  # the goal's traffic
 LENGTH_SPREAD = {"fixed": 0.0, "spread": 0.5}
 
 
@@ -70,8 +71,8 @@ def _plain(port: int, extra: list[str], log: str) -> subprocess.Popen:
 
 def _bench(url: str, extra: list[str]) -> dict:
     argv = ["--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions", "--model", compare.MODEL]
-    argv += ["--tokenizer", str(compare.DUMMY), "--dataset-name", "random", "--random-input-len", "512"]
-    argv += ["--random-output-len", "128", "--ignore-eos", *extra]
+    argv += ["--tokenizer", str(compare.DUMMY), "--dataset-name", "random", "--random-input-len", str(INPUT_TOKENS)]
+    argv += ["--random-output-len", str(OUTPUT_TOKENS), "--ignore-eos", *extra]
     return compare.vllm_bench.measure(argv)  # in this process: vLLM imported once for all runs
 
 
@@ -105,7 +106,7 @@ def profile(out: Path, timeout_s: float) -> None:
     variants = {"bf16": _profile_points(compare.PLAIN_URL), "fp8": _profile_points(FP8_URL)}
     os.killpg(fp8.pid, signal.SIGTERM)
     (STATE / "profile.json").write_text(json.dumps({"gpu": "h200", "variants": variants}, indent=1))
-    capacity = variants["bf16"][-1]["output_tokens_per_s"] / 128  # requests/s at the largest closed loop
+    capacity = variants["bf16"][-1]["output_tokens_per_s"] / OUTPUT_TOKENS  # requests/s, largest closed loop
     rates = [round(capacity * load, 1) for load in LADDER_LOADS]
     plan = [sys.executable, "-m", "serve_app.cli", "plan", "--goal", str(GOAL), "--gate-reports", str(STATE / "gate")]
     plan += ["--profile", str(STATE / "profile.json"), "--out", str(STATE / "planned.yaml")]
