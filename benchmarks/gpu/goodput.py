@@ -173,7 +173,9 @@ def run_rate(url: str, rate: float, seed: int, spread: float) -> dict:
     extra += ["--goodput", f"ttft:{SLO['ttft']}", f"tpot:{SLO['tpot']}"]
     extra += ["--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99"]
     figures = _bench(url, extra)
-    return figures | {"errors": error_kinds(figures.pop("error_texts", []))}
+    texts = figures.pop("error_texts", [])
+    # The kinds, and each distinct reason once: a failure must be explainable from the file.
+    return figures | {"errors": error_kinds(texts), "error_reasons": sorted(set(texts))[:10]}
 
 
 def main() -> None:

@@ -110,7 +110,8 @@ def _limit(goal: Goal, est: Estimate) -> str | None:
 def goodput_rps(goal: Goal, concurrency: int, est: Estimate) -> float:
     """Requests per second over all GPUs when ``concurrency`` requests run on each and all meet the SLO."""
     request_s = (est.ttft_ms + goal.traffic.output_tokens_mean * est.tpot_ms) / 1000
-    return concurrency * goal.gpus / request_s
+    per_gpu = concurrency / request_s
+    return min(per_gpu, est.max_rps or per_gpu) * goal.gpus
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,11 @@ def _reasons(goal: Goal, vp: VariantPlan, gate: str, search: Search) -> dict[str
         "goodput": (
             f"{vp.goodput_rps:.2f} requests/s estimated = {vp.max_num_seqs} x {goal.gpus} GPU(s) / "
             f"(TTFT + {t.output_tokens_mean} x TPOT)"
+            + (
+                f", at most the measured {est.max_rps:.1f} requests/s per GPU at this concurrency"
+                if est.max_rps
+                else ""
+            )
         ),
     }
 

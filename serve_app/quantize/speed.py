@@ -40,6 +40,9 @@ class Estimate:
     tpot_ms: float
     ttft_ms: float
     source: str  # "profile ..." or the roofline label
+    # Requests/s one GPU measured at this concurrency (a profile's output tokens/s over the mean
+    # output): a ceiling that queueing and prefill stalls, which TPOT alone misses, already paid.
+    max_rps: float | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class SpeedPoint:
     concurrency: int
     tpot_ms: float
     ttft_ms: float | None = None
+    output_tokens_per_s: float | None = None
 
 
 def compute_peak_flops(variant: Variant, gpu: Gpu) -> float:
@@ -114,7 +118,15 @@ class Measured:
         top = self.points[-1].concurrency
         where = f"extrapolated past the measured c={top}" if concurrency > top else "interpolated"
         label = f"measured profile {self.origin} ({where}{'' if ttfts else '; TTFT from the roofline'})"
-        return Estimate(tpot, ttft, label)
+        return Estimate(tpot, ttft, label, self._max_rps(concurrency))
+
+    def _max_rps(self, concurrency: int) -> float | None:
+        rates = [(p.concurrency, p.output_tokens_per_s) for p in self.points if p.output_tokens_per_s]
+        if not rates:
+            return None
+        # Past the largest measured concurrency throughput stays where it was (the engine is saturated).
+        rate = rates[-1][1] if concurrency >= rates[-1][0] else self._interpolate(concurrency, rates)
+        return rate / self.roofline.traffic.output_tokens_mean
 
 
 def _point(raw: Mapping[str, Any], where: str) -> SpeedPoint:
@@ -129,7 +141,9 @@ def _point(raw: Mapping[str, Any], where: str) -> SpeedPoint:
         tpot_ms = 1000.0 * c / rate
     else:
         raise ValueError(f"{where}: needs tpot_ms or output_tokens_per_s")
-    return SpeedPoint(c, tpot_ms, float(ttft) if isinstance(ttft, int | float) and ttft > 0 else None)
+    ttft_ms = float(ttft) if isinstance(ttft, int | float) and ttft > 0 else None
+    measured_rate = float(rate) if isinstance(rate, int | float) and rate > 0 else None
+    return SpeedPoint(c, tpot_ms, ttft_ms, measured_rate)
 
 
 def parse_profile(data: Mapping[str, Any], gpu: str) -> tuple[dict[str, tuple[SpeedPoint, ...]], str | None]:

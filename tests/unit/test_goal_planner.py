@@ -254,3 +254,22 @@ def test_plan_command_exits_1_when_no_variant_is_left(tmp_path: Path, capsys: py
     assert plan_command.run(_parser().parse_args(["plan", "--goal", str(tmp_path / "goal.yaml")])) == 1
     captured = capsys.readouterr()
     assert "nothing to deploy" in captured.err and json.loads(captured.out)["chosen"] is None
+
+
+def test_measured_throughput_caps_the_goodput_estimate() -> None:
+    # GPU run (benchmarks/results/goodput-h200/profile/profile.json): closed-loop TPOT alone would
+    # promise c / (128 x TPOT) requests/s, but the measured tokens/s shows what prefill stalls leave.
+    fp8 = [
+        {"concurrency": 1, "tpot_ms": 3.16, "output_tokens_per_s": 298.0},
+        {"concurrency": 64, "tpot_ms": 6.14, "output_tokens_per_s": 7102.8},
+        {"concurrency": 192, "tpot_ms": 13.9, "output_tokens_per_s": 8566.4},
+        {"concurrency": 384, "tpot_ms": 29.88, "output_tokens_per_s": 8357.4},
+    ]
+    points, _ = parse_profile({"gpu": "h200", "variants": {"fp8": fp8}}, "h200")
+    vp = candidate(run_plan(verdicts=passing("fp8"), profile=points), "fp8")
+    assert vp.max_num_seqs == 192
+    assert vp.goodput_rps == pytest.approx(8566.4 / 128)
+    assert "at most the measured 66.9 requests/s" in vp.reasons["goodput"]
+    tpot_only = [{k: v for k, v in p.items() if k != "output_tokens_per_s"} for p in fp8]
+    points, _ = parse_profile({"gpu": "h200", "variants": {"fp8": tpot_only}}, "h200")
+    assert candidate(run_plan(verdicts=passing("fp8"), profile=points), "fp8").goodput_rps > 100
