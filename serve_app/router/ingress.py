@@ -131,13 +131,18 @@ def build_fastapi(config: AppConfig, relay: Relay, readiness: Readiness) -> Fast
         text = {"text": choice["text"], "model": model.id, "finish_reason": choice.get("finish_reason")}
         return JSONResponse(text | {k: usage.get(k, 0) for k in ("prompt_tokens", "completion_tokens")})
 
-    @app.get("/{path:path}", response_model=None)
-    async def forward_get(path: str, request: Request) -> Response:
-        # The model's server decides: its GET routes answer, a POST-only route is a 405 with
-        # ``Allow``, anything else a 404, as plain vLLM answers them.
+    async def forward_other(path: str, request: Request) -> Response:
+        # The model's server decides: its routes answer, a route without this method is a 405
+        # with ``Allow``, anything else a 404, as plain vLLM answers them.
         target = "/" + path + (f"?{request.url.query}" if request.url.query else "")
-        forwarded = RelayRequest(_rid(request), target, b"", method="GET", headers=())
+        body = b"" if request.method == "GET" else await request.body()
+        forwarded = RelayRequest(_rid(request), target, body, method=request.method, headers=())
         return await relay.forward(models.default, forwarded, request.state.log)
+
+    for method in ("GET", "PUT", "DELETE", "PATCH"):
+        app.add_api_route(
+            "/{path:path}", forward_other, methods=[method], response_model=None, operation_id=f"relay_{method.lower()}"
+        )
 
     @app.post("/{path:path}", response_model=None)
     async def forward(path: str, request: Request) -> Response:

@@ -38,6 +38,7 @@ MALFORMED = [
     # Plain vLLM answers these with FastAPI's ``{"detail": ...}``; the stack with the same status, OpenAI-shaped.
     raw("bad_get_unknown_path", "/v1/nothing", b"", method="GET", vllm_detail_body=True),
     raw("bad_get_on_post_route", CHAT_PATH, b"", method="GET", vllm_detail_body=True),
+    raw("bad_put_unknown_path", "/v1/nothing", b"{}", method="PUT", vllm_detail_body=True),
 ]
 
 WRONG_FIELDS = [

@@ -137,9 +137,21 @@ def test_operator_routes_of_the_server_stay_hidden(client: TestClient, fake_engi
     assert client.get("/metrics").status_code == 404
 
 
-@pytest.mark.parametrize(("path", "status"), [("/v1/nothing", 404), ("/v1/chat/completions", 405), ("/v1/x?a=1", 404)])
-def test_get_is_answered_as_the_server_answers_it(client: TestClient, fake_engine, path: str, status: int) -> None:
-    resp = client.get(path)
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/v1/nothing", 404),
+        ("GET", "/v1/chat/completions", 405),
+        ("GET", "/v1/x?a=1", 404),
+        ("PUT", "/v1/nothing", 404),
+        ("DELETE", "/v1/chat/completions", 405),
+        ("PATCH", "/v1/completions", 405),
+    ],
+)
+def test_other_methods_are_answered_as_the_server_answers_them(
+    client: TestClient, fake_engine, method: str, path: str, status: int
+) -> None:
+    resp = client.request(method, path, content=b"{}" if method != "GET" else None)
     assert resp.status_code == status, resp.text
     assert resp.json()["error"]["code"] == status
     if status == 405:

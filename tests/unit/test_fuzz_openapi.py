@@ -37,7 +37,10 @@ OPERATIONS = [
     ("GET", "/v1/models"),
     ("POST", "/generate"),
 ]
-RELAYED = {("POST", "/{path}"), ("GET", "/{path}")}  # the catch-alls relaying vLLM's routes (module doc)
+RELAYED = {
+    ("POST", "/{path}"),
+    *((m, "/{path}") for m in ("GET", "PUT", "DELETE", "PATCH")),
+}  # the catch-alls relaying vLLM's routes (module doc)
 
 
 @pytest.fixture(scope="module")
