@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from serve_app.config import AppConfig, ModelConfig
@@ -134,6 +135,10 @@ def build_fastapi(config: AppConfig, relay: Relay, readiness: Readiness) -> Fast
     async def forward_other(path: str, request: Request) -> Response:
         # The model's server decides: its routes answer, a route without this method is a 405
         # with ``Allow``, anything else a 404, as plain vLLM answers them.
+        own = _own_methods(app, "/" + path)
+        if own:  # a route of the router's own (/generate, /ready, ...) without this method
+            allow = ", ".join(sorted(own))
+            raise OpenAIError(405, f"{request.method} is not allowed on /{path}", headers={"Allow": allow})
         target = "/" + path + (f"?{request.url.query}" if request.url.query else "")
         body = b"" if request.method == "GET" else await request.body()
         forwarded = RelayRequest(_rid(request), target, body, method=request.method, headers=())
@@ -159,6 +164,12 @@ def build_fastapi(config: AppConfig, relay: Relay, readiness: Readiness) -> Fast
 
     install_cors(app, server.cors_allow_origins)
     return app
+
+
+def _own_methods(app: FastAPI, path: str) -> set[str]:
+    """The methods the router serves itself on ``path`` (its catch-alls excluded)."""
+    routes = [r for r in app.routes if isinstance(r, APIRoute) and r.path == path and "{" not in r.path]
+    return {method for route in routes for method in route.methods}
 
 
 def _max_new_tokens(body: GenerateRequest, model: ModelConfig) -> int:
