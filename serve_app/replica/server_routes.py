@@ -36,7 +36,10 @@ class ServerRoutes:
         return cls(tuple(found))
 
     def serves(self, method: str, path: str) -> bool:
-        return method in self.methods(path)
+        # Every request asks this: stop at the first matching route (``methods`` collects them all
+        # and is only needed to explain a refusal).
+        path = path.partition("?")[0]
+        return any(method in methods and pattern.match(path) for methods, pattern in self.routes)
 
     def methods(self, path: str) -> frozenset[str]:
         """The methods the server answers on this path (none: the path is not a client route)."""
