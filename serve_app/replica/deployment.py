@@ -20,6 +20,7 @@ from serve_app.engine.protocol import Engine
 from serve_app.engine.types import EngineDeadError
 from serve_app.observability.logs import ReplicaRequestLog, install_json_logging
 from serve_app.observability.recorder import ServeAppMetrics
+from serve_app.replica.adapters import ReplicaAdapters, with_local_adapters
 from serve_app.replica.asgi_call import AsgiCall, ResponseSink
 from serve_app.replica.contract import (
     BatchOpened,
@@ -91,10 +92,13 @@ class LLMReplica:
         self._last_progress = time.monotonic()  # the last bytes out of the server (see check_health)
         self._engine_failed = False  # set when check_health fails: nothing left to drain
         path = await asyncio.to_thread(resolve_model_path, model, cache_dir)
-        self.engine: Engine = (engine_factory or vllm_engine_factory)(model, path)
+        # Static LoRA adapters resolved to local folders and checked before the engine starts.
+        local = await asyncio.to_thread(with_local_adapters, model, path, Path(cache_dir) if cache_dir else None)
+        self.engine: Engine = (engine_factory or vllm_engine_factory)(local, path)
         started = time.monotonic()
         await self.engine.start()
         self.routes = ServerRoutes.of(self.engine.app)
+        self.adapters = ReplicaAdapters(local, path, self.engine.app)
         logger.info("model %s ready in %.1f s from %s", model.id, time.monotonic() - started, path)
 
     async def stream(self, requests: list[RelayRequest]) -> AsyncIterator[BatchOpened | list[Event]]:
@@ -165,6 +169,8 @@ class LLMReplica:
         if self._shutting_down or self._engine_failed:
             reason = "replica is shutting down" if self._shutting_down else _ENGINE_FAILED
             sink.end(error=reason, status=503)
+            return
+        if await self.adapters.answered(request, sink):
             return
         if not self.routes.serves(request.method, request.path):
             await self.routes.refuse(sink, request.method, request.path)
