@@ -249,6 +249,10 @@ class RouterConfig(StrictModel):
     policy: Literal["pow2", "prefix", "round_robin"] = "pow2"
     prefix_chars: int = Field(256, ge=1)
     prefix_load_factor: float = Field(1.5, ge=1.0)
+    # A request naming a LoRA adapter prefers replicas holding it (serve_app.core.policies
+    # AdapterAffinityPolicy), whatever ``policy`` is; off, adapter requests route by ``policy``.
+    adapter_affinity: bool = True
+    adapter_load_factor: float = Field(1.5, ge=1.0)
     max_queued_requests: int = Field(1024, ge=1)
     max_queued_tokens: int = Field(2_000_000, ge=1)
     overflow_status: Literal[429, 503] = 429

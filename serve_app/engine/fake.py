@@ -188,5 +188,8 @@ class FakeEngine:
     def stats(self) -> EngineStats:
         return EngineStats(running=len(self.running))
 
+    async def loaded_adapters(self) -> list[str]:
+        return list(self.adapters)
+
     async def shutdown(self) -> None:
         self.started = False

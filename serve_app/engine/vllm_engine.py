@@ -207,6 +207,15 @@ class VllmEngine:
     def stats(self) -> EngineStats:
         return self._stats.stats
 
+    async def loaded_adapters(self) -> list[str]:
+        """Adapters in the engine's LoRA cache (vLLM's LRU, at most max_cpu_loras), by the names
+        its OpenAI server gave them."""
+        if self._llm is None or self.config.lora is None or self.app is None:
+            return []
+        ids = await self._llm.list_loras()
+        by_id = {r.lora_int_id: name for name, r in self.app.state.openai_serving_models.lora_requests.items()}
+        return sorted(by_id[i] for i in ids if i in by_id)
+
     async def shutdown(self) -> None:
         if self._llm is not None:
             self._llm.shutdown()

@@ -16,6 +16,7 @@ from typing import Any
 
 from serve_app.config import ModelConfig
 from serve_app.core.autoscaling import ReplicaSignals
+from serve_app.core.policies import ROUTING_STAT_ADAPTERS
 from serve_app.engine.protocol import Engine
 from serve_app.engine.types import EngineDeadError
 from serve_app.observability.logs import ReplicaRequestLog, install_json_logging
@@ -267,9 +268,11 @@ class LLMReplica:
         except TimeoutError:
             raise EngineDeadError(f"engine produced no token within {timeout_s:g} s while idle") from None
 
-    def record_routing_stats(self) -> dict[str, Any]:
-        """Called by Ray Serve every couple of seconds: routing load, and the engine gauges."""
+    async def record_routing_stats(self) -> dict[str, Any]:
+        """Called by Ray Serve every couple of seconds: routing load, the adapters the engine
+        holds (adapter affinity), and the engine gauges."""
         stats = self.engine.stats()
+        adapters = await self.engine.loaded_adapters() if self.model.lora else []
         outstanding_tokens = sum(self._inflight.values())
         self.metrics.engine_stats(self.model.id, self.replica_name, stats)
         self.metrics.replica_load(self.model.id, self.replica_name, len(self._inflight), outstanding_tokens)
@@ -279,6 +282,7 @@ class LLMReplica:
             "running": stats.running,
             "waiting": stats.waiting,
             "kv_cache_usage": stats.kv_cache_usage,
+            ROUTING_STAT_ADAPTERS: adapters,
         }
 
     def record_autoscaling_stats(self) -> dict[str, float]:
@@ -286,8 +290,8 @@ class LLMReplica:
         stats = self.engine.stats()
         return ReplicaSignals(len(self._inflight), stats.waiting, stats.kv_cache_usage).as_stats()
 
-    def engine_stats(self) -> dict[str, Any]:
-        return self.record_routing_stats() | {"prefix_cache_hit_rate": self.engine.stats().prefix_cache_hit_rate}
+    async def engine_stats(self) -> dict[str, Any]:
+        return await self.record_routing_stats() | {"prefix_cache_hit_rate": self.engine.stats().prefix_cache_hit_rate}
 
     def __del__(self) -> Any:
         """Ray Serve awaits what this returns on graceful shutdown. Returning the coroutine (rather

@@ -49,9 +49,12 @@ from ray.serve.request_router import PendingRequest, ReplicaID, ReplicaResult, R
 
 from serve_app.config import RouterConfig
 from serve_app.core.policies import (
+    ROUTING_STAT_ADAPTERS,
     ROUTING_STAT_OUTSTANDING_REQUESTS,
     ROUTING_STAT_OUTSTANDING_TOKENS,
+    AdapterAffinityPolicy,
     OutstandingWork,
+    PowerOfTwoPolicy,
     ReplicaLoad,
     RoutingPolicy,
     WorkToken,
@@ -73,6 +76,15 @@ def routing_key_and_cost(args: Sequence[Any]) -> tuple[str, int]:
     return "", DEFAULT_COST
 
 
+def routing_adapter(args: Sequence[Any]) -> str:
+    """The LoRA adapter a handle call's requests name ("" for the base; a batch names one model)."""
+    first = args[0] if args else None
+    if isinstance(first, list | tuple) and first:
+        first = first[0]
+    adapter = getattr(first, "adapter", "")
+    return adapter if isinstance(adapter, str) else ""
+
+
 def target_replica(args: Sequence[Any]) -> str | None:
     """The replica a call must reach (a ``CancelRequests``), or None for any call the policy places."""
     target = getattr(args[0], "target_replica_id", None) if args else None
@@ -82,6 +94,11 @@ def target_replica(args: Sequence[Any]) -> str | None:
 def _stat(stats: Mapping[str, Any] | None, key: str) -> int:
     value = (stats or {}).get(key, 0)
     return int(value) if isinstance(value, int | float) else 0
+
+
+def _adapters(stats: Mapping[str, Any] | None) -> frozenset[str]:
+    value = (stats or {}).get(ROUTING_STAT_ADAPTERS)
+    return frozenset(a for a in value if isinstance(a, str)) if isinstance(value, list | tuple) else frozenset()
 
 
 def estimate_load(
@@ -94,14 +111,15 @@ def estimate_load(
         _stat(routing_stats, ROUTING_STAT_OUTSTANDING_TOKENS),
         round((queue_len or 0) * mean_cost),
     )
-    return ReplicaLoad(local.replica_id, tokens, requests)
+    return ReplicaLoad(local.replica_id, tokens, requests, _adapters(routing_stats))
 
 
 class RoutingCore:
     """The Ray-free part of the router: policy, outstanding-work bookkeeping, load estimates."""
 
-    def __init__(self, policy: RoutingPolicy) -> None:
+    def __init__(self, policy: RoutingPolicy, affinity: AdapterAffinityPolicy | None = None) -> None:
         self.policy = policy
+        self.affinity = affinity  # for requests naming a LoRA adapter; None: they route by ``policy``
         self.work = OutstandingWork()
         # (replica id, internal request id) -> tokens; a list because Ray may reuse an internal
         # request id across dependent calls.
@@ -109,7 +127,9 @@ class RoutingCore:
 
     @classmethod
     def from_kwargs(cls, router_kwargs: Mapping[str, Any]) -> RoutingCore:
-        return cls(make_policy(RouterConfig.model_validate(dict(router_kwargs))))
+        config = RouterConfig.model_validate(dict(router_kwargs))
+        affinity = AdapterAffinityPolicy(config.adapter_load_factor, PowerOfTwoPolicy())
+        return cls(make_policy(config), affinity if config.adapter_affinity else None)
 
     def choose(
         self,
@@ -118,12 +138,15 @@ class RoutingCore:
         queue_lens: Sequence[int | None],
         routing_key: str,
         cost: int,
+        adapter: str = "",
     ) -> str:
         mean_cost = self.work.mean_cost() or float(cost)
         loads = [
             estimate_load(self.work.load(rid), stats, qlen, mean_cost)
             for rid, stats, qlen in zip(replica_ids, routing_stats, queue_lens, strict=True)
         ]
+        if adapter and self.affinity is not None:
+            return self.affinity.choose_for(loads, adapter, cost)[0]
         return self.policy.choose(loads, routing_key, cost)
 
     def started(self, replica_id: str, request_id: str, cost: int) -> None:
@@ -178,6 +201,7 @@ class PolicyRequestRouter(RequestRouter):
             [self.replica_queue_len_cache.get(r.replica_id) for r in candidate_replicas],
             key,
             cost,
+            routing_adapter(args),
         )
         chosen = [r for r in candidate_replicas if r.replica_id.unique_id == chosen_id]
         rest = [r for r in candidate_replicas if r.replica_id.unique_id != chosen_id]
