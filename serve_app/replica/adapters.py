@@ -16,6 +16,7 @@ from typing import Any
 
 from serve_app.config import ModelConfig
 from serve_app.models.lora_adapters import adapter_problem, resolve_adapter_path
+from serve_app.observability.recorder import ServeAppMetrics
 from serve_app.replica.asgi_call import AsgiCall, ResponseSink
 from serve_app.replica.contract import Event, RelayRequest, ResponseBody, ResponseEnd, ResponseStart
 
@@ -73,12 +74,24 @@ class ReplicaAdapters:
     """Adapters loaded here at run time: name -> path (bounded by the router's
     ``lora.max_dynamic_adapters``; vLLM's ``max_cpu_loras`` bounds what its engine keeps loaded)."""
 
-    def __init__(self, model: ModelConfig, base: Path, app: Any) -> None:
+    def __init__(self, model: ModelConfig, base: Path, app: Any, metrics: ServeAppMetrics | None = None) -> None:
         self.model = model
         self.base = base
         self.app = app
+        self.metrics = metrics or ServeAppMetrics.disabled()
         self.loaded: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._cached: set[str] = set(self.static)  # vLLM loaded the static ones at start
+        for name in self.static:
+            self.metrics.adapter_loaded(model.id, name)
+
+    def note_cached(self, adapters: list[str]) -> None:
+        """The adapters the engine holds now (polled with the routing stats): those gone since the
+        last poll were evicted from its cache."""
+        now = set(adapters)
+        for name in sorted(self._cached - now):
+            self.metrics.adapter_evicted(self.model.id, name)
+        self._cached = now
 
     @property
     def static(self) -> list[str]:
@@ -105,6 +118,7 @@ class ReplicaAdapters:
             return _error(400, f"model {self.model.id!r} does not take adapters at run time", "InvalidUserInput")
         problem = await asyncio.to_thread(adapter_problem, Path(path), self.model.lora.max_lora_rank, self.base)
         if problem:
+            self.metrics.adapter_load_failed(self.model.id)
             return _error(400, problem)
         payload = {"lora_name": name, "lora_path": path, "load_inplace": name in self.loaded}
         request = RelayRequest(f"adapter-load-{name}", LOAD_PATH, json.dumps(payload).encode())
@@ -112,6 +126,9 @@ class ReplicaAdapters:
         await AsgiCall(self.app, request, ResponseSink(0, request, answer.collect)).run()
         if answer.status == 200:
             self.loaded[name] = path
+            self.metrics.adapter_loaded(self.model.id, name)
+        else:
+            self.metrics.adapter_load_failed(self.model.id)
         headers = answer.start.headers if answer.start and answer.start.headers else _TEXT
         return answer.status, headers, bytes(answer.body) or (answer.error or "").encode()
 

@@ -99,7 +99,7 @@ class LLMReplica:
         started = time.monotonic()
         await self.engine.start()
         self.routes = ServerRoutes.of(self.engine.app)
-        self.adapters = ReplicaAdapters(local, path, self.engine.app)
+        self.adapters = ReplicaAdapters(local, path, self.engine.app, self.metrics)
         logger.info("model %s ready in %.1f s from %s", model.id, time.monotonic() - started, path)
 
     async def stream(self, requests: list[RelayRequest]) -> AsyncIterator[BatchOpened | list[Event]]:
@@ -273,6 +273,7 @@ class LLMReplica:
         holds (adapter affinity), and the engine gauges."""
         stats = self.engine.stats()
         adapters = await self.engine.loaded_adapters() if self.model.lora else []
+        self.adapters.note_cached(adapters)
         outstanding_tokens = sum(self._inflight.values())
         self.metrics.engine_stats(self.model.id, self.replica_name, stats)
         self.metrics.replica_load(self.model.id, self.replica_name, len(self._inflight), outstanding_tokens)

@@ -42,7 +42,7 @@ back to routing stats and queue lengths.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ray.serve.request_router import PendingRequest, ReplicaID, ReplicaResult, RequestRouter, RunningReplica
@@ -60,6 +60,7 @@ from serve_app.core.policies import (
     WorkToken,
     make_policy,
 )
+from serve_app.observability.recorder import ServeAppMetrics
 
 logger = logging.getLogger("serve_app.router")
 
@@ -117,19 +118,27 @@ def estimate_load(
 class RoutingCore:
     """The Ray-free part of the router: policy, outstanding-work bookkeeping, load estimates."""
 
-    def __init__(self, policy: RoutingPolicy, affinity: AdapterAffinityPolicy | None = None) -> None:
+    def __init__(
+        self,
+        policy: RoutingPolicy,
+        affinity: AdapterAffinityPolicy | None = None,
+        on_adapter_routed: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.policy = policy
         self.affinity = affinity  # for requests naming a LoRA adapter; None: they route by ``policy``
+        self.on_adapter_routed = on_adapter_routed  # (adapter, outcome), e.g. a metric
         self.work = OutstandingWork()
         # (replica id, internal request id) -> tokens; a list because Ray may reuse an internal
         # request id across dependent calls.
         self._tokens: dict[tuple[str, str], list[WorkToken]] = {}
 
     @classmethod
-    def from_kwargs(cls, router_kwargs: Mapping[str, Any]) -> RoutingCore:
+    def from_kwargs(
+        cls, router_kwargs: Mapping[str, Any], on_adapter_routed: Callable[[str, str], None] | None = None
+    ) -> RoutingCore:
         config = RouterConfig.model_validate(dict(router_kwargs))
         affinity = AdapterAffinityPolicy(config.adapter_load_factor, PowerOfTwoPolicy())
-        return cls(make_policy(config), affinity if config.adapter_affinity else None)
+        return cls(make_policy(config), affinity if config.adapter_affinity else None, on_adapter_routed)
 
     def choose(
         self,
@@ -146,8 +155,13 @@ class RoutingCore:
             for rid, stats, qlen in zip(replica_ids, routing_stats, queue_lens, strict=True)
         ]
         if adapter and self.affinity is not None:
-            return self.affinity.choose_for(loads, adapter, cost)[0]
-        return self.policy.choose(loads, routing_key, cost)
+            chosen, outcome = self.affinity.choose_for(loads, adapter, cost)
+        else:
+            chosen = self.policy.choose(loads, routing_key, cost)
+            outcome = "hit" if any(load.replica_id == chosen and adapter in load.adapters for load in loads) else "miss"
+        if adapter and self.on_adapter_routed is not None:
+            self.on_adapter_routed(adapter, outcome)
+        return chosen
 
     def started(self, replica_id: str, request_id: str, cost: int) -> None:
         self._tokens.setdefault((replica_id, request_id), []).append(self.work.start(replica_id, cost))
@@ -176,7 +190,13 @@ class PolicyRequestRouter(RequestRouter):
 
     def initialize_state(self, **kwargs: Any) -> None:
         """Receives ``RequestRouterConfig.request_router_kwargs``: a RouterConfig as a dict."""
-        self.core = RoutingCore.from_kwargs(kwargs)
+        metrics = ServeAppMetrics.for_ray()
+        deployment = self._deployment_id.name
+
+        def routed(adapter: str, outcome: str) -> None:
+            metrics.adapter_routed(deployment, adapter, outcome)
+
+        self.core = RoutingCore.from_kwargs(kwargs, routed)
         logger.info("replica router for %s uses policy %s", self._deployment_id, type(self.core.policy).__name__)
 
     async def choose_replicas(

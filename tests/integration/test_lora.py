@@ -39,6 +39,7 @@ class Sides:
     stack: RunningApp
     plain_url: str
     adapter_paths: dict[str, Path]
+    metrics_url: str  # this node's Ray metrics agent (Prometheus text)
 
 
 def plain_command(port: int, paths: dict[str, Path]) -> list[str]:
@@ -57,7 +58,9 @@ def sides(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sides]:
     lora = LORA | {"adapters": [{"name": n, "path": f"embedded:{n}"} for n in ADAPTERS], "dynamic": True}
     config = local_config(max_model_len=MAX_MODEL_LEN, lora=lora)
     log = tmp_path_factory.mktemp("plain") / "plain-vllm.log"
-    with running_serve() as start:  # Ray first: its raylet gives up early on cores already loaded
+    metrics_port = free_port()
+    options = {"_metrics_export_port": metrics_port, "_system_config": {"metrics_report_interval_ms": 1000}}
+    with running_serve(**options) as start:  # Ray first: its raylet gives up early on cores already loaded
         port = free_port()
         with log.open("wb") as out:
             proc = subprocess.Popen(
@@ -72,7 +75,7 @@ def sides(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sides]:
             stack = start(config)
             wait_ready(proc, f"http://127.0.0.1:{port}/health", 600)
             print(f"stack and plain vLLM ready {time.monotonic() - started:.1f} s after the start")
-            yield Sides(stack, f"http://127.0.0.1:{port}", paths)
+            yield Sides(stack, f"http://127.0.0.1:{port}", paths, f"http://127.0.0.1:{metrics_port}/metrics")
         except Exception:
             print(log.read_text(errors="replace")[-4000:])
             raise
@@ -140,3 +143,26 @@ def test_bad_adapters_are_refused_and_the_others_keep_serving(sides: Sides, tmp_
         assert resp.status_code == 400 and words in resp.json()["error"]["message"], resp.text
         assert chat(url, "bad", PROMPTS[0]).status_code == 404
     assert answer(url, "robot", PROMPTS[0]).startswith(MARKERS["robot"])
+
+
+def test_adapter_metrics_are_exported_per_adapter(sides: Sides) -> None:
+    for name in ADAPTERS:
+        answer(sides.stack.base_url, name, PROMPTS[0])
+    wanted = [
+        *(f'ray_serve_app_adapter_requests_total{{adapter="{n}"' for n in ADAPTERS),
+        *(f'ray_serve_app_adapter_completion_tokens_total{{adapter="{n}"' for n in ADAPTERS),
+        'ray_serve_app_adapter_routing_total{adapter="pirate"',
+        'ray_serve_app_adapter_loads_total{adapter="robot"',
+    ]
+    deadline, missing = time.monotonic() + 60, wanted
+    while missing and time.monotonic() < deadline:
+        time.sleep(2)
+        lines = httpx.get(sides.metrics_url, timeout=30).text.splitlines()
+        missing = [w for w in wanted if not any(_series_with(line, w) for line in lines)]
+    assert not missing, missing
+
+
+def _series_with(line: str, wanted: str) -> bool:
+    """Whether an exposition line is ``wanted``'s series with its label (Ray adds labels of its own)."""
+    name, _, label = wanted.partition("{")
+    return line.startswith(name + "{") and label in line

@@ -14,6 +14,9 @@ from fastapi.testclient import TestClient
 from serve_app.config import AppConfig, ModelConfig
 from serve_app.core.adapters import AdapterDirectory, reconcile_cards
 from serve_app.engine.fake import FakeEngine
+from serve_app.observability.backends import InMemoryMetricsBackend
+from serve_app.observability.recorder import ServeAppMetrics
+from serve_app.replica.adapters import ReplicaAdapters
 from serve_app.router.client import LocalReplicaClient
 from tests.unit.conftest import app_client, build_app, make_replica
 from tests.unit.lora_files import write_adapter
@@ -157,3 +160,29 @@ def test_cards_list_exactly_the_adapters_served() -> None:
         ("s", "m", None),
         ("new", "m", "/new"),
     ]
+
+
+def test_adapter_metrics_count_only_adapters_the_app_serves(tmp_path: Path, engine: FakeEngine) -> None:
+    store = InMemoryMetricsBackend()
+    with app_client(lora_config(write_adapter(tmp_path / "a")), engine, ServeAppMetrics(store)) as client:
+        answer(client, "a")
+        answer(client, "fake")
+        error_of(client.post("/v1/chat/completions", json=chat("made-up")), 404)
+    assert store.counter("serve_app_adapter_requests", model="fake", adapter="a") == 1
+    assert store.counter("serve_app_adapter_completion_tokens", model="fake", adapter="a") == 4
+    counted = {dict(tags).get("adapter") for name, tags in store.counters if name.startswith("serve_app_adapter")}
+    assert counted == {"a"}
+
+
+async def test_a_replica_counts_adapter_loads_refusals_and_evictions(tmp_path: Path, engine: FakeEngine) -> None:
+    store = InMemoryMetricsBackend()
+    model = lora_config(write_adapter(tmp_path / "a")).models[0]
+    adapters = ReplicaAdapters(model, tmp_path / "base", engine.app, ServeAppMetrics(store))
+    assert (await adapters.load("d", str(write_adapter(tmp_path / "d"))))[0] == 200
+    assert (await adapters.load("x", str(tmp_path / "missing")))[0] == 400
+    adapters.note_cached(["a", "d"])
+    adapters.note_cached(["d"])
+    loads = {a: store.counter("serve_app_adapter_loads", model="fake", adapter=a) for a in ("a", "d")}
+    assert loads == {"a": 1, "d": 1}  # "a" at start (vLLM's --lora-modules), "d" at run time
+    assert store.counter("serve_app_adapter_load_failures", model="fake") == 1
+    assert store.counter("serve_app_adapter_evictions", model="fake", adapter="a") == 1
