@@ -136,8 +136,9 @@ class ReplicaAdapters:
         """Adapter work before a request reaches the server: a relayed load is answered here
         (True); a request naming an adapter added at run time has it loaded first, or gets the
         reason it cannot be (True); otherwise the server answers (False)."""
-        if request.path == LOAD_PATH and request.adapter:
-            status, headers, body = await self.load(request.adapter, request.adapter_path)
+        if request.path == LOAD_PATH:  # only the router sends it (the server's own route is hidden)
+            load = json.loads(request.body)
+            status, headers, body = await self.load(str(load["lora_name"]), str(load["lora_path"]))
         elif request.adapter_path and (refused := await self.ensure(request.adapter, request.adapter_path)):
             status, headers, body = refused
         else:

@@ -53,10 +53,10 @@ def install_adapter_routes(app: FastAPI, models: ModelDirectory, relay: Relay) -
         refusal = adapters.refuse_load(name, path, model.id)
         if refusal is not None:
             raise OpenAIError(refusal.status, refusal.message, param="lora_name", code=refusal.code)
+        # Not marked as naming the adapter: replica choice and its metrics take only names the app
+        # serves (a load may still fail); the replica reads the name and path from the body.
         load = {"lora_name": name, "lora_path": path}
-        forwarded = RelayRequest(
-            str(request.state.request_id), LOAD_PATH, json.dumps(load).encode(), adapter=name, adapter_path=path
-        )
+        forwarded = RelayRequest(str(request.state.request_id), LOAD_PATH, json.dumps(load).encode())
         answer = await relay.forward(model, forwarded, request.state.log)
         if answer.status_code == 200 and adapters.refuse_load(name, path, model.id) is None:
             adapters.add(name, path, model.id)
