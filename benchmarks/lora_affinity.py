@@ -26,7 +26,7 @@ import httpx
 MODEL = "smollm2-135m-instruct"
 ADAPTERS = {"pirate-a": "pirate", "pirate-b": "pirate", "robot-a": "robot", "robot-b": "robot"}
 PROMPTS = ("What is the capital of France?", "Who painted the Mona Lisa?", "Name a large river.")
-_SERIES = re.compile(r'^ray_(serve_app_adapter_\w+)_total\{([^}]*)\} ([0-9.e+]+)$')
+_SERIES = re.compile(r"^ray_(serve_app_adapter_\w+)_total\{([^}]*)\} ([0-9.e+]+)$")
 
 
 def free_port() -> int:
