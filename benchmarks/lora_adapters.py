@@ -1,7 +1,7 @@
 """Throughput and TTFT with 1, 4 and 16 LoRA adapters against the base alone, on the real stack (CPU,
 one replica of the embedded SmolLM2).
 
-    python benchmarks/lora_adapters.py --requests 32 --concurrency 4 --out benchmarks/results/lora/adapters.json
+    python -m benchmarks.lora_adapters --requests 32 --concurrency 4 --out benchmarks/results/lora/adapters.json
 
 Two deployments: the base with LoRA off (the reference), then LoRA on (``max_loras: 4``,
 ``max_cpu_loras: 16``) with 16 adapters added at run time (names over the two embedded adapters'

@@ -3,7 +3,7 @@ keeping at most 2 adapters (``max_cpu_loras: 2``), 4 adapters added at run time,
 over them. Reports the affinity hit rate (the router's ``serve_app_adapter_routing`` outcomes),
 adapter loads and evictions (the replicas' counters), and throughput and TTFT.
 
-    python benchmarks/lora_affinity.py --requests 48 --concurrency 4 --out benchmarks/results/lora/affinity.json
+    python -m benchmarks.lora_affinity --requests 48 --concurrency 4 --out benchmarks/results/lora/affinity.json
 
 Needs the embedded adapters (``serve-app make-adapters``); the 4 adapters are 2 names each for
 the pirate and robot folders (vLLM keys its cache by name, so each name is loaded and evicted on
