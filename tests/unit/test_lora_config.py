@@ -73,6 +73,13 @@ def test_bad_lora_configs_are_refused_naming_the_key(data: dict, message: str) -
     assert message in str(err.value)
 
 
+def test_dynamic_adapters_need_a_single_router_replica() -> None:
+    data = with_lora({"dynamic": True}) | {"router": {"num_replicas": 2}}
+    with pytest.raises(ConfigError, match=r"lora.dynamic \(\['m'\]\) needs router.num_replicas 1"):
+        load_config(data)
+    load_config(with_lora({"dynamic": False}) | {"router": {"num_replicas": 2}})
+
+
 def test_an_adapter_name_may_not_name_another_model() -> None:
     data = {"models": [{"id": "m", "lora": {"adapters": [{"name": "other", "path": "/a"}]}}, {"id": "other"}]}
     with pytest.raises(ConfigError, match=r"name\(s\) \['other'\] name more than one model or adapter"):
