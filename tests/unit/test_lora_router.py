@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from serve_app.config import AppConfig, ModelConfig
+from serve_app.config import AppConfig, ModelConfig, ServerConfig
 from serve_app.core.adapters import AdapterDirectory, reconcile_cards
 from serve_app.engine.fake import FakeEngine
 from serve_app.observability.backends import InMemoryMetricsBackend
@@ -186,3 +186,18 @@ async def test_a_replica_counts_adapter_loads_refusals_and_evictions(tmp_path: P
     assert loads == {"a": 1, "d": 1}  # "a" at start (vLLM's --lora-modules), "d" at run time
     assert store.counter("serve_app_adapter_load_failures", model="fake") == 1
     assert store.counter("serve_app_adapter_evictions", model="fake", adapter="a") == 1
+
+
+def test_adding_and_removing_adapters_needs_an_api_key_where_keys_are_configured(
+    tmp_path: Path, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SERVE_APP_TEST_LORA_KEYS", "sk-lora-test-key-0123456789")
+    config = lora_config(write_adapter(tmp_path / "a"))
+    config = config.model_copy(update={"server": ServerConfig(api_keys_env="SERVE_APP_TEST_LORA_KEYS")})
+    load = {"lora_name": "d", "lora_path": str(write_adapter(tmp_path / "d"))}
+    with app_client(config, engine) as client:
+        assert error_of(client.post("/v1/load_lora_adapter", json=load), 401)["code"] == "missing_api_key"
+        assert error_of(client.post("/v1/unload_lora_adapter", json={"lora_name": "d"}), 401)
+        key = {"Authorization": "Bearer sk-lora-test-key-0123456789"}
+        assert client.post("/v1/load_lora_adapter", json=load, headers=key).status_code == 200
+        assert client.post("/v1/unload_lora_adapter", json={"lora_name": "d"}, headers=key).status_code == 200
