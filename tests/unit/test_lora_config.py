@@ -124,3 +124,41 @@ def test_a_missing_static_adapter_is_a_config_error_when_the_app_is_built(tmp_pa
     config = load_config(with_lora({"adapters": [big], "max_lora_rank": 16}, source=str(base)))
     with pytest.raises(ConfigError, match="has rank 32, above max_lora_rank 16"):
         check_adapters(config)
+
+
+def test_a_replica_resolves_and_checks_its_static_adapters(tmp_path: Path) -> None:
+    from serve_app.replica.adapters import AdapterError, with_local_adapters
+
+    base = write_base(tmp_path / "base")
+    ok = {"name": "ok", "path": str(write_adapter(tmp_path / "ok"))}
+    model = load_config(with_lora({"adapters": [ok], "max_lora_rank": 8})).models[0]
+    assert with_local_adapters(model, base, None).lora == model.lora  # local folders stay as they are
+    bad = [
+        ok,
+        {"name": "gone", "path": str(tmp_path / "gone")},
+        {"name": "big", "path": str(write_adapter(tmp_path / "big", 16))},
+    ]
+    model = load_config(with_lora({"adapters": bad, "max_lora_rank": 8})).models[0]
+    with pytest.raises(AdapterError) as err:
+        with_local_adapters(model, base, None)
+    assert "adapters[gone]: adapter path" in str(err.value) and "adapters[big]: adapter 'big' has rank 16" in str(
+        err.value
+    )
+
+
+def test_an_embedded_adapter_is_cached_by_a_fingerprint_of_its_data_and_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from serve_app.models import embedded_adapters as ea
+
+    cache = tmp_path / "models"
+    target = write_adapter(ea.adapter_dir("pirate", cache))
+    files = {p.name: p.stat().st_size for p in target.iterdir()}
+    marker = {"format_version": 1, "fingerprint": ea._fingerprint("pirate"), "files": files}
+    (target / "serve_app_adapter.json").write_text(json.dumps(marker))
+    assert ea.is_prepared("pirate", cache) and ea.prepare_adapter("pirate", cache) == target  # no training
+    assert not ea.is_prepared("robot", cache)
+    monkeypatch.setattr(ea, "SETTINGS", ea.TrainSettings(steps=99))
+    assert not ea.is_prepared("pirate", cache)  # changed settings train again
