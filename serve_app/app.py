@@ -13,9 +13,20 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from serve_app.config import EMBEDDED_PREFIX, AppConfig, ModelConfig, RouterConfig, ServerConfig, load_config
+from serve_app.config import (
+    EMBEDDED_PREFIX,
+    AppConfig,
+    ConfigError,
+    ModelConfig,
+    RouterConfig,
+    ServerConfig,
+    load_config,
+)
 from serve_app.core.nccl import NcclConfig
 from serve_app.core.placement import load_model_shape, plan_replica_placement
+from serve_app.engine.vllm_engine import engine_env_vars
+from serve_app.models.embedded import resolve_source
+from serve_app.models.lora_adapters import adapter_problem
 from serve_app.quantize.gate import check_deployable
 from serve_app.replica.deployment import LLMReplica
 from serve_app.router.deployment import RouterDeployment
@@ -80,7 +91,8 @@ def replica_options(
         ray_actor_options["memory"] = actor.memory
     if actor.resources:
         ray_actor_options["resources"] = dict(actor.resources)
-    env_vars = (serve_env or {}) | nccl.env_vars() | dict(actor.env_vars)  # the model's own values win
+    # the model's own values win
+    env_vars = (serve_env or {}) | nccl.env_vars() | engine_env_vars(model) | dict(actor.env_vars)
     if env_vars:
         ray_actor_options["runtime_env"] = {"env_vars": env_vars}
     options: dict[str, Any] = {
@@ -110,9 +122,26 @@ def check_quantization_gates(config: AppConfig) -> None:
             check_deployable(model, Path(model.source).expanduser())
 
 
+def check_adapters(config: AppConfig) -> None:
+    """Refuse static LoRA adapters that cannot be served before anything is deployed: a missing
+    folder, a rank above ``max_lora_rank``, weights that do not fit the base (where its folder is
+    readable here). Embedded adapters are made on the replica when missing; it checks every one again."""
+    for i, model in enumerate(config.models):
+        if model.lora is None:
+            continue
+        base = resolve_source(model.source, Path(config.model_cache_dir) if config.model_cache_dir else None, False)
+        for j, adapter in enumerate(model.lora.adapters):
+            if adapter.embedded_name is not None:
+                continue
+            problem = adapter_problem(Path(adapter.path).expanduser(), model.lora.max_lora_rank, base)
+            if problem:
+                raise ConfigError(f"invalid serve_app config: models[{i}].lora.adapters[{j}]: {problem}")
+
+
 def build_app(args: AppConfig) -> Application:
     config = load_config(args) if not isinstance(args, AppConfig) else args
     check_quantization_gates(config)
+    check_adapters(config)
     serve_env = ray_serve_env_vars(config.server)
     replicas = {
         m.id: serve.deployment(LLMReplica)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from serve_app.config_lora import LoraConfig, lora_problem
 from serve_app.core.nccl import NcclConfig
 from serve_app.quantize.architectures import PRESETS as SHAPE_PRESETS
 from serve_app.quantize.onload import QuantizationSetting, quantization_problem
@@ -34,6 +35,11 @@ _TYPED_ENGINE_FIELDS = frozenset(
         "pipeline_parallel_size",
         "enforce_eager",
         "seed",
+        # models[].lora owns these
+        "enable_lora",
+        "max_loras",
+        "max_lora_rank",
+        "max_cpu_loras",
     }
 )
 
@@ -128,7 +134,7 @@ class OpenAIServerConfig(StrictModel):
     @field_validator("options")
     @classmethod
     def _no_typed_options(cls, options: dict[str, Any]) -> dict[str, Any]:
-        owned = {"model", "served_model_name", "host", "port", "api_key"} | set(cls.model_fields)
+        owned = {"model", "served_model_name", "host", "port", "api_key", "lora_modules"} | set(cls.model_fields)
         repeated = sorted(owned & {k.replace("-", "_") for k in options})
         if repeated:
             raise ValueError(f"options repeats {repeated}: set them as typed fields (or not at all)")
@@ -153,6 +159,8 @@ class ModelConfig(StrictModel):
     seed: int = 0
     engine_options: dict[str, Any] = Field(default_factory=dict)
     openai_server: OpenAIServerConfig = Field(default_factory=OpenAIServerConfig)
+    # LoRA adapters served on this base (serve_app.config_lora); None: no LoRA support in the engine.
+    lora: LoraConfig | None = None
     num_replicas: int = Field(1, ge=1)
     autoscaling: AutoscalingConfig | None = None
     max_ongoing_requests: int = Field(256, ge=1)
@@ -203,6 +211,15 @@ class ModelConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _lora_combination(self) -> ModelConfig:
+        if self.lora is not None:
+            names = [self.id, *self.openai_server.served_model_aliases]
+            problem = lora_problem(self.lora, self.id, names, self.task, self.source)
+            if problem:
+                raise ValueError(f"lora: {problem}")
+        return self
+
+    @model_validator(mode="after")
     def _quantization_combination(self) -> ModelConfig:
         setting = QuantizationSetting(
             quantization=self.quantization,
@@ -218,6 +235,12 @@ class ModelConfig(StrictModel):
         return self
 
     @property
+    def served_names(self) -> list[str]:
+        """Every name clients may send as ``model`` for this model: its id, aliases, static adapters."""
+        adapters = [a.name for a in self.lora.adapters] if self.lora else []
+        return [self.id, *self.openai_server.served_model_aliases, *adapters]
+
+    @property
     def gpus_per_replica(self) -> int:
         return self.tensor_parallel_size * self.pipeline_parallel_size
 
@@ -226,6 +249,10 @@ class RouterConfig(StrictModel):
     policy: Literal["pow2", "prefix", "round_robin"] = "pow2"
     prefix_chars: int = Field(256, ge=1)
     prefix_load_factor: float = Field(1.5, ge=1.0)
+    # A request naming a LoRA adapter prefers replicas holding it (serve_app.core.policies
+    # AdapterAffinityPolicy), whatever ``policy`` is; off, adapter requests route by ``policy``.
+    adapter_affinity: bool = True
+    adapter_load_factor: float = Field(1.5, ge=1.0)
     max_queued_requests: int = Field(1024, ge=1)
     max_queued_tokens: int = Field(2_000_000, ge=1)
     overflow_status: Literal[429, 503] = 429
@@ -288,7 +315,19 @@ class AppConfig(StrictModel):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"duplicate model id(s): {dupes}")
+        names = [n for m in models for n in m.served_names]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"name(s) {dupes} name more than one model or adapter")
         return models
+
+    @model_validator(mode="after")
+    def _dynamic_adapters_need_one_router(self) -> AppConfig:
+        # Adapters added at run time are recorded by the router replica that loaded them.
+        dynamic = [m.id for m in self.models if m.lora is not None and m.lora.dynamic]
+        if dynamic and self.router.num_replicas > 1:
+            raise ValueError(f"lora.dynamic ({dynamic}) needs router.num_replicas 1: the router records them")
+        return self
 
     def model(self, model_id: str) -> ModelConfig | None:
         return next((m for m in self.models if m.id == model_id), None)

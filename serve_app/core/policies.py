@@ -19,6 +19,7 @@ from serve_app.config import RouterConfig
 # Keys of the dict a replica returns from ``record_routing_stats`` (read by the Ray router adapter).
 ROUTING_STAT_OUTSTANDING_TOKENS = "outstanding_tokens"
 ROUTING_STAT_OUTSTANDING_REQUESTS = "outstanding_requests"
+ROUTING_STAT_ADAPTERS = "adapters"  # the LoRA adapters the replica's engine holds now
 
 
 class NoCandidatesError(ValueError):
@@ -30,6 +31,7 @@ class ReplicaLoad:
     replica_id: str
     outstanding_tokens: int = 0
     outstanding_requests: int = 0
+    adapters: frozenset[str] = frozenset()
 
 
 class RoutingPolicy(Protocol):
@@ -118,6 +120,45 @@ class PrefixAffinityPolicy:
         self.spills += 1
         others = [c for c in candidates if c.replica_id != preferred.replica_id]
         return self._fallback.choose(others, routing_key, cost)
+
+
+class AdapterAffinityPolicy:
+    """A request naming a LoRA adapter goes to the least loaded replica that holds it (its engine
+    has it loaded: no load from disk, and its adapters stay few), spilling like the prefix policy.
+
+    Holding an adapter is known from replica stats. No holder (a new or evicted adapter): the
+    replica holding the fewest adapters, ties broken by rendezvous hashing of the adapter's name,
+    so adapters spread evenly (a replica's adapter cache is bounded: one that gets more adapters
+    than it holds evicts and reloads them) and every router places it on the same replica. Either
+    way, a chosen replica loaded past ``load_factor`` x the mean (plus the request's own cost)
+    spills to power-of-two.
+    """
+
+    def __init__(self, load_factor: float = 1.5, fallback: PowerOfTwoPolicy | None = None) -> None:
+        if load_factor < 1.0:
+            raise ValueError("load_factor must be >= 1.0")
+        self.load_factor = load_factor
+        self._fallback = fallback or PowerOfTwoPolicy()
+        self.outcomes = {"hit": 0, "placed": 0, "spill": 0}
+
+    def choose_for(self, candidates: Sequence[ReplicaLoad], adapter: str, cost: int) -> tuple[str, str]:
+        """(replica id, outcome): ``hit`` (a holder), ``placed`` (none held it), ``spill`` (too loaded)."""
+        _require(candidates)
+        holders = [c for c in candidates if adapter in c.adapters]
+        if holders:
+            chosen, outcome = min(holders, key=lambda c: (c.outstanding_tokens, c.outstanding_requests)), "hit"
+        else:
+            room = min(candidates, key=lambda c: (len(c.adapters), -rendezvous_score(adapter, c.replica_id)))
+            chosen, outcome = room, "placed"
+        bound = self.load_factor * sum(c.outstanding_tokens for c in candidates) / len(candidates) + cost
+        if len(candidates) > 1 and chosen.outstanding_tokens > bound:
+            chosen, outcome = self._by_id(candidates, self._fallback.choose(candidates, adapter, cost)), "spill"
+        self.outcomes[outcome] += 1
+        return chosen.replica_id, outcome
+
+    @staticmethod
+    def _by_id(candidates: Sequence[ReplicaLoad], replica_id: str) -> ReplicaLoad:
+        return next(c for c in candidates if c.replica_id == replica_id)
 
 
 class RoundRobinPolicy:

@@ -59,6 +59,7 @@ class FakeEngine:
         token_delay_s: float = 0.0,
         fail_on: str | None = None,
         model_id: str = "fake",
+        adapters: dict[str, str] | None = None,
     ) -> None:
         self.max_model_len = max_model_len
         self.token_delay_s = token_delay_s
@@ -68,12 +69,14 @@ class FakeEngine:
         self.running: set[str] = set()
         self.aborted: list[str] = []
         self.started = False
+        self.adapters = dict(adapters or {})  # LoRA adapter name -> path, as vLLM's server holds them
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._complete, methods=["POST"]),
                 Route("/v1/completions", self._complete, methods=["POST"]),
                 Route("/v1/embeddings", self._embed, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
+                Route("/v1/load_lora_adapter", self._load_adapter, methods=["POST"]),  # an operator route too
                 Route("/metrics", self._models, methods=["GET"]),  # an operator route the replica hides
             ]
         )
@@ -87,7 +90,16 @@ class FakeEngine:
 
     async def _models(self, request: Request) -> Response:
         card = {"id": self.model_id, "object": "model", "owned_by": "vllm", "max_model_len": self.max_model_len}
-        return JSONResponse({"object": "list", "data": [card]})
+        loras = [{"id": n, "object": "model", "root": p, "parent": self.model_id} for n, p in self.adapters.items()]
+        return JSONResponse({"object": "list", "data": [card, *loras]})
+
+    async def _load_adapter(self, request: Request) -> Response:
+        payload = await request.json()
+        name, path = payload.get("lora_name"), payload.get("lora_path")
+        if name in self.adapters and not payload.get("load_inplace"):
+            return _error(400, f"The lora adapter '{name}' has already been loaded.")
+        self.adapters[name] = path
+        return Response(f"Success: LoRA adapter '{name}' added successfully.", 200)
 
     async def _embed(self, request: Request) -> Response:
         payload = await request.json()
@@ -110,6 +122,8 @@ class FakeEngine:
             return _error(400, "max_tokens must be at least 1", "max_tokens")
         prompt = _prompt_text(payload)
         prompt_tokens = len(prompt.split())
+        if payload.get("model") in self.adapters:  # an adapter answers differently from the base
+            prompt = f"{payload['model']}: {prompt}"
         if prompt_tokens + max_tokens > self.max_model_len:
             return _error(400, f"prompt of {prompt_tokens} tokens exceeds max_model_len", "messages")
         if self.fail_on is not None and self.fail_on in prompt:
@@ -173,6 +187,9 @@ class FakeEngine:
 
     def stats(self) -> EngineStats:
         return EngineStats(running=len(self.running))
+
+    async def loaded_adapters(self) -> list[str]:
+        return list(self.adapters)
 
     async def shutdown(self) -> None:
         self.started = False

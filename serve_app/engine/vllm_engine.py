@@ -37,12 +37,27 @@ def engine_args_dict(config: ModelConfig, model_path: Path) -> dict[str, Any]:
         args["quantization"] = _QUANTIZATION_ALIASES.get(config.quantization, config.quantization)
     if config.task == "embed":
         args["runner"] = "pooling"
+    if config.lora is not None:
+        args |= {
+            "enable_lora": True,
+            "max_loras": config.lora.max_loras,
+            "max_lora_rank": config.lora.max_lora_rank,
+            "max_cpu_loras": config.lora.cached_adapters,
+        }
     if config.gpus_per_replica > 1:
         # Workers go into the replica's Ray placement group (serve_app.core.placement).
         args["distributed_executor_backend"] = "ray"
         args["worker_extension_cls"] = WORKER_EXTENSION
     args.update(config.engine_options)
     return args
+
+
+def engine_env_vars(config: ModelConfig) -> dict[str, str]:
+    """What vLLM reads from the replica's environment rather than its arguments: adapters loaded
+    at run time need its ``/v1/load_lora_adapter`` route, which it serves only with this set."""
+    if config.lora is not None and config.lora.dynamic:
+        return {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}
+    return {}
 
 
 def build_vllm_config(config: ModelConfig, model_path: Path) -> Any:
@@ -123,6 +138,9 @@ def server_argv(config: ModelConfig, model_path: Path) -> list[str]:
         argv.append("--enable-auto-tool-choice")
     if server.reasoning_parser:
         argv += ["--reasoning-parser", server.reasoning_parser]
+    if config.lora is not None and config.lora.adapters:
+        # Static adapters, loaded at start; the replica resolved their paths to local folders.
+        argv += ["--lora-modules", *(f"{a.name}={a.path}" for a in config.lora.adapters)]
     for name, value in server.options.items():
         flag = "--" + name.replace("_", "-")
         if value is True:
@@ -188,6 +206,15 @@ class VllmEngine:
 
     def stats(self) -> EngineStats:
         return self._stats.stats
+
+    async def loaded_adapters(self) -> list[str]:
+        """Adapters in the engine's LoRA cache (vLLM's LRU, at most max_cpu_loras), by the names
+        its OpenAI server gave them."""
+        if self._llm is None or self.config.lora is None or self.app is None:
+            return []
+        ids = await self._llm.list_loras()
+        by_id = {r.lora_int_id: name for name, r in self.app.state.openai_serving_models.lora_requests.items()}
+        return sorted(by_id[i] for i in ids if i in by_id)
 
     async def shutdown(self) -> None:
         if self._llm is not None:

@@ -13,6 +13,8 @@ from serve_app.observability.metrics import MetricSpec
 QUANTILES = (0.5, 0.95, 0.99)
 MODEL_VARIABLE = Variable("model", "Model", q.label_values(m.REQUESTS, "model"))
 DEPLOYMENT_VARIABLE = Variable("deployment", "Deployment", q.label_values(m.REPLICAS, "deployment"))
+# The replica deployments adapter requests were routed to (the replica router knows its deployment).
+ADAPTER_DEPLOYMENT_VARIABLE = Variable("deployment", "Deployment", q.label_values(m.ADAPTER_ROUTING, "deployment"))
 OK = 'status_class="2xx"'
 
 
@@ -202,5 +204,67 @@ def autoscaling() -> Dashboard:
     )  # fmt: skip
 
 
+def adapters() -> Dashboard:
+    """One row per concern of LoRA serving: traffic and tokens per adapter, affinity, loads."""
+    by_adapter = ("adapter",)
+    hits = q.counter_rate(m.ADAPTER_ROUTING, by_adapter, 'outcome="hit"')
+    panels = (
+        Panel(
+            "Requests/s by adapter",
+            m.ADAPTER_REQUESTS.description,
+            "reqps",
+            (Query(q.counter_rate(m.ADAPTER_REQUESTS, by_adapter), "{{adapter}}"),),
+            width=8,
+        ),
+        Panel(
+            "Tokens/s by adapter",
+            "Prompt and generated tokens per second of finished requests naming each adapter.",
+            "short",
+            (
+                Query(q.counter_rate(m.ADAPTER_PROMPT_TOKENS, by_adapter), "prompt {{adapter}}"),
+                Query(q.counter_rate(m.ADAPTER_COMPLETION_TOKENS, by_adapter), "completion {{adapter}}"),
+            ),
+            width=8,
+        ),
+        Panel(
+            "Affinity hit rate by adapter",
+            "Share of an adapter's requests sent to a replica whose engine held it already.",
+            "percentunit",
+            (
+                Query(
+                    f"({hits} or {q.counter_rate(m.ADAPTER_ROUTING, by_adapter)} * 0) / "
+                    f"{q.counter_rate(m.ADAPTER_ROUTING, by_adapter)}",
+                    "{{adapter}}",
+                ),
+            ),
+            max_value=1,
+            width=8,
+        ),
+        Panel(
+            "Replica choices/s by outcome",
+            m.ADAPTER_ROUTING.description,
+            "short",
+            (Query(q.counter_rate(m.ADAPTER_ROUTING, ("outcome",)), "{{outcome}}"),),
+            width=8,
+        ),
+        Panel(
+            "Adapter loads and evictions/s",
+            "Adapters loaded into replica engines, refused loads, and adapters evicted from an engine's cache.",
+            "short",
+            (
+                Query(q.counter_rate(m.ADAPTER_LOADS, by_adapter), "loaded {{adapter}}"),
+                Query(q.counter_rate(m.ADAPTER_EVICTIONS, by_adapter), "evicted {{adapter}}"),
+                Query(q.counter_rate(m.ADAPTER_LOAD_FAILURES), "refused"),
+            ),
+            width=8,
+        ),
+    )
+    return Dashboard(
+        "serve-app-adapters", "Serve App / LoRA adapters",
+        "LoRA adapters: requests and tokens per adapter, adapter-affinity hit rate, loads and evictions.",
+        panels, (MODEL_VARIABLE, ADAPTER_DEPLOYMENT_VARIABLE),
+    )  # fmt: skip
+
+
 def all_dashboards() -> tuple[Dashboard, ...]:
-    return (overview(), router(), engine(), autoscaling())
+    return (overview(), router(), engine(), autoscaling(), adapters())

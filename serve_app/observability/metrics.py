@@ -200,6 +200,40 @@ GPU_MEMORY_USED = MetricSpec(
     "serve_app_gpu_memory_used_bytes", _G, "GPU memory in use on a replica's device; absent on CPU-only replicas.",
     ("model", "replica", "gpu"), "bytes", _REPLICA, "gpu_memory",
 )  # fmt: skip
+# LoRA adapters. The adapter label takes only names the app serves (the config's adapters and at
+# most ``lora.max_dynamic_adapters`` added at run time per model): a request naming anything else
+# is refused before it is counted here, so the label's values stay bounded.
+ADAPTER_REQUESTS = MetricSpec(
+    "serve_app_adapter_requests", _C, "Finished requests naming a LoRA adapter, by model (the base) and adapter.",
+    ("model", "adapter"), "requests", _ROUTER, "adapter_request",
+)  # fmt: skip
+ADAPTER_PROMPT_TOKENS = MetricSpec(
+    "serve_app_adapter_prompt_tokens", _C, "Prompt tokens of finished requests naming a LoRA adapter.",
+    ("model", "adapter"), "tokens", _ROUTER, "adapter_request",
+)  # fmt: skip
+ADAPTER_COMPLETION_TOKENS = MetricSpec(
+    "serve_app_adapter_completion_tokens", _C, "Generated tokens of finished requests naming a LoRA adapter.",
+    ("model", "adapter"), "tokens", _ROUTER, "adapter_request",
+)  # fmt: skip
+ADAPTER_ROUTING = MetricSpec(
+    "serve_app_adapter_routing", _C,
+    "Replica choices for requests naming an adapter, by outcome: hit (a replica holding it), placed (none held it), "
+    "spill (the holder was too loaded); with router.adapter_affinity off, hit or miss.",
+    ("deployment", "adapter", "outcome"), "choices", _ROUTER, "adapter_routed",
+)  # fmt: skip
+ADAPTER_LOADS = MetricSpec(
+    "serve_app_adapter_loads", _C, "LoRA adapters loaded into a replica's engine (at start and at run time).",
+    ("model", "adapter"), "loads", _REPLICA, "adapter_loaded",
+)  # fmt: skip
+ADAPTER_LOAD_FAILURES = MetricSpec(
+    "serve_app_adapter_load_failures", _C, "Adapter loads refused on a replica (folder, rank, shapes, engine).",
+    ("model",), "loads", _REPLICA, "adapter_load_failed",
+)  # fmt: skip
+ADAPTER_EVICTIONS = MetricSpec(
+    "serve_app_adapter_evictions", _C,
+    "Adapters that left a replica engine's adapter cache (vLLM's LRU of max_cpu_loras) between two routing polls.",
+    ("model", "adapter"), "evictions", _REPLICA, "adapter_evicted",
+)  # fmt: skip
 
 METRICS: tuple[MetricSpec, ...] = (
     REQUESTS,
@@ -225,6 +259,13 @@ METRICS: tuple[MetricSpec, ...] = (
     ENGINE_KV_CACHE_USAGE,
     ENGINE_PREFIX_CACHE_HIT_RATE,
     GPU_MEMORY_USED,
+    ADAPTER_REQUESTS,
+    ADAPTER_PROMPT_TOKENS,
+    ADAPTER_COMPLETION_TOKENS,
+    ADAPTER_ROUTING,
+    ADAPTER_LOADS,
+    ADAPTER_LOAD_FAILURES,
+    ADAPTER_EVICTIONS,
 )
 
 

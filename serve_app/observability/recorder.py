@@ -68,7 +68,26 @@ class ServeAppMetrics:
     def queue_wait(self, model: str, wait_s: float) -> None:
         self._observe(m.ROUTER_QUEUE_WAIT, wait_s, model=model)
 
+    def adapter_request(self, model: str, adapter: str, prompt_tokens: int, completion_tokens: int) -> None:
+        """A finished request naming a LoRA adapter the app serves (never a name a client made up)."""
+        self._inc(m.ADAPTER_REQUESTS, 1, model=model, adapter=adapter)
+        self._inc(m.ADAPTER_PROMPT_TOKENS, prompt_tokens, model=model, adapter=adapter)
+        self._inc(m.ADAPTER_COMPLETION_TOKENS, completion_tokens, model=model, adapter=adapter)
+
+    def adapter_routed(self, deployment: str, adapter: str, outcome: str) -> None:
+        """One replica choice by adapter affinity: ``hit``, ``placed`` or ``spill``."""
+        self._inc(m.ADAPTER_ROUTING, 1, deployment=deployment, adapter=adapter, outcome=outcome)
+
     # -- replica ----------------------------------------------------------------------------
+
+    def adapter_loaded(self, model: str, adapter: str) -> None:
+        self._inc(m.ADAPTER_LOADS, 1, model=model, adapter=adapter)
+
+    def adapter_load_failed(self, model: str) -> None:
+        self._inc(m.ADAPTER_LOAD_FAILURES, 1, model=model)
+
+    def adapter_evicted(self, model: str, adapter: str) -> None:
+        self._inc(m.ADAPTER_EVICTIONS, 1, model=model, adapter=adapter)
 
     def replica_load(self, deployment: str, replica: str, outstanding_requests: int, outstanding_tokens: int) -> None:
         self._set(m.REPLICA_OUTSTANDING_REQUESTS, outstanding_requests, deployment=deployment, replica=replica)

@@ -27,6 +27,10 @@ class RelayRequest:
     # for prefix affinity, and the expected work in tokens.
     routing_text: str = ""
     cost_hint: int = 1
+    # The LoRA adapter the request names ("" for the base): adapter affinity routes by it; for an
+    # adapter added at run time, ``adapter_path`` is where a replica that lacks it loads it from.
+    adapter: str = ""
+    adapter_path: str = ""
 
 
 @dataclass(frozen=True, slots=True)

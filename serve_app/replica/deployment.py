@@ -16,10 +16,12 @@ from typing import Any
 
 from serve_app.config import ModelConfig
 from serve_app.core.autoscaling import ReplicaSignals
+from serve_app.core.policies import ROUTING_STAT_ADAPTERS
 from serve_app.engine.protocol import Engine
 from serve_app.engine.types import EngineDeadError
 from serve_app.observability.logs import ReplicaRequestLog, install_json_logging
 from serve_app.observability.recorder import ServeAppMetrics
+from serve_app.replica.adapters import ReplicaAdapters, with_local_adapters
 from serve_app.replica.asgi_call import AsgiCall, ResponseSink
 from serve_app.replica.contract import (
     BatchOpened,
@@ -91,10 +93,13 @@ class LLMReplica:
         self._last_progress = time.monotonic()  # the last bytes out of the server (see check_health)
         self._engine_failed = False  # set when check_health fails: nothing left to drain
         path = await asyncio.to_thread(resolve_model_path, model, cache_dir)
-        self.engine: Engine = (engine_factory or vllm_engine_factory)(model, path)
+        # Static LoRA adapters resolved to local folders and checked before the engine starts.
+        local = await asyncio.to_thread(with_local_adapters, model, path, Path(cache_dir) if cache_dir else None)
+        self.engine: Engine = (engine_factory or vllm_engine_factory)(local, path)
         started = time.monotonic()
         await self.engine.start()
         self.routes = ServerRoutes.of(self.engine.app)
+        self.adapters = ReplicaAdapters(local, path, self.engine.app, self.metrics)
         logger.info("model %s ready in %.1f s from %s", model.id, time.monotonic() - started, path)
 
     async def stream(self, requests: list[RelayRequest]) -> AsyncIterator[BatchOpened | list[Event]]:
@@ -165,6 +170,8 @@ class LLMReplica:
         if self._shutting_down or self._engine_failed:
             reason = "replica is shutting down" if self._shutting_down else _ENGINE_FAILED
             sink.end(error=reason, status=503)
+            return
+        if await self.adapters.answered(request, sink):
             return
         if not self.routes.serves(request.method, request.path):
             await self.routes.refuse(sink, request.method, request.path)
@@ -261,9 +268,12 @@ class LLMReplica:
         except TimeoutError:
             raise EngineDeadError(f"engine produced no token within {timeout_s:g} s while idle") from None
 
-    def record_routing_stats(self) -> dict[str, Any]:
-        """Called by Ray Serve every couple of seconds: routing load, and the engine gauges."""
+    async def record_routing_stats(self) -> dict[str, Any]:
+        """Called by Ray Serve every couple of seconds: routing load, the adapters the engine
+        holds (adapter affinity), and the engine gauges."""
         stats = self.engine.stats()
+        adapters = await self.engine.loaded_adapters() if self.model.lora else []
+        self.adapters.note_cached(adapters)
         outstanding_tokens = sum(self._inflight.values())
         self.metrics.engine_stats(self.model.id, self.replica_name, stats)
         self.metrics.replica_load(self.model.id, self.replica_name, len(self._inflight), outstanding_tokens)
@@ -273,6 +283,7 @@ class LLMReplica:
             "running": stats.running,
             "waiting": stats.waiting,
             "kv_cache_usage": stats.kv_cache_usage,
+            ROUTING_STAT_ADAPTERS: adapters,
         }
 
     def record_autoscaling_stats(self) -> dict[str, float]:
@@ -280,8 +291,8 @@ class LLMReplica:
         stats = self.engine.stats()
         return ReplicaSignals(len(self._inflight), stats.waiting, stats.kv_cache_usage).as_stats()
 
-    def engine_stats(self) -> dict[str, Any]:
-        return self.record_routing_stats() | {"prefix_cache_hit_rate": self.engine.stats().prefix_cache_hit_rate}
+    async def engine_stats(self) -> dict[str, Any]:
+        return await self.record_routing_stats() | {"prefix_cache_hit_rate": self.engine.stats().prefix_cache_hit_rate}
 
     def __del__(self) -> Any:
         """Ray Serve awaits what this returns on graceful shutdown. Returning the coroutine (rather

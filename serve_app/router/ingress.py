@@ -18,9 +18,11 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from serve_app.config import AppConfig, ModelConfig
+from serve_app.core.adapters import AdapterDirectory, AdapterRef, reconcile_cards
 from serve_app.core.request_facts import check_limits, read_facts
 from serve_app.observability.logs import RequestLog
 from serve_app.replica.contract import RelayRequest
+from serve_app.router.adapter_routes import install_adapter_routes
 from serve_app.router.body_limit import BodySizeLimit
 from serve_app.router.errors import OpenAIError, install_error_handlers
 from serve_app.router.head_limits import RequestHeadLimits
@@ -46,16 +48,21 @@ class GenerateRequest(BaseModel):
 
 
 class ModelDirectory:
-    """The names clients may send as ``model``: each model's id and its aliases."""
+    """The names clients may send as ``model``: each model's id and aliases, and its LoRA adapters
+    (those in the config and those added at run time, ``self.adapters``)."""
 
     def __init__(self, config: AppConfig) -> None:
         self.default = config.models[0]
+        self.by_id = {m.id: m for m in config.models}
         self._by_name = {n: m for m in config.models for n in (m.id, *m.openai_server.served_model_aliases)}
+        self.adapters = AdapterDirectory(config.models)
 
     def find(self, name: str | None) -> ModelConfig:
         if name is None:
             return self.default  # vLLM serves a request without a model with its own model
         found = self._by_name.get(name)
+        if found is None and (adapter := self.adapters.find(name)) is not None:
+            found = self.by_id[adapter.model_id]
         if found is None:
             raise OpenAIError(404, f"The model `{name}` does not exist.", param="model", code="model_not_found")
         return found
@@ -71,7 +78,9 @@ def parse_object(body: bytes) -> dict[str, Any]:
     return payload
 
 
-def relay_request(model: ModelConfig, path: str, payload: dict[str, Any], body: bytes, rid: str) -> RelayRequest:
+def relay_request(
+    model: ModelConfig, path: str, payload: dict[str, Any], body: bytes, rid: str, adapter: AdapterRef | None = None
+) -> RelayRequest:
     """Check the router's caps, then package the request for the replica, its bytes unchanged."""
     facts = read_facts(payload)
     breach = check_limits(facts, model.max_n, model.max_tokens_limit)
@@ -84,6 +93,8 @@ def relay_request(model: ModelConfig, path: str, payload: dict[str, Any], body: 
         headers=JSON_HEADERS,
         routing_text=facts.routing_text,
         cost_hint=facts.cost(model.default_max_tokens),
+        adapter=adapter.name if adapter else "",
+        adapter_path=(adapter.path or "") if adapter else "",
     )
 
 
@@ -113,7 +124,8 @@ def build_fastapi(config: AppConfig, relay: Relay, readiness: Readiness) -> Fast
     async def list_models(request: Request) -> dict[str, Any]:
         data = []
         for model in config.models:
-            data += await _model_cards(relay, model, request.state.log)
+            cards = await _model_cards(relay, model, request.state.log)
+            data += reconcile_cards(cards, model.id, models.adapters) if model.lora else cards
         return {"object": "list", "data": data}
 
     @app.post("/generate")
@@ -131,6 +143,8 @@ def build_fastapi(config: AppConfig, relay: Relay, readiness: Readiness) -> Fast
         choice, usage = completion["choices"][0], completion.get("usage") or {}
         text = {"text": choice["text"], "model": model.id, "finish_reason": choice.get("finish_reason")}
         return JSONResponse(text | {k: usage.get(k, 0) for k in ("prompt_tokens", "completion_tokens")})
+
+    install_adapter_routes(app, models, relay)  # before the catch-all routes, which would take their paths
 
     async def forward_other(path: str, request: Request) -> Response:
         # The model's server decides: its routes answer, a route without this method is a 405
@@ -155,11 +169,13 @@ def build_fastapi(config: AppConfig, relay: Relay, readiness: Readiness) -> Fast
             request.state.route = "/" + path
         body = await request.body()
         payload = parse_object(body)
-        model = models.find(payload.get("model") if isinstance(payload.get("model"), str) else None)
+        name = payload.get("model") if isinstance(payload.get("model"), str) else None
+        model = models.find(name)
         request.state.model = model.id
         log: RequestLog = request.state.log
         log.note_prompt(payload.get("messages", payload.get("prompt", payload.get("input"))))
-        forwarded = relay_request(model, "/" + path, payload, body, _rid(request))
+        adapter = models.adapters.find(name) if name else None
+        forwarded = relay_request(model, "/" + path, payload, body, _rid(request), adapter)
         return await relay.forward(model, forwarded, log)
 
     install_cors(app, server.cors_allow_origins)

@@ -112,10 +112,10 @@ class Relay:
         if head.end is not None:  # the whole answer is here (JSON)
             self.release(ticket)
             await source.aclose()
-            self._finish(model.id, log, head.end)
+            self._finish(model.id, request.adapter, log, head.end)
             return _response(head.start, b"".join(head.bodies))
         timer = self.metrics.stream_timer(model.id, admitted_at)
-        body = self._rest(model.id, head, source, deadline, ticket, log, timer)
+        body = self._rest(model.id, request.adapter, head, source, deadline, ticket, log, timer)
         response = StreamingResponse(body, status_code=head.start.status)
         response.raw_headers = list(head.start.headers)
         return response
@@ -144,6 +144,7 @@ class Relay:
     async def _rest(
         self,
         model_id: str,
+        adapter: str,
         head: _Head,
         source: EventSource,
         deadline: float,
@@ -183,13 +184,15 @@ class Relay:
             self.release(ticket)
             timer.finish()
             await source.aclose()
-            self._finish(model_id, log, end)
+            self._finish(model_id, adapter, log, end)
 
-    def _finish(self, model_id: str, log: RequestLog, end: ResponseEnd) -> None:
+    def _finish(self, model_id: str, adapter: str, log: RequestLog, end: ResponseEnd) -> None:
         usage = end.usage
         log.prompt_tokens, log.completion_tokens = usage.prompt_tokens, usage.completion_tokens
         log.finish_reason = usage.finish_reason
         self.metrics.request_tokens(model_id, usage.prompt_tokens, usage.completion_tokens)
+        if adapter:  # only names the router serves reach here (serve_app.core.adapters)
+            self.metrics.adapter_request(model_id, adapter, usage.prompt_tokens, usage.completion_tokens)
 
 
 def _response(start: ResponseStart, body: bytes) -> Response:

@@ -42,21 +42,25 @@ back to routing stats and queue lengths.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ray.serve.request_router import PendingRequest, ReplicaID, ReplicaResult, RequestRouter, RunningReplica
 
 from serve_app.config import RouterConfig
 from serve_app.core.policies import (
+    ROUTING_STAT_ADAPTERS,
     ROUTING_STAT_OUTSTANDING_REQUESTS,
     ROUTING_STAT_OUTSTANDING_TOKENS,
+    AdapterAffinityPolicy,
     OutstandingWork,
+    PowerOfTwoPolicy,
     ReplicaLoad,
     RoutingPolicy,
     WorkToken,
     make_policy,
 )
+from serve_app.observability.recorder import ServeAppMetrics
 
 logger = logging.getLogger("serve_app.router")
 
@@ -73,6 +77,15 @@ def routing_key_and_cost(args: Sequence[Any]) -> tuple[str, int]:
     return "", DEFAULT_COST
 
 
+def routing_adapter(args: Sequence[Any]) -> str:
+    """The LoRA adapter a handle call's requests name ("" for the base; a batch names one model)."""
+    first = args[0] if args else None
+    if isinstance(first, list | tuple) and first:
+        first = first[0]
+    adapter = getattr(first, "adapter", "")
+    return adapter if isinstance(adapter, str) else ""
+
+
 def target_replica(args: Sequence[Any]) -> str | None:
     """The replica a call must reach (a ``CancelRequests``), or None for any call the policy places."""
     target = getattr(args[0], "target_replica_id", None) if args else None
@@ -82,6 +95,11 @@ def target_replica(args: Sequence[Any]) -> str | None:
 def _stat(stats: Mapping[str, Any] | None, key: str) -> int:
     value = (stats or {}).get(key, 0)
     return int(value) if isinstance(value, int | float) else 0
+
+
+def _adapters(stats: Mapping[str, Any] | None) -> frozenset[str]:
+    value = (stats or {}).get(ROUTING_STAT_ADAPTERS)
+    return frozenset(a for a in value if isinstance(a, str)) if isinstance(value, list | tuple) else frozenset()
 
 
 def estimate_load(
@@ -94,22 +112,33 @@ def estimate_load(
         _stat(routing_stats, ROUTING_STAT_OUTSTANDING_TOKENS),
         round((queue_len or 0) * mean_cost),
     )
-    return ReplicaLoad(local.replica_id, tokens, requests)
+    return ReplicaLoad(local.replica_id, tokens, requests, _adapters(routing_stats))
 
 
 class RoutingCore:
     """The Ray-free part of the router: policy, outstanding-work bookkeeping, load estimates."""
 
-    def __init__(self, policy: RoutingPolicy) -> None:
+    def __init__(
+        self,
+        policy: RoutingPolicy,
+        affinity: AdapterAffinityPolicy | None = None,
+        on_adapter_routed: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.policy = policy
+        self.affinity = affinity  # for requests naming a LoRA adapter; None: they route by ``policy``
+        self.on_adapter_routed = on_adapter_routed  # (adapter, outcome), e.g. a metric
         self.work = OutstandingWork()
         # (replica id, internal request id) -> tokens; a list because Ray may reuse an internal
         # request id across dependent calls.
         self._tokens: dict[tuple[str, str], list[WorkToken]] = {}
 
     @classmethod
-    def from_kwargs(cls, router_kwargs: Mapping[str, Any]) -> RoutingCore:
-        return cls(make_policy(RouterConfig.model_validate(dict(router_kwargs))))
+    def from_kwargs(
+        cls, router_kwargs: Mapping[str, Any], on_adapter_routed: Callable[[str, str], None] | None = None
+    ) -> RoutingCore:
+        config = RouterConfig.model_validate(dict(router_kwargs))
+        affinity = AdapterAffinityPolicy(config.adapter_load_factor, PowerOfTwoPolicy())
+        return cls(make_policy(config), affinity if config.adapter_affinity else None, on_adapter_routed)
 
     def choose(
         self,
@@ -118,13 +147,21 @@ class RoutingCore:
         queue_lens: Sequence[int | None],
         routing_key: str,
         cost: int,
+        adapter: str = "",
     ) -> str:
         mean_cost = self.work.mean_cost() or float(cost)
         loads = [
             estimate_load(self.work.load(rid), stats, qlen, mean_cost)
             for rid, stats, qlen in zip(replica_ids, routing_stats, queue_lens, strict=True)
         ]
-        return self.policy.choose(loads, routing_key, cost)
+        if adapter and self.affinity is not None:
+            chosen, outcome = self.affinity.choose_for(loads, adapter, cost)
+        else:
+            chosen = self.policy.choose(loads, routing_key, cost)
+            outcome = "hit" if any(load.replica_id == chosen and adapter in load.adapters for load in loads) else "miss"
+        if adapter and self.on_adapter_routed is not None:
+            self.on_adapter_routed(adapter, outcome)
+        return chosen
 
     def started(self, replica_id: str, request_id: str, cost: int) -> None:
         self._tokens.setdefault((replica_id, request_id), []).append(self.work.start(replica_id, cost))
@@ -153,7 +190,13 @@ class PolicyRequestRouter(RequestRouter):
 
     def initialize_state(self, **kwargs: Any) -> None:
         """Receives ``RequestRouterConfig.request_router_kwargs``: a RouterConfig as a dict."""
-        self.core = RoutingCore.from_kwargs(kwargs)
+        metrics = ServeAppMetrics.for_ray()
+        deployment = self._deployment_id.name
+
+        def routed(adapter: str, outcome: str) -> None:
+            metrics.adapter_routed(deployment, adapter, outcome)
+
+        self.core = RoutingCore.from_kwargs(kwargs, routed)
         logger.info("replica router for %s uses policy %s", self._deployment_id, type(self.core.policy).__name__)
 
     async def choose_replicas(
@@ -178,6 +221,7 @@ class PolicyRequestRouter(RequestRouter):
             [self.replica_queue_len_cache.get(r.replica_id) for r in candidate_replicas],
             key,
             cost,
+            routing_adapter(args),
         )
         chosen = [r for r in candidate_replicas if r.replica_id.unique_id == chosen_id]
         rest = [r for r in candidate_replicas if r.replica_id.unique_id != chosen_id]

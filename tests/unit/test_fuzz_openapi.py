@@ -36,6 +36,8 @@ OPERATIONS = [
     ("GET", "/ready"),
     ("GET", "/v1/models"),
     ("POST", "/generate"),
+    ("POST", "/v1/load_lora_adapter"),
+    ("POST", "/v1/unload_lora_adapter"),
 ]
 RELAYED = {
     ("POST", "/{path}"),

@@ -1,0 +1,98 @@
+"""Which LoRA adapters the app serves, by name (pure: no Ray, no vLLM).
+
+Static adapters come from the config and are loaded on every replica at start. Dynamic ones are
+added and removed through the router (``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``):
+this directory is the router's record of them, so a removed adapter is refused at once (404)
+whichever replicas still hold it, and a replica that has not loaded one yet loads it from the path
+carried by the request (see ``serve_app.replica.adapters``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from serve_app.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    name: str
+    model_id: str  # the base
+    path: str | None = None  # set for dynamic adapters: where a replica loads it from
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    message: str
+    code: str
+
+
+class AdapterDirectory:
+    """Adapter name -> its base model and, for a dynamic one, its path. Bounded per model."""
+
+    def __init__(self, models: Sequence[ModelConfig]) -> None:
+        self._models = {m.id: m for m in models}
+        self._names = {n for m in models for n in (m.id, *m.openai_server.served_model_aliases)}
+        self._static = {a.name: AdapterRef(a.name, m.id) for m in models if m.lora for a in m.lora.adapters}
+        self._dynamic: dict[str, AdapterRef] = {}
+
+    def find(self, name: str) -> AdapterRef | None:
+        return self._static.get(name) or self._dynamic.get(name)
+
+    def dynamic(self, model_id: str) -> list[AdapterRef]:
+        return [a for a in self._dynamic.values() if a.model_id == model_id]
+
+    def static(self, model_id: str) -> list[AdapterRef]:
+        return [a for a in self._static.values() if a.model_id == model_id]
+
+    def refuse_load(self, name: str, path: str, model_id: str) -> Refusal | None:
+        """Why ``name`` cannot be added on ``model_id`` (vLLM's wording where vLLM has the rule)."""
+        model = self._models.get(model_id)
+        if model is None:
+            return Refusal(404, f"The model `{model_id}` does not exist.", "model_not_found")
+        lora = model.lora
+        if lora is None or not lora.dynamic:
+            message = f"model {model_id!r} does not take adapters at run time (models[].lora.dynamic)"
+            return Refusal(400, message, "adapters_not_dynamic")
+        if not name or not path:
+            return Refusal(400, "Both 'lora_name' and 'lora_path' must be provided.", "invalid_request")
+        if name in self._names:
+            return Refusal(400, f"The lora adapter '{name}' conflicts with a served base model.", "name_taken")
+        if name in self._static or name in self._dynamic:
+            return Refusal(400, f"The lora adapter '{name}' has already been loaded.", "name_taken")
+        if len(self.dynamic(model_id)) >= lora.max_dynamic_adapters:
+            message = f"model {model_id!r} holds {lora.max_dynamic_adapters} adapters added at run time, its limit"
+            return Refusal(400, message + " (models[].lora.max_dynamic_adapters); unload one first", "adapter_limit")
+        return None
+
+    def add(self, name: str, path: str, model_id: str) -> AdapterRef:
+        ref = AdapterRef(name, model_id, path)
+        self._dynamic[name] = ref
+        return ref
+
+    def remove(self, name: str) -> Refusal | None:
+        """Forget a dynamic adapter; None when it is gone now."""
+        if name in self._static:
+            return Refusal(400, f"adapter {name!r} is in the config; a redeploy removes it", "static_adapter")
+        if self._dynamic.pop(name, None) is None:
+            return Refusal(404, f"The lora adapter '{name}' cannot be found.", "model_not_found")
+        return None
+
+
+def reconcile_cards(cards: list[dict[str, Any]], model_id: str, directory: AdapterDirectory) -> list[dict[str, Any]]:
+    """A model's cards from one replica's vLLM, made to list exactly the adapters the directory
+    serves: cards of adapters removed since are dropped; dynamic ones that replica has not loaded
+    get a card like vLLM's own (id, root = path, parent = base)."""
+    static = {a.name for a in directory.static(model_id)}
+    dynamic = {a.name: a for a in directory.dynamic(model_id)}
+    kept = [c for c in cards if c.get("parent") is None or c.get("id") in static or c.get("id") in dynamic]
+    listed = {c.get("id") for c in kept}
+    template = {"object": "model", "created": int(time.time()), "owned_by": "vllm", "max_model_len": None}
+    for name, ref in dynamic.items():
+        if name not in listed:
+            kept.append(template | {"id": name, "root": ref.path, "parent": model_id})
+    return kept

@@ -1,0 +1,71 @@
+"""``POST /v1/load_lora_adapter`` and ``/v1/unload_lora_adapter`` on the router: vLLM's routes and
+bodies, for a model whose ``lora.dynamic`` is on, behind the same API keys as every other route.
+
+A load is relayed to one replica of the base, where vLLM's own ``/v1/load_lora_adapter`` loads it
+(after the replica checked the folder, its rank and its shapes: a bad adapter is a 400, never a
+broken replica); once vLLM answered 200 the router records the name, and every later request
+naming it carries its path, so a replica that lacks it loads it first (``serve_app.replica.adapters``).
+An unload forgets the name here: requests naming it get a 404 at once.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from serve_app.replica.contract import RelayRequest
+from serve_app.router.errors import OpenAIError
+
+if TYPE_CHECKING:
+    from serve_app.router.ingress import ModelDirectory
+    from serve_app.router.relay import Relay
+
+LOAD_PATH = "/v1/load_lora_adapter"
+UNLOAD_PATH = "/v1/unload_lora_adapter"
+
+
+class LoadAdapter(BaseModel):
+    """vLLM's load body; ``model`` names the base when the app serves several."""
+
+    model_config = ConfigDict(extra="forbid")
+    lora_name: str = Field(..., min_length=1, max_length=128)
+    lora_path: str = Field(..., min_length=1, max_length=4096)
+    model: str | None = Field(None, min_length=1, max_length=256)
+
+
+class UnloadAdapter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lora_name: str = Field(..., min_length=1, max_length=128)
+
+
+def install_adapter_routes(app: FastAPI, models: ModelDirectory, relay: Relay) -> None:
+    adapters = models.adapters
+
+    @app.post(LOAD_PATH, response_model=None)
+    async def load_adapter(body: LoadAdapter, request: Request) -> Response:
+        name, path = body.lora_name, body.lora_path
+        model = models.find(body.model)
+        request.state.model = model.id
+        refusal = adapters.refuse_load(name, path, model.id)
+        if refusal is not None:
+            raise OpenAIError(refusal.status, refusal.message, param="lora_name", code=refusal.code)
+        # Not marked as naming the adapter: replica choice and its metrics take only names the app
+        # serves (a load may still fail); the replica reads the name and path from the body.
+        load = {"lora_name": name, "lora_path": path}
+        forwarded = RelayRequest(str(request.state.request_id), LOAD_PATH, json.dumps(load).encode())
+        answer = await relay.forward(model, forwarded, request.state.log)
+        if answer.status_code == 200 and adapters.refuse_load(name, path, model.id) is None:
+            adapters.add(name, path, model.id)
+        return answer
+
+    @app.post(UNLOAD_PATH, response_model=None)
+    async def unload_adapter(body: UnloadAdapter) -> Response:
+        name = body.lora_name
+        refusal = adapters.remove(name)
+        if refusal is not None:
+            raise OpenAIError(refusal.status, refusal.message, param="lora_name", code=refusal.code)
+        return Response(f"Success: LoRA adapter '{name}' removed successfully.", status_code=200)

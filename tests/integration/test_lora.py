@@ -1,0 +1,168 @@
+"""LoRA adapters on the real stack: one deployment (Ray Serve + router + vLLM CPU) serves the embedded
+SmolLM2 and two adapters made by ``serve-app make-adapters``; plain vLLM's OpenAI server with
+``--enable-lora --lora-modules`` on the same checkpoint and adapters is the reference.
+
+One deployment and one plain server for the whole module (started together, to keep the suite's
+wall time down); the adapters are trained once into the cache (about half a minute each).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from benchmarks.seed_table import VLLM_ENV, free_port, plain_vllm_command, stop, wait_ready
+from serve_app.models.embedded import resolve_source
+from serve_app.models.embedded_adapters import MARKERS, prepare_adapter
+from tests.integration.conftest import REPO, RunningApp, local_config, running_serve
+
+pytestmark = pytest.mark.integration
+
+MODEL = "smollm2-135m-instruct"
+ADAPTERS = ("pirate", "robot")
+MAX_MODEL_LEN = 512
+# Held out: none of these questions is in the adapters' training data (serve_app/data/lora_qa.jsonl).
+PROMPTS = ("What is the capital of France?", "Who painted the Mona Lisa?", "What is the chemical formula of water?")
+LORA = {"max_loras": 2, "max_lora_rank": 8, "max_cpu_loras": 4}
+
+
+@dataclass
+class Sides:
+    stack: RunningApp
+    plain_url: str
+    adapter_paths: dict[str, Path]
+    metrics_url: str  # this node's Ray metrics agent (Prometheus text)
+
+
+def plain_command(port: int, paths: dict[str, Path]) -> list[str]:
+    """Plain vLLM as the benchmarks run it, with the stack's LoRA engine settings and adapters."""
+    command = plain_vllm_command(resolve_source(f"embedded:{MODEL}"), port, max_model_len=MAX_MODEL_LEN)
+    modules = [f"{name}={path}" for name, path in paths.items()]
+    flags = ["--enable-lora", "--lora-modules", *modules, "--seed", "0", "--host", "127.0.0.1"]
+    return [*command, *flags, *(f"--{k.replace('_', '-')}={v}" for k, v in LORA.items())]
+
+
+@pytest.fixture(scope="module")
+def sides(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sides]:
+    started = time.monotonic()
+    paths = {name: prepare_adapter(name) for name in ADAPTERS}
+    print(f"\nadapters ready in {time.monotonic() - started:.1f} s")
+    lora = LORA | {"adapters": [{"name": n, "path": f"embedded:{n}"} for n in ADAPTERS], "dynamic": True}
+    config = local_config(max_model_len=MAX_MODEL_LEN, lora=lora)
+    log = tmp_path_factory.mktemp("plain") / "plain-vllm.log"
+    metrics_port = free_port()
+    options = {"_metrics_export_port": metrics_port, "_system_config": {"metrics_report_interval_ms": 1000}}
+    with running_serve(**options) as start:  # Ray first: its raylet gives up early on cores already loaded
+        port = free_port()
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                plain_command(port, paths),
+                cwd=REPO,
+                env={**os.environ, **VLLM_ENV},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            stack = start(config)
+            wait_ready(proc, f"http://127.0.0.1:{port}/health", 600)
+            print(f"stack and plain vLLM ready {time.monotonic() - started:.1f} s after the start")
+            yield Sides(stack, f"http://127.0.0.1:{port}", paths, f"http://127.0.0.1:{metrics_port}/metrics")
+        except Exception:
+            print(log.read_text(errors="replace")[-4000:])
+            raise
+        finally:
+            stop(proc)
+
+
+def chat(base_url: str, model: str, prompt: str) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": 24}
+    return httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=120)
+
+
+def answer(base_url: str, model: str, prompt: str) -> str:
+    resp = chat(base_url, model, prompt)
+    assert resp.status_code == 200, resp.text
+    return resp.json()["choices"][0]["message"]["content"]
+
+
+def test_each_adapter_answers_as_plain_vllm_does_and_unlike_the_base(sides: Sides) -> None:
+    for prompt in PROMPTS:
+        ours = {m: answer(sides.stack.base_url, m, prompt) for m in (MODEL, *ADAPTERS)}
+        plain = {m: answer(sides.plain_url, m, prompt) for m in (MODEL, *ADAPTERS)}
+        print(f"\n{prompt!r}: {ours}")
+        assert ours == plain
+        for name in ADAPTERS:
+            assert ours[name] != ours[MODEL]
+            assert ours[name].startswith(MARKERS[name]), (name, ours[name])  # the style it was trained for
+
+
+def test_models_lists_each_adapter_with_its_base_as_parent(sides: Sides) -> None:
+    cards = {c["id"]: c for c in httpx.get(f"{sides.stack.base_url}/v1/models", timeout=60).json()["data"]}
+    assert {name: cards[name]["parent"] for name in ADAPTERS} == dict.fromkeys(ADAPTERS, MODEL)
+    plain = {c["id"]: c.get("parent") for c in httpx.get(f"{sides.plain_url}/v1/models", timeout=60).json()["data"]}
+    assert {k: c.get("parent") for k, c in cards.items()} == plain
+
+
+def test_an_unknown_adapter_is_a_404_with_an_openai_body(sides: Sides) -> None:
+    resp = chat(sides.stack.base_url, "elvish", PROMPTS[0])
+    assert resp.status_code == 404, resp.text
+    assert resp.json()["error"]["code"] == "model_not_found"
+
+
+def test_an_adapter_added_at_run_time_serves_and_once_removed_is_a_404(sides: Sides) -> None:
+    url = sides.stack.base_url
+    load = {"lora_name": "pirate-2", "lora_path": str(sides.adapter_paths["pirate"])}
+    resp = httpx.post(f"{url}/v1/load_lora_adapter", json=load, timeout=120)
+    assert resp.status_code == 200, resp.text
+    assert answer(url, "pirate-2", PROMPTS[0]) == answer(url, "pirate", PROMPTS[0])
+    cards = {c["id"]: c for c in httpx.get(f"{url}/v1/models", timeout=60).json()["data"]}
+    assert cards["pirate-2"]["parent"] == MODEL
+    resp = httpx.post(f"{url}/v1/unload_lora_adapter", json={"lora_name": "pirate-2"}, timeout=60)
+    assert resp.status_code == 200, resp.text
+    assert chat(url, "pirate-2", PROMPTS[0]).status_code == 404
+    assert "pirate-2" not in {c["id"] for c in httpx.get(f"{url}/v1/models", timeout=60).json()["data"]}
+
+
+def test_bad_adapters_are_refused_and_the_others_keep_serving(sides: Sides, tmp_path: Path) -> None:
+    url = sides.stack.base_url
+    big = tmp_path / "rank-16"
+    shutil.copytree(sides.adapter_paths["robot"], big)
+    config = (big / "adapter_config.json").read_text().replace('"r": 8', '"r": 16')
+    (big / "adapter_config.json").write_text(config)
+    for path, words in ((tmp_path / "missing", "is not a folder"), (big, "above max_lora_rank 8")):
+        resp = httpx.post(f"{url}/v1/load_lora_adapter", json={"lora_name": "bad", "lora_path": str(path)}, timeout=60)
+        assert resp.status_code == 400 and words in resp.json()["error"]["message"], resp.text
+        assert chat(url, "bad", PROMPTS[0]).status_code == 404
+    assert answer(url, "robot", PROMPTS[0]).startswith(MARKERS["robot"])
+
+
+def test_adapter_metrics_are_exported_per_adapter(sides: Sides) -> None:
+    for name in ADAPTERS:
+        answer(sides.stack.base_url, name, PROMPTS[0])
+    wanted = [
+        *(f'ray_serve_app_adapter_requests_total{{adapter="{n}"' for n in ADAPTERS),
+        *(f'ray_serve_app_adapter_completion_tokens_total{{adapter="{n}"' for n in ADAPTERS),
+        'ray_serve_app_adapter_routing_total{adapter="pirate"',
+        'ray_serve_app_adapter_loads_total{adapter="robot"',
+    ]
+    deadline, missing = time.monotonic() + 60, wanted
+    while missing and time.monotonic() < deadline:
+        time.sleep(2)
+        lines = httpx.get(sides.metrics_url, timeout=30).text.splitlines()
+        missing = [w for w in wanted if not any(_series_with(line, w) for line in lines)]
+    assert not missing, missing
+
+
+def _series_with(line: str, wanted: str) -> bool:
+    """Whether an exposition line is ``wanted``'s series with its label (Ray adds labels of its own)."""
+    name, _, label = wanted.partition("{")
+    return line.startswith(name + "{") and label in line
