@@ -3,7 +3,8 @@
 machine (servers outlive a call: they run in sessions of their own):
 
     python benchmarks/gpu/goodput.py gate    --out $OUT   # SmolLM2 (real weights): each FP8 variant vs bf16
-    python benchmarks/gpu/goodput.py profile --out $OUT   # 8B shape: bf16 and fp8 profiled; plan; stack started
+    python benchmarks/gpu/goodput.py profile --out $OUT   # 8B shape: bf16, fp8, fp8-fp8kv profiled; plan; stack
+                                                          # (--gate-reports DIR: an earlier gate run's reports)
     python benchmarks/gpu/goodput.py ladder  --out $OUT --runs 0:fixed,0:spread   # (round:lengths)s
 
 Accuracy evidence comes from the real SmolLM2 (``gate``), speed evidence from the 8B shape with
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -39,9 +41,10 @@ BUDGET_FRACTION = 0.43
 BF16_WEIGHTS_GIB, ACTIVATIONS_GIB = 13.8, 3.0
 # (variant id, serve-app evaluate flags): FP8 weights, and with an FP8 KV cache, gated on SmolLM2.
 FP8 = ["--quantization", "fp8"]
-GATE_VARIANTS = (("fp8", FP8), ("fp8-fp8kv", [*FP8, "--kv-cache-dtype", "fp8"]))
+FP8_KV = [*FP8, "--kv-cache-dtype", "fp8"]
+GATE_VARIANTS = (("fp8", FP8), ("fp8-fp8kv", FP8_KV))
 PROFILE_POINTS = ((1, 12), (64, 128), (192, 192), (384, 384))  # (concurrency, prompts), closed loop
-LADDER_LOADS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)  # offered rates, in units of plain vLLM's capacity
+LADDER_LOADS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)  # offered rates, in units of plain vLLM's capacity
 LADDER_SECONDS = 10  # of Poisson arrivals per rate
 SLO = {"ttft": 500, "tpot": 50}  # ms, the goal's
 INPUT_TOKENS, OUTPUT_TOKENS = 512, 128  # the goal's traffic
@@ -76,7 +79,7 @@ def _bench(url: str, extra: list[str]) -> dict:
     return compare.vllm_bench.measure(argv)  # in this process: vLLM imported once for all runs
 
 
-def _profile_points(url: str) -> list[dict]:
+def _profile_points(url: str, batched_tokens: int | None) -> list[dict]:
     points = []
     for concurrency, prompts in PROFILE_POINTS:
         extra = ["--num-prompts", str(prompts), "--max-concurrency", str(concurrency), "--seed", str(concurrency)]
@@ -84,27 +87,49 @@ def _profile_points(url: str) -> list[dict]:
         points.append(
             {"concurrency": concurrency, "tpot_ms": round(m["mean_tpot_ms"], 2)}
             | {"output_tokens_per_s": round(m["output_throughput"], 1), "ttft_p50_ms": round(m["median_ttft_ms"], 1)}
+            | ({"max_num_batched_tokens": batched_tokens} if batched_tokens else {})
         )
         print(url, points[-1], flush=True)
     return points
 
 
+def engine_batched_tokens(log: Path) -> int | None:
+    """The engine's own max_num_batched_tokens, as its start-up log states it (the profile's points
+    were measured with it, and the planner keeps it)."""
+    found = re.findall(r"max_num_batched_tokens=(\d+)", log.read_text(errors="replace"))
+    return int(found[-1]) if found else None
+
+
+def _profile_alone(variant: str, flags: list[str], kv_bytes: int, timeout_s: float) -> list[dict]:
+    log = Path(f"/tmp/plain-{variant}.log")
+    proc = _plain(8101, [*flags, "--kv-cache-memory-bytes", str(kv_bytes)], str(log))
+    compare.wait_for(FP8_URL + "/health", timeout_s, proc)
+    points = _profile_points(FP8_URL, engine_batched_tokens(log))
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)
+    return points
+
+
 def profile(out: Path, timeout_s: float) -> None:
-    """bf16 and fp8 side by side, profiled; the planner on gate reports + profile; then plain fp8
-    stops, plain bf16 stays for the ladder and the stack starts with the planner's config."""
+    """bf16 and fp8 side by side, profiled, then fp8 with an FP8 KV cache; the planner on gate
+    reports + profile; plain bf16 stays for the ladder and the stack starts with the planner's config."""
     compare.stop_servers()
     compare.prepare_models()
     total = _gpu_memory_bytes()
     kv_bytes = int(BUDGET_FRACTION * total - (BF16_WEIGHTS_GIB + ACTIVATIONS_GIB) * GIB)
-    bf16 = _plain(8100, ["--dtype", "bfloat16", "--kv-cache-memory-bytes", str(kv_bytes)], "/tmp/plain.log")
-    fp8_flags = ["--dtype", "bfloat16", "--quantization", "fp8", "--kv-cache-memory-bytes", str(kv_bytes)]
-    fp8 = _plain(8101, fp8_flags, "/tmp/plain-fp8.log")
+    bf16_log = Path("/tmp/plain.log")
+    bf16 = _plain(8100, ["--dtype", "bfloat16", "--kv-cache-memory-bytes", str(kv_bytes)], str(bf16_log))
+    fp8_log = Path("/tmp/plain-fp8.log")
+    fp8 = _plain(8101, ["--dtype", "bfloat16", *FP8, "--kv-cache-memory-bytes", str(kv_bytes)], str(fp8_log))
     started = time.monotonic()
     for url, proc in ((compare.PLAIN_URL, bf16), (FP8_URL, fp8)):
         compare.wait_for(url + "/health", timeout_s, proc)
     engines_s = time.monotonic() - started
-    variants = {"bf16": _profile_points(compare.PLAIN_URL), "fp8": _profile_points(FP8_URL)}
+    variants = {"bf16": _profile_points(compare.PLAIN_URL, engine_batched_tokens(bf16_log))}
+    variants["fp8"] = _profile_points(FP8_URL, engine_batched_tokens(fp8_log))
     os.killpg(fp8.pid, signal.SIGTERM)
+    fp8.wait(timeout=60)
+    variants["fp8-fp8kv"] = _profile_alone("fp8-fp8kv", ["--dtype", "bfloat16", *FP8_KV], kv_bytes, timeout_s)
     (STATE / "profile.json").write_text(json.dumps({"gpu": "h200", "variants": variants}, indent=1))
     capacity = variants["bf16"][-1]["output_tokens_per_s"] / OUTPUT_TOKENS  # requests/s, largest closed loop
     rates = [round(capacity * load, 1) for load in LADDER_LOADS]
@@ -112,7 +137,6 @@ def profile(out: Path, timeout_s: float) -> None:
     plan += ["--profile", str(STATE / "profile.json"), "--out", str(STATE / "planned.yaml")]
     subprocess.run(plan, cwd=compare.REPO, check=True)
     write_stack_config(STATE / "planned.yaml", STATE / "stack.yaml")
-    fp8.wait(timeout=60)
     meta = {"engines_ready_s": engines_s, "plain_kv_cache_bytes": kv_bytes, "gpu_bytes": total, "rates": rates}
     (STATE / "meta.json").write_text(json.dumps(meta, indent=1))
     stack_cmd = [shutil.which("serve") or "serve", "run", str(STATE / "stack.yaml")]
@@ -184,6 +208,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/out")))
     parser.add_argument("--timeout", type=float, default=400)
     parser.add_argument("--runs", default="0:fixed", help="ladder: round:lengths pairs, lengths fixed or spread")
+    parser.add_argument("--gate-reports", type=Path, help="profile: earlier gate reports (the gate phase skipped)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     STATE.mkdir(exist_ok=True)
@@ -191,6 +216,8 @@ def main() -> None:
         if args.phase == "gate":
             gate(args.out)
         elif args.phase == "profile":
+            if args.gate_reports:
+                shutil.copytree(args.gate_reports, STATE / "gate", dirs_exist_ok=True)
             profile(args.out, args.timeout)
         else:
             compare.wait_for(compare.STACK_URL + "/ready", args.timeout)

@@ -76,13 +76,21 @@ def seq_kv_tokens(goal: Goal) -> int:
     return math.ceil(tokens / KV_BLOCK_TOKENS) * KV_BLOCK_TOKENS
 
 
-def batched_tokens_for(concurrency: int, traffic: Traffic) -> int:
+def batched_tokens_for(concurrency: int, traffic: Traffic, measured_with: int | None = None) -> int:
     """The smallest choice that holds a full decode batch plus one whole prompt (a new prompt
     prefills in one step) and the average step's tokens (prompts keep up with finishing requests).
-    vLLM also needs it to be at least max_num_seqs, which both terms exceed."""
+    vLLM also needs it to be at least max_num_seqs, which both terms exceed. A profile's TPOT and
+    throughput were measured with the engine's own setting: where that holds the need, keep it, so
+    the engine runs as it was measured (a smaller one would leave measured throughput unused)."""
     steady = concurrency * (1 + traffic.input_tokens / traffic.output_tokens_mean)
     need = max(concurrency + traffic.input_tokens, math.ceil(steady))
+    if measured_with and measured_with >= need:
+        return measured_with
     return next((b for b in BATCHED_TOKEN_CHOICES if b >= need), BATCHED_TOKEN_CHOICES[-1])
+
+
+def _measured_with(speed: Roofline | Measured) -> int | None:
+    return speed.batched_tokens if isinstance(speed, Measured) else None
 
 
 def memory_plan(goal: Goal, shape: ModelShape, variant: Variant, seqs: int, batched: int) -> Plan:
@@ -127,7 +135,7 @@ def _search(goal: Goal, shape: ModelShape, variant: Variant, speed: Roofline | M
     shows throughput falling past saturation)."""
     best, best_rate, largest, bound = 0, 0.0, 0, f"the search cap of {SEQS_CAP}"
     for c in range(SEQS_CAP, 0, -1):
-        batched = batched_tokens_for(c, goal.traffic)
+        batched = batched_tokens_for(c, goal.traffic, _measured_with(speed))
         capacity = memory_plan(goal, shape, variant, c, batched).kv_cache_tokens // seq_kv_tokens(goal)
         est = speed.estimate(c, batched)
         failed = "the KV cache" if c > capacity else _limit(goal, est)
@@ -148,7 +156,18 @@ def _speed_model(goal: Goal, shape: ModelShape, variant: Variant, points: tuple[
     return Measured(points, roofline, origin) if points else roofline
 
 
-def _reasons(goal: Goal, vp: VariantPlan, gate: str, search: Search) -> dict[str, str]:
+def _batched_reason(goal: Goal, vp: VariantPlan, measured_with: int | None) -> str:
+    t = goal.traffic
+    need = (
+        f"max_num_seqs decodes plus one {t.input_tokens}-token prompt (it prefills in one step) and the average "
+        f"step's prompt share ({t.input_tokens}/{t.output_tokens_mean} prompt tokens per output token)"
+    )
+    if measured_with and vp.max_num_batched_tokens == measured_with:
+        return f"{measured_with}: the engine setting the profile measured TPOT and throughput with; it holds {need}"
+    return f"{vp.max_num_batched_tokens}: the smallest of {list(BATCHED_TOKEN_CHOICES)} holding {need}"
+
+
+def _reasons(goal: Goal, vp: VariantPlan, gate: str, search: Search, measured_with: int | None) -> dict[str, str]:
     m, est, t = vp.memory, vp.estimate, goal.traffic
     return {
         "gate": gate,
@@ -165,11 +184,7 @@ def _reasons(goal: Goal, vp: VariantPlan, gate: str, search: Search) -> dict[str
             + (f"the largest such is {search.largest}, " if search.largest != vp.max_num_seqs else "")
             + f"the next one up is stopped by {search.bound}"
         ),
-        "max_num_batched_tokens": (
-            f"{vp.max_num_batched_tokens}: the smallest of {list(BATCHED_TOKEN_CHOICES)} holding max_num_seqs "
-            f"decodes plus one {t.input_tokens}-token prompt (it prefills in one step) and the average step's "
-            f"prompt share ({t.input_tokens}/{t.output_tokens_mean} prompt tokens per output token)"
-        ),
+        "max_num_batched_tokens": _batched_reason(goal, vp, measured_with),
         "speed": est.source,
         "goodput": (
             f"{vp.goodput_rps:.2f} requests/s estimated = {vp.max_num_seqs} x {goal.gpus} GPU(s) / "
@@ -189,12 +204,12 @@ def plan_variant(goal: Goal, shape: ModelShape, variant: Variant, source: str, g
     if search.best == 0:
         return Dropped(variant.id, f"no concurrency fits one {goal.gpu} and meets the SLO ({search.bound})")
     seqs = search.best
-    batched = batched_tokens_for(seqs, goal.traffic)
+    batched = batched_tokens_for(seqs, goal.traffic, _measured_with(speed))
     memory = memory_plan(goal, shape, variant, seqs, batched)
     est = speed.estimate(seqs, batched)
     capacity = memory.kv_cache_tokens // seq_kv_tokens(goal)
     vp = VariantPlan(variant, source, seqs, batched, capacity, est, goodput_rps(goal, seqs, est), memory)
-    vp.reasons = _reasons(goal, vp, gate, search)
+    vp.reasons = _reasons(goal, vp, gate, search, _measured_with(speed))
     return vp
 
 

@@ -15,7 +15,8 @@ It ignores attention FLOPs, kernel efficiency and scheduling, so it is optimisti
 upper bound on speed that a profile should replace.
 
 Profile (JSON): ``{"gpu": "h200", "variants": {"awq": [{"concurrency": 64, "tpot_ms": 20.1,
-"ttft_ms": 90}, {"concurrency": 1, "output_tokens_per_s": 120}]}}``. TPOT between measured
+"ttft_ms": 90}, {"concurrency": 1, "output_tokens_per_s": 120}]}}``; a point may name the engine's
+``max_num_batched_tokens`` it was measured with, which the planner then keeps. TPOT between measured
 concurrencies is interpolated linearly and extrapolated past them from the last two points.
 """
 
@@ -51,6 +52,7 @@ class SpeedPoint:
     tpot_ms: float
     ttft_ms: float | None = None
     output_tokens_per_s: float | None = None
+    batched_tokens: int | None = None  # the engine's max_num_batched_tokens when this was measured
 
 
 def compute_peak_flops(variant: Variant, gpu: Gpu) -> float:
@@ -101,6 +103,11 @@ class Measured:
     roofline: Roofline
     origin: str
 
+    @property
+    def batched_tokens(self) -> int | None:
+        """The engine setting the profile measured with (the largest named), if it names one."""
+        return max((p.batched_tokens for p in self.points if p.batched_tokens), default=None)
+
     def _interpolate(self, concurrency: int, values: Sequence[tuple[int, float]]) -> float:
         if len(values) == 1:  # one point: assume the step time grows with the batch (pessimistic)
             c0, v0 = values[0]
@@ -143,7 +150,10 @@ def _point(raw: Mapping[str, Any], where: str) -> SpeedPoint:
         raise ValueError(f"{where}: needs tpot_ms or output_tokens_per_s")
     ttft_ms = float(ttft) if isinstance(ttft, int | float) and ttft > 0 else None
     measured_rate = float(rate) if isinstance(rate, int | float) and rate > 0 else None
-    return SpeedPoint(c, tpot_ms, ttft_ms, measured_rate)
+    batched = raw.get("max_num_batched_tokens")
+    if batched is not None and (not isinstance(batched, int) or batched < 1):
+        raise ValueError(f"{where}: max_num_batched_tokens must be a whole number >= 1")
+    return SpeedPoint(c, tpot_ms, ttft_ms, measured_rate, batched)
 
 
 def parse_profile(data: Mapping[str, Any], gpu: str) -> tuple[dict[str, tuple[SpeedPoint, ...]], str | None]:

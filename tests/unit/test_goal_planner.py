@@ -273,3 +273,22 @@ def test_measured_throughput_caps_the_goodput_estimate() -> None:
     tpot_only = [{k: v for k, v in p.items() if k != "output_tokens_per_s"} for p in fp8]
     points, _ = parse_profile({"gpu": "h200", "variants": {"fp8": tpot_only}}, "h200")
     assert candidate(run_plan(verdicts=passing("fp8"), profile=points), "fp8").goodput_rps > 100
+
+
+def test_a_profile_measured_with_more_batched_tokens_keeps_that_setting() -> None:
+    # The profile's TPOT and throughput came from an engine with max_num_batched_tokens 8192: the plan
+    # keeps it where it holds the need, instead of the smallest choice that does.
+    fp8 = [
+        {"concurrency": 64, "tpot_ms": 6.14, "output_tokens_per_s": 7102.8, "max_num_batched_tokens": 8192},
+        {"concurrency": 192, "tpot_ms": 13.9, "output_tokens_per_s": 8566.4, "max_num_batched_tokens": 8192},
+    ]
+    points, _ = parse_profile({"gpu": "h200", "variants": {"fp8": fp8}}, "h200")
+    vp = candidate(run_plan(verdicts=passing("fp8"), profile=points), "fp8")
+    assert vp.max_num_batched_tokens == 8192
+    assert vp.reasons["max_num_batched_tokens"].startswith("8192: the engine setting the profile measured")
+    unnamed = [{k: v for k, v in p.items() if k != "max_num_batched_tokens"} for p in fp8]
+    points, _ = parse_profile({"gpu": "h200", "variants": {"fp8": unnamed}}, "h200")
+    smallest = candidate(run_plan(verdicts=passing("fp8"), profile=points), "fp8")
+    assert smallest.max_num_batched_tokens < 8192 and "the smallest of" in smallest.reasons["max_num_batched_tokens"]
+    with pytest.raises(ValueError, match="max_num_batched_tokens must be a whole number"):
+        parse_profile({"variants": {"fp8": [{"concurrency": 1, "tpot_ms": 3, "max_num_batched_tokens": "x"}]}}, "h200")
