@@ -5,6 +5,7 @@ machine (servers outlive a call: they run in sessions of their own):
     python benchmarks/gpu/goodput.py gate    --out $OUT   # SmolLM2 (real weights): each FP8 variant vs bf16
     python benchmarks/gpu/goodput.py profile --out $OUT   # 8B shape: bf16, fp8, fp8-fp8kv profiled; plan; stack
                                                           # (--gate-reports DIR: an earlier gate run's reports)
+    python benchmarks/gpu/goodput.py serve --out $OUT --profile P --gate-reports G  # plain + stack, no profiling
     python benchmarks/gpu/goodput.py ladder  --out $OUT --runs 0:fixed,0:spread   # (round:lengths)s
 
 Accuracy evidence comes from the real SmolLM2 (``gate``), speed evidence from the 8B shape with
@@ -44,7 +45,7 @@ FP8 = ["--quantization", "fp8"]
 FP8_KV = [*FP8, "--kv-cache-dtype", "fp8"]
 GATE_VARIANTS = (("fp8", FP8), ("fp8-fp8kv", FP8_KV))
 PROFILE_POINTS = ((1, 12), (64, 128), (192, 192), (384, 384))  # (concurrency, prompts), closed loop
-LADDER_LOADS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)  # offered rates, in units of plain vLLM's capacity
+LADDER_LOADS = (0.5, 1.0, 1.25, 1.5, 2.0)  # offered rates, in units of plain vLLM's capacity
 LADDER_SECONDS = 10  # of Poisson arrivals per rate
 SLO = {"ttft": 500, "tpot": 50}  # ms, the goal's
 INPUT_TOKENS, OUTPUT_TOKENS = 512, 128  # the goal's traffic
@@ -131,13 +132,40 @@ def profile(out: Path, timeout_s: float) -> None:
     fp8.wait(timeout=60)
     variants["fp8-fp8kv"] = _profile_alone("fp8-fp8kv", ["--dtype", "bfloat16", *FP8_KV], kv_bytes, timeout_s)
     (STATE / "profile.json").write_text(json.dumps({"gpu": "h200", "variants": variants}, indent=1))
+    plan_and_start_stack(out, {"engines_ready_s": engines_s, "plain_kv_cache_bytes": kv_bytes, "gpu_bytes": total})
+
+
+def serve(out: Path, earlier_profile: Path, timeout_s: float) -> None:
+    """Plain bf16 for the ladder, then the stack planned on an earlier profile (the profile phase
+    skipped to save device time): that profile's engines ran vLLM's defaults, whose
+    max_num_batched_tokens this plain engine's log states, so its points are marked with it."""
+    compare.stop_servers()
+    compare.prepare_models()
+    total = _gpu_memory_bytes()
+    kv_bytes = int(BUDGET_FRACTION * total - (BF16_WEIGHTS_GIB + ACTIVATIONS_GIB) * GIB)
+    log = Path("/tmp/plain.log")
+    started = time.monotonic()
+    bf16 = _plain(8100, ["--dtype", "bfloat16", "--kv-cache-memory-bytes", str(kv_bytes)], str(log))
+    compare.wait_for(compare.PLAIN_URL + "/health", timeout_s, bf16)
+    engines_s = time.monotonic() - started
+    data = json.loads(earlier_profile.read_text())
+    batched = engine_batched_tokens(log)
+    for points in data["variants"].values():
+        for point in points:
+            point.update({"max_num_batched_tokens": batched} if batched else {})
+    data["engine_setting"] = f"max_num_batched_tokens {batched}, read from plain vLLM's start-up log in this run"
+    (STATE / "profile.json").write_text(json.dumps(data, indent=1))
+    plan_and_start_stack(out, {"plain_ready_s": engines_s, "plain_kv_cache_bytes": kv_bytes, "gpu_bytes": total})
+
+
+def plan_and_start_stack(out: Path, meta: dict) -> None:
+    variants = json.loads((STATE / "profile.json").read_text())["variants"]
     capacity = variants["bf16"][-1]["output_tokens_per_s"] / OUTPUT_TOKENS  # requests/s, largest closed loop
-    rates = [round(capacity * load, 1) for load in LADDER_LOADS]
+    meta["rates"] = [round(capacity * load, 1) for load in LADDER_LOADS]
     plan = [sys.executable, "-m", "serve_app.cli", "plan", "--goal", str(GOAL), "--gate-reports", str(STATE / "gate")]
     plan += ["--profile", str(STATE / "profile.json"), "--out", str(STATE / "planned.yaml")]
     subprocess.run(plan, cwd=compare.REPO, check=True)
     write_stack_config(STATE / "planned.yaml", STATE / "stack.yaml")
-    meta = {"engines_ready_s": engines_s, "plain_kv_cache_bytes": kv_bytes, "gpu_bytes": total, "rates": rates}
     (STATE / "meta.json").write_text(json.dumps(meta, indent=1))
     stack_cmd = [shutil.which("serve") or "serve", "run", str(STATE / "stack.yaml")]
     compare._spawn(stack_cmd, Path("/tmp/stack.log"), compare._stack_env("0", "haproxy"))
@@ -204,21 +232,25 @@ def run_rate(url: str, rate: float, seed: int, spread: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("phase", choices=["gate", "profile", "ladder"])
+    parser.add_argument("phase", choices=["gate", "profile", "serve", "ladder"])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/out")))
     parser.add_argument("--timeout", type=float, default=400)
     parser.add_argument("--runs", default="0:fixed", help="ladder: round:lengths pairs, lengths fixed or spread")
-    parser.add_argument("--gate-reports", type=Path, help="profile: earlier gate reports (the gate phase skipped)")
+    parser.add_argument("--gate-reports", type=Path, help="profile, serve: earlier gate reports (no gate phase)")
+    parser.add_argument("--profile", type=Path, help="serve: an earlier profile.json (no profile phase)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     STATE.mkdir(exist_ok=True)
     try:
         if args.phase == "gate":
             gate(args.out)
-        elif args.phase == "profile":
+        elif args.phase in ("profile", "serve"):
             if args.gate_reports:
                 shutil.copytree(args.gate_reports, STATE / "gate", dirs_exist_ok=True)
-            profile(args.out, args.timeout)
+            if args.phase == "profile":
+                profile(args.out, args.timeout)
+            else:
+                serve(args.out, args.profile, args.timeout)
         else:
             compare.wait_for(compare.STACK_URL + "/ready", args.timeout)
             compare.wait_for(compare.PLAIN_URL + "/health", 60)
