@@ -16,10 +16,13 @@ the nodes that run a router.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +42,7 @@ NODE_CPUS = 4  # logical: the machine has 2 cores, shared by every node
 @dataclass
 class MultiNodeCluster:
     cluster: Any  # ray.cluster_utils.Cluster
+    redis_address: str | None  # GCS fault tolerance: the GCS keeps its tables in this Redis
     workers: list[Any] = field(default_factory=list)  # ray._private.node.Node, alive ones
     base_url: str = ""  # the router's direct-ingress port on the head
     proxy_url: str = ""  # Serve's proxy port (shared by every node's proxy)
@@ -61,16 +65,24 @@ class MultiNodeCluster:
         """Lose ``node`` as a machine is lost: SIGKILL its raylet and every process under it at
         once (replicas, engine cores, agents), then let the cluster forget it. Returns how many
         processes were killed."""
-        raylet = self.raylet(node)
-        doomed = [raylet, *raylet.children(recursive=True)]
-        for proc in doomed:
-            try:
-                proc.send_signal(signal.SIGKILL)
-            except psutil.NoSuchProcess:
-                pass
+        killed = _kill_tree(self.raylet(node))
         self.workers.remove(node)
         self.cluster.remove_node(node, allow_graceful=False)
-        return len(doomed)
+        return killed
+
+
+def _kill_tree(root: psutil.Process) -> int:
+    """SIGKILL ``root`` and every process under it at once; returns how many there were."""
+    try:
+        doomed = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    for proc in doomed:
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    return len(doomed)
 
 
 def pin(config: AppConfig) -> AppConfig:
@@ -116,19 +128,63 @@ def serve_deploy(config: AppConfig, port: int, replicas: dict[str, int]) -> None
 
 
 @contextmanager
+def redis_for_gcs() -> Iterator[str | None]:
+    """A throwaway Redis (Debian's ``redis-server``, no persistence) for the head's GCS to keep its
+    tables in, so that a killed GCS restarts with the cluster's state (Ray's GCS fault tolerance,
+    read from ``RAY_REDIS_ADDRESS`` when the head starts). None when no redis-server is installed."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield None
+        return
+    port = free_port()
+    redis = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        address = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while not _accepts(port):
+            if time.monotonic() > deadline or redis.poll() is not None:
+                raise RuntimeError(f"redis-server did not start on {address}")
+            time.sleep(0.1)
+        os.environ["RAY_REDIS_ADDRESS"] = address
+        yield address
+    finally:
+        os.environ.pop("RAY_REDIS_ADDRESS", None)
+        redis.kill()
+        redis.wait(timeout=30)
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextmanager
 def multi_node_cluster() -> Iterator[tuple[MultiNodeCluster, Callable[..., float]]]:
     """Starts the cluster and Serve (a proxy on every node); the yielded ``deploy(config,
     replicas=None)`` deploys the app pinned by :func:`pin` (see :func:`serve_deploy`) and returns
     the seconds until /ready answered 200."""
-    import ray
-    from ray import serve
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": NODE_CPUS, "resources": {ROUTER_RESOURCE: 1}, "include_dashboard": False},
-    )
-    state = MultiNodeCluster(cluster)
+    with ExitStack() as stack:
+        redis_address = stack.enter_context(redis_for_gcs())
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": NODE_CPUS, "resources": {ROUTER_RESOURCE: 1}, "include_dashboard": False},
+        )
+        stack.callback(cluster.shutdown)
+        os.environ.pop("RAY_REDIS_ADDRESS", None)  # the head's GCS has it; worker nodes need no Redis
+        yield from _serving(MultiNodeCluster(cluster, redis_address))
+
+
+def _serving(state: MultiNodeCluster) -> Iterator[tuple[MultiNodeCluster, Callable[..., float]]]:
+    import ray
+    from ray import serve
+
+    cluster = state.cluster
     try:
         for _ in range(2):
             state.workers.append(
@@ -149,9 +205,13 @@ def multi_node_cluster() -> Iterator[tuple[MultiNodeCluster, Callable[..., float
 
         yield state, deploy
     finally:
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
-            cluster.shutdown()
-            os.environ.pop("RAY_ADDRESS", None)
+        # No serve.shutdown(): its graceful stop of every replica and of the controller takes half
+        # a minute, and this cluster is thrown away. Every process under a raylet goes at once.
+        from ray.serve.context import _disconnect
+
+        _disconnect()  # forget this cluster's Serve controller (what serve.shutdown() ends with)
+        ray.shutdown()
+        os.environ.pop("RAY_ADDRESS", None)
+        for node in [cluster.head_node, *state.workers]:
+            with suppress(psutil.NoSuchProcess, KeyError, IndexError):
+                _kill_tree(state.raylet(node))

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from serve_app.bench.fault_load import FaultLoad, LedgerPrompt, ledger_prompts
-from serve_app.bench.ledger import Ledger, ScenarioSummary
+from serve_app.bench.ledger import Ledger, Outcome, ScenarioSummary
 from serve_app.bench.settings import Target
 from serve_app.config import AppConfig
 from tests.faults.cluster import MultiNodeCluster, multi_node_cluster
@@ -205,3 +205,38 @@ def test_scale_down_under_load_drains(nodes: Nodes, scale: Scale, report_scenari
 
 def _live(pids: dict[int, int]) -> set[int]:
     return {pid for pid in pids if psutil.pid_exists(pid)}
+
+
+GCS_DOWN_S = 15.0  # well inside Ray's 60 s for raylets and workers to find the GCS again
+
+
+def test_gcs_killed_and_restarted_under_load(nodes: Nodes, scale: Scale, report_scenario) -> None:
+    """The head's GCS process killed under load, restarted GCS_DOWN_S later from its Redis: requests
+    keep flowing router -> replica meanwhile (the data path needs no GCS), and the cluster comes
+    back whole (Serve reports its replica running again)."""
+    if nodes.cluster.redis_address is None:
+        pytest.skip("no redis-server on PATH (Debian package redis-server): GCS fault tolerance needs one")
+    ledger = Ledger(f"GCS killed, restarted {GCS_DOWN_S:.0f} s later (Redis-backed) under load")
+    head = nodes.cluster.cluster.head_node
+    with FaultLoad(nodes.target(), nodes.prompts, ledger, clients=scale.clients) as load:
+        time.sleep(3)
+        down_at = load.mark_fault()
+        head.kill_gcs_server()
+        time.sleep(GCS_DOWN_S)
+        head.start_gcs_server()
+        up_at = load.now()
+        healthy = wait_for(lambda: running_replicas() >= 1 and _app_running(), REPLACED_WITHIN_S, 2)
+        time.sleep(scale.fault_load_s)
+    served_while_down = [e for e in ledger.entries if e.start_s >= down_at and e.end_s <= up_at]
+    ledger.checks |= {"gcs_down_s": round(up_at - down_at, 1), "healthy_after_restart_s": healthy}
+    ledger.checks["answered_while_gcs_down"] = sum(e.verdict.outcome is Outcome.SUCCEEDED for e in served_while_down)
+    summary = finish(ledger, report_scenario)
+    assert healthy is not None, "Serve did not report the app running after the GCS came back"
+    assert ledger.checks["answered_while_gcs_down"] >= 1, "nothing was answered while the GCS was down"
+    assert summary.succeeded == summary.sent, f"the GCS is off the data path: {summary.outcomes}"
+
+
+def _app_running() -> bool:
+    from ray import serve
+
+    return serve.status().applications["serve-app"].status == "RUNNING"
