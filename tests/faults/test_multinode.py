@@ -1,7 +1,8 @@
 """Fault scenarios across nodes: three raylets on one machine (tests/faults/cluster.py), the router on
 the head, one replica of the embedded model on each worker node. Scenarios run in file order on
-one cluster: a worker node lost under load (with requests caught before their first token on it),
-then a scale-down under load on the surviving node.
+one cluster: a worker node lost under load (first, while each worker holds one replica; with
+requests caught before their first token on it), a replica actor killed, an engine killed, a
+scale-down under load, the GCS killed and restarted.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +101,51 @@ def _pid(_actor: object) -> int:
     return os.getpid()
 
 
+def test_node_loss_under_load(nodes: Nodes, scale: Scale, report_scenario: Callable[[ScenarioSummary], None]) -> None:
+    """A worker node with a replica is lost while streams run on it and requests wait there for
+    their first token (its engine frozen just before, so that some do): the waiting ones are
+    retried on the other node and succeed, the streams past their first token end with an error
+    event and [DONE], and Serve starts a replacement on the surviving node."""
+    cluster = nodes.cluster
+    ledger = Ledger("node loss (a worker node with a replica killed)")
+    placed = cluster.replicas_by_node(LLM)
+    victim = min((n for n in cluster.workers if placed.get(n)), key=lambda n: len(placed[n]))
+    (survivor,) = (n for n in cluster.workers if n is not victim)
+    assert len(placed[victim]) == 1, f"the lost node must hold one replica: {placed}"
+    doomed = placed[victim][0]
+    doomed_actor, engine = actor_in(doomed.pid), engine_core_process(doomed)
+    old = replica_names()
+    seen: list[int] = []
+    with FaultLoad(nodes.target(), nodes.prompts, ledger, clients=scale.clients) as load:
+        time.sleep(3)
+        engine.send_signal(signal.SIGSTOP)  # streams stall, new requests wait before their first token
+        try:
+            burst = FaultLoad(nodes.target(), nodes.prompts, ledger, clients=2 * scale.clients, rounds=1).start()
+            caught = wait_for(
+                lambda: seen.append(outstanding(doomed_actor)) or seen[-1] >= scale.clients, CAUGHT_WITHIN_S, 0.5
+            )
+            with suppress(Exception):  # the latest count, as close to the loss as it gets
+                seen.append(outstanding(doomed_actor))
+        finally:  # whatever happened, the node goes: never leave a frozen engine behind
+            load.mark_fault()
+            killed = cluster.kill_node(victim)
+        replaced = wait_for(lambda: bool(replica_names() - old) and running_replicas() >= 2, REPLACED_WITHIN_S, 2)
+        time.sleep(scale.fault_load_s)
+        assert burst.wait(), "burst requests still unanswered after their deadline"
+    on_victim = seen[-1] if seen else 0
+    placed = cluster.replicas_by_node(LLM)
+    stream_errors = ledger.summary().outcomes.get("clear_error:stream_error", 0)
+    ledger.checks["cluster_app_start_to_ready_s"] = round(nodes.ready_after_s, 1)  # two replicas, two nodes
+    ledger.checks |= {"outstanding_on_lost_replica": on_victim, "caught_after_s": caught, "processes_killed": killed}
+    ledger.checks |= {"stream_errors": stream_errors, "retried_before_first_token": on_victim - stream_errors}
+    ledger.checks |= {"replaced_after_s": replaced, "replicas_on_survivor": len(placed.get(survivor, []))}
+    summary = finish(ledger, report_scenario)
+    assert replaced is not None, f"no replacement within {REPLACED_WITHIN_S} s"
+    assert set(placed) == {survivor} and len(placed[survivor]) == 2, f"replicas by node: {placed}"
+    assert summary.clear_errors == stream_errors, f"only streams past their first token may fail: {summary.outcomes}"
+    assert on_victim - stream_errors >= 1, "no request was waiting for its first token on the lost node"
+
+
 def _replaced_under_load(nodes: Nodes, scale: Scale, ledger: Ledger, fault: Callable[[], None]) -> None:
     """Run ``fault`` under load, wait until Serve replaced the lost replica (two running again),
     keep the load a little longer; the replacement time goes into the ledger's checks."""
@@ -133,48 +180,6 @@ def test_engine_killed_under_load(nodes: Nodes, scale: Scale, report_scenario) -
     _replaced_under_load(nodes, scale, ledger, victim.kill)
     summary = finish(ledger, report_scenario)
     assert summary.succeeded > 0
-
-
-def test_node_loss_under_load(nodes: Nodes, scale: Scale, report_scenario: Callable[[ScenarioSummary], None]) -> None:
-    """A worker node with a replica is lost while streams run on it and requests wait there for
-    their first token (its engine frozen just before, so that some do): the waiting ones are
-    retried on the other node and succeed, the streams past their first token end with an error
-    event and [DONE], and Serve starts a replacement on the surviving node."""
-    cluster = nodes.cluster
-    ledger = Ledger("node loss (a worker node with a replica killed)")
-    placed = cluster.replicas_by_node(LLM)
-    victim = min((n for n in cluster.workers if placed.get(n)), key=lambda n: len(placed[n]))
-    (survivor,) = (n for n in cluster.workers if n is not victim)
-    doomed = placed[victim][0]
-    doomed_actor, engine = actor_in(doomed.pid), engine_core_process(doomed)
-    old = replica_names()
-    seen: list[int] = []
-    with FaultLoad(nodes.target(), nodes.prompts, ledger, clients=scale.clients) as load:
-        time.sleep(3)
-        engine.send_signal(signal.SIGSTOP)  # streams stall, new requests wait before their first token
-        try:
-            burst = FaultLoad(nodes.target(), nodes.prompts, ledger, clients=2 * scale.clients, rounds=1).start()
-            caught = wait_for(
-                lambda: seen.append(outstanding(doomed_actor)) or seen[-1] >= scale.clients, CAUGHT_WITHIN_S, 0.5
-            )
-        finally:  # whatever happened, the node goes: never leave a frozen engine behind
-            load.mark_fault()
-            killed = cluster.kill_node(victim)
-        replaced = wait_for(lambda: bool(replica_names() - old) and running_replicas() >= 2, REPLACED_WITHIN_S, 2)
-        time.sleep(scale.fault_load_s)
-        assert burst.wait(), "burst requests still unanswered after their deadline"
-    on_victim = seen[-1] if seen else 0
-    placed = cluster.replicas_by_node(LLM)
-    stream_errors = ledger.summary().outcomes.get("clear_error:stream_error", 0)
-    ledger.checks["cluster_app_start_to_ready_s"] = round(nodes.ready_after_s, 1)  # two replicas, two nodes
-    ledger.checks |= {"outstanding_on_lost_replica": on_victim, "caught_after_s": caught, "processes_killed": killed}
-    ledger.checks |= {"stream_errors": stream_errors, "retried_before_first_token": on_victim - stream_errors}
-    ledger.checks |= {"replaced_after_s": replaced, "replicas_on_survivor": len(placed.get(survivor, []))}
-    summary = finish(ledger, report_scenario)
-    assert replaced is not None, f"no replacement within {REPLACED_WITHIN_S} s"
-    assert set(placed) == {survivor} and len(placed[survivor]) == 2, f"replicas by node: {placed}"
-    assert summary.clear_errors == stream_errors, f"only streams past their first token may fail: {summary.outcomes}"
-    assert on_victim - stream_errors >= 1, "no request was waiting for its first token on the lost node"
 
 
 def _outstanding_by_pid() -> dict[int, int]:
