@@ -138,6 +138,13 @@ def check_adapters(config: AppConfig) -> None:
                 raise ConfigError(f"invalid serve_app config: models[{i}].lora.adapters[{j}]: {problem}")
 
 
+def router_actor_options(router: RouterConfig, serve_env: dict[str, str]) -> dict[str, Any]:
+    options: dict[str, Any] = {"num_cpus": router.num_cpus, "runtime_env": {"env_vars": serve_env}}
+    if router.resources:
+        options["resources"] = dict(router.resources)
+    return options
+
+
 def build_app(args: AppConfig) -> Application:
     config = load_config(args) if not isinstance(args, AppConfig) else args
     check_quantization_gates(config)
@@ -153,6 +160,6 @@ def build_app(args: AppConfig) -> Application:
         name=ROUTER_DEPLOYMENT,
         num_replicas=config.router.num_replicas,
         max_ongoing_requests=config.router.max_ongoing_requests,
-        ray_actor_options={"num_cpus": config.router.num_cpus, "runtime_env": {"env_vars": serve_env}},
+        ray_actor_options=router_actor_options(config.router, serve_env),
     )
     return router.bind(config, replicas)

@@ -261,6 +261,9 @@ class RouterConfig(StrictModel):
     num_replicas: int = Field(1, ge=1)
     max_ongoing_requests: int = Field(4096, ge=1)
     num_cpus: float = Field(0.5, ge=0)
+    # Ray custom resources the router replicas ask for: pins them to the nodes that offer them
+    # (as ``models[].ray_actor_options.resources`` pins a model's replicas).
+    resources: dict[str, float] = Field(default_factory=dict)
 
 
 class ServerConfig(StrictModel):

@@ -12,6 +12,7 @@ import aiohttp
 
 from serve_app.bench.records import (
     BAD_RESPONSE,
+    CLIENT_CUT,
     CONNECTION,
     CUT_STREAM,
     NO_TOKENS,
@@ -114,7 +115,12 @@ def _set_output_tokens(
 
 
 async def _read_stream(
-    response: aiohttp.ClientResponse, record: RequestRecord, started: float, clock: Clock, count: TokenCounter | None
+    response: aiohttp.ClientResponse,
+    record: RequestRecord,
+    started: float,
+    clock: Clock,
+    count: TokenCounter | None,
+    cut_after_chunks: int | None = None,
 ) -> None:
     state = _StreamState(record, started)
     parser = SseParser()
@@ -124,6 +130,9 @@ async def _read_stream(
             # After an error event, only "[DONE]" is still of interest: it closes the stream cleanly.
             if record.error_kind is None or payload == DONE:
                 state.handle(payload, now)
+        if cut_after_chunks is not None and not state.done and len(state.text_chunks) >= cut_after_chunks:
+            _cut_by_client(record, state, started)
+            return
     for payload in parser.close():
         if record.error_kind is None or payload == DONE:
             state.handle(payload, clock())
@@ -139,6 +148,14 @@ async def _read_stream(
         record.fail(NO_TOKENS, "the stream carried no choices chunk")
     else:
         record.success = True
+
+
+def _cut_by_client(record: RequestRecord, state: _StreamState, started: float) -> None:
+    """The client leaves mid-stream (returning closes the connection): what it got is recorded."""
+    record.latency_s = state.last_event - started
+    _set_output_tokens(record, "".join(state.text_chunks), None, None, len(state.text_chunks))
+    if record.error_kind is None:
+        record.fail(CLIENT_CUT, f"closed by the client after {len(state.text_chunks)} token chunks")
 
 
 async def _read_json(
@@ -163,8 +180,10 @@ async def send_request(
     prompt: Prompt,
     count_tokens: TokenCounter | None = None,
     clock: Clock = time.perf_counter,
+    cut_after_chunks: int | None = None,
 ) -> RequestRecord:
-    """Send one request and fill ``record``; failures are recorded by kind, never raised."""
+    """Send one request and fill ``record``; failures are recorded by kind, never raised.
+    ``cut_after_chunks``: a streaming client that disconnects once it has that many token chunks."""
     payload = build_payload(target, prompt)
     headers = {"X-Request-Id": record.request_id} if record.request_id else None
     started = clock()
@@ -181,8 +200,10 @@ async def send_request(
                 record.fail(http_error_kind(response.status), body)
                 record.openai_error = is_openai_error_body(body)
                 return record
-            reader = _read_stream if target.stream else _read_json
-            await reader(response, record, started, clock, count_tokens)
+            if target.stream:
+                await _read_stream(response, record, started, clock, count_tokens, cut_after_chunks)
+            else:
+                await _read_json(response, record, started, clock, count_tokens)
     except TimeoutError:
         record.fail(TIMEOUT, f"no complete answer within {target.timeout_s} s")
     except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as err:

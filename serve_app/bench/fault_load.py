@@ -70,8 +70,12 @@ class FaultLoad:
         clients: int,
         rounds: int | None = None,
         retry_wait_cap_s: float = 1.0,
+        cut_after_chunks: int | None = None,
     ) -> None:
+        """``cut_after_chunks``: every stream is closed by its client once it has that many token
+        chunks (a disconnect storm); None reads every answer to its end."""
         self.target, self.prompts, self.ledger = target, list(prompts), ledger
+        self.cut_after_chunks = cut_after_chunks
         self.clients, self.rounds, self.retry_wait_cap_s = clients, rounds, retry_wait_cap_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
@@ -126,34 +130,8 @@ class FaultLoad:
                 request_id=f"fault-{uuid.uuid4().hex}",
             )
             record.start_s = self.now()
-            await send_request(session, self.target, record, chosen.prompt)
+            await send_request(session, self.target, record, chosen.prompt, cut_after_chunks=self.cut_after_chunks)
             self.ledger.add(record, chosen.expected_prompt_tokens)
             done += 1
             if wait_s := _retry_wait_s(record, self.retry_wait_cap_s):
                 await asyncio.sleep(wait_s)
-
-
-async def disconnect_storm(url: str, payload: dict[str, object], count: int, cancel_after_s: float) -> dict[str, int]:
-    """Open ``count`` streaming requests at once and drop every connection after ``cancel_after_s``.
-
-    Returns how many had received response headers (``answered``) or a first body byte
-    (``streaming``) by then; the point is what the server does with the abandoned work.
-    """
-    seen = {"answered": 0, "streaming": 0}
-
-    async def one(session: aiohttp.ClientSession) -> None:
-        async with session.post(url, json=payload) as response:
-            seen["answered"] += 1
-            async for _ in response.content.iter_any():
-                seen["streaming"] += 1
-                break
-            await asyncio.sleep(3600)  # hold the stream open until cancelled
-
-    connector = aiohttp.TCPConnector(limit=0, force_close=True)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        tasks = [asyncio.create_task(one(session)) for _ in range(count)]
-        await asyncio.sleep(cancel_after_s)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    return seen

@@ -9,7 +9,16 @@ from typing import Any
 
 from serve_app.bench.ledger import ScenarioSummary
 
-_COLUMNS = ("scenario", "sent", "succeeded", "clear errors", "lost", "p99 during fault (s)", "recovery (s)")
+_COLUMNS = (
+    "scenario",
+    "sent",
+    "succeeded",
+    "clear errors",
+    "cut by client",
+    "lost",
+    "p99 during fault (s)",
+    "recovery (s)",
+)
 
 
 def _cell(value: float | int | None) -> str:
@@ -19,7 +28,7 @@ def _cell(value: float | int | None) -> str:
 
 
 def _row(s: ScenarioSummary) -> list[str]:
-    values = (s.sent, s.succeeded, s.clear_errors, s.lost, s.p99_latency_during_fault_s, s.recovery_s)
+    values = (s.sent, s.succeeded, s.clear_errors, s.cut_by_client, s.lost, s.p99_latency_during_fault_s, s.recovery_s)
     return [s.scenario, *(_cell(v) for v in values)]
 
 

@@ -8,6 +8,8 @@ Every request a load generator sends ends as exactly one of
   between two requests shows up as a wrong ``prompt_tokens``);
 * ``clear_error``: an answer a client can act on: an HTTP 4xx/5xx whose body is an OpenAI error
   object, or a stream that ends with an explicit error event followed by ``data: [DONE]``;
+* ``cut_by_client``: a stream the client itself closed after receiving tokens (a disconnect test's
+  own doing: neither a success nor the server's failure, but still accounted for);
 * ``lost``: everything else: no answer within the deadline, a refused or broken connection, a
   stream cut without an error event or ``[DONE]``, an error without an OpenAI body, an answer without
   usage, or a mixed-up response.
@@ -23,14 +25,18 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from serve_app.bench.records import STREAM_ERROR, RequestRecord
+from serve_app.bench.records import CLIENT_CUT, STREAM_ERROR, RequestRecord
 from serve_app.bench.stats import percentile
 
 
 class Outcome(StrEnum):
     SUCCEEDED = "succeeded"
     CLEAR_ERROR = "clear_error"
+    CUT_BY_CLIENT = "cut_by_client"
     LOST = "lost"
+
+
+_FAILURES = (Outcome.CLEAR_ERROR, Outcome.LOST)
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,8 @@ def classify(record: RequestRecord, expected_prompt_tokens: int | None = None) -
             return Verdict(Outcome.LOST, "no_usage: the answer did not report token usage")
         return Verdict(Outcome.SUCCEEDED, "ok")
     kind = record.error_kind or "unknown"
+    if kind == CLIENT_CUT and record.output_tokens > 0:
+        return Verdict(Outcome.CUT_BY_CLIENT, f"after_{record.output_tokens}_chunks")
     if kind == STREAM_ERROR:
         if record.openai_error and record.stream_done:
             return Verdict(Outcome.CLEAR_ERROR, kind)
@@ -94,6 +102,7 @@ class ScenarioSummary:
     recovery_s: float | None  # None: never recovered (or no fault); 0.0: no request failed after the fault
     fault_at_s: float | None
     outcomes: dict[str, int] = field(default_factory=dict)  # reason -> count, all outcomes
+    cut_by_client: int = 0  # streams the client closed after receiving tokens (disconnect tests)
     checks: dict[str, Any] = field(default_factory=dict)  # scenario-specific measurements
 
     def as_json(self) -> dict[str, Any]:
@@ -125,14 +134,14 @@ class Ledger:
     def recovery_s(self) -> float | None:
         """Seconds from the fault until a request succeeds again after the last failure.
 
-        Failures are requests that did not succeed and were still running at (or started after)
+        Failures are requests that ended in an error and were still running at (or started after)
         the fault. Recovery is the end of the first success that started after the last failure
         started; 0.0 when nothing failed; ``None`` when no request succeeded after the last failure.
         """
         if self.fault_at_s is None:
             return None
         fault = self.fault_at_s
-        failed = [e for e in self.entries if e.verdict.outcome is not Outcome.SUCCEEDED and e.end_s >= fault]
+        failed = [e for e in self.entries if e.verdict.outcome in _FAILURES and e.end_s >= fault]
         if not failed:
             return 0.0
         last_failure = max(e.start_s for e in failed)
@@ -155,6 +164,7 @@ class Ledger:
             succeeded=self.count(Outcome.SUCCEEDED),
             clear_errors=self.count(Outcome.CLEAR_ERROR),
             lost=self.count(Outcome.LOST),
+            cut_by_client=self.count(Outcome.CUT_BY_CLIENT),
             p99_latency_during_fault_s=round(percentile(during, 99), 3) if during else None,
             recovery_s=None if (r := self.recovery_s()) is None else round(r, 3),
             fault_at_s=None if self.fault_at_s is None else round(self.fault_at_s, 3),

@@ -13,6 +13,7 @@ CUT_STREAM = "cut_stream"  # the stream ended (or broke) before "data: [DONE]"
 STREAM_ERROR = "stream_error"  # the server sent an error event inside a 200 stream
 NO_TOKENS = "no_tokens"  # a complete answer that carried no token chunk (TTFT undefined)
 BAD_RESPONSE = "bad_response"  # a body that is not the expected JSON
+CLIENT_CUT = "client_cut"  # the client itself closed the stream after some chunks (disconnect tests)
 
 
 def http_error_kind(status: int) -> str:

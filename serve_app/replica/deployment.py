@@ -167,7 +167,7 @@ class LLMReplica:
             log.write(logger, time.monotonic())
 
     async def _answer(self, request: RelayRequest, sink: ResponseSink) -> None:
-        if self._shutting_down or self._engine_failed:
+        if self._shutting_down or self._engine_failed or not await self._engine_alive():
             reason = "replica is shutting down" if self._shutting_down else _ENGINE_FAILED
             sink.end(error=reason, status=503)
             return
@@ -186,12 +186,26 @@ class LLMReplica:
             await call.run()
         except Exception as err:  # vLLM answers its own errors; this is a server bug or a dead engine
             logger.exception("request %s failed in the server", request.request_id)
-            sink.end(error=f"the model server failed: {type(err).__name__}: {err}"[:500], status=500)
+            if await self._engine_alive():
+                sink.end(error=f"the model server failed: {type(err).__name__}: {err}"[:500], status=500)
+            else:
+                sink.end(error=_ENGINE_FAILED, status=503)
         finally:
             self._calls.pop(request.request_id, None)
             self._inflight.pop(request.request_id, None)
             if not self._inflight:
                 self._idle.set()
+
+    async def _engine_alive(self) -> bool:
+        """False once the engine is dead (its own flag, e.g. its process gone: cheap, no engine
+        step): from then on requests get 503, a replica-is-being-replaced answer, instead of the
+        500s vLLM's server gives for a dead engine until Serve's next health check."""
+        try:
+            await self.engine.check_health()
+        except EngineDeadError:
+            self._engine_failed = True
+            return False
+        return True
 
     async def call_json(self, path: str, payload: dict[str, Any], timeout_s: float) -> tuple[int, Any]:
         """One request to this replica's server, answered as (status, parsed JSON body)."""

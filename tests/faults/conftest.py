@@ -6,7 +6,9 @@ runs every scenario with more load; ``--faults-report DIR`` writes faults.json a
 
 from __future__ import annotations
 
+import functools
 import platform
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,14 +34,14 @@ class Scale:
     clients: int  # closed-loop clients of the background load
     max_tokens: int
     fault_load_s: float  # how long the load keeps running after a fault, at least
-    storm: int  # streams opened and abandoned in the disconnect storm
+    storm: int  # streams opened at once and cut after their first tokens in the disconnect storm
     overload_s: float
     # router.max_queued_requests after the config change: the clients' load fits (nothing refused),
     # the overload scenario sends 5x as many clients.
     admission_budget: int
 
 
-QUICK = Scale(soak=False, clients=3, max_tokens=16, fault_load_s=8, storm=200, overload_s=15, admission_budget=4)
+QUICK = Scale(soak=False, clients=3, max_tokens=16, fault_load_s=8, storm=48, overload_s=15, admission_budget=4)
 SOAK = Scale(soak=True, clients=8, max_tokens=48, fault_load_s=30, storm=200, overload_s=60, admission_budget=8)
 
 _SUMMARIES: list[ScenarioSummary] = []
@@ -74,10 +76,21 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
         context = {
             "command": " ".join(["pytest", *config.invocation_params.args]),
             "mode": "soak" if config.getoption("soak", default=False) else "quick",
+            "commit": _commit(),
             "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs, Python {sys.version.split()[0]}",
         }
         write_fault_report(_SUMMARIES, Path(out), context)
         terminalreporter.write_line(f"fault report written to {out}")
+
+
+def _commit() -> str:
+    """The checked-out commit, "+dirty" when tracked files differ from it (then the figures are
+    not that commit's alone)."""
+    repo = Path(__file__).resolve().parents[2]
+    run = functools.partial(subprocess.run, cwd=repo, capture_output=True, text=True, check=False)
+    head = run(["git", "rev-parse", "HEAD"]).stdout.strip() or "unknown"
+    dirty = run(["git", "status", "--porcelain", "--untracked-files=no"]).stdout.strip()
+    return f"{head}+dirty" if dirty else head
 
 
 @pytest.fixture(scope="module")

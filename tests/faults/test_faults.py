@@ -8,7 +8,6 @@ budget, a hung engine, a killed engine and a killed replica actor (both soak onl
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import threading
 import time
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from serve_app.bench.fault_load import FaultLoad, LedgerPrompt, disconnect_storm, ledger_prompts
+from serve_app.bench.fault_load import FaultLoad, LedgerPrompt, ledger_prompts
 from serve_app.bench.ledger import Ledger, Outcome, ScenarioSummary
 from serve_app.bench.settings import Target
 from serve_app.config import AppConfig
@@ -49,6 +48,7 @@ READY_FAILS_WITHIN_S = 5 + READINESS_TIMEOUT_S + 5
 HUNG_REPLICA_REPLACED_WITHIN_S = 3 * 10 + STALL_TIMEOUT_S + 45
 REPLACED_WITHIN_S = 360.0  # a new vLLM replica starting on 2 busy cores
 ROUTER_RSS_GROWTH_BOUND_MIB = 64.0
+STORM_CUT_AFTER_CHUNKS = 4
 
 
 @dataclass
@@ -104,21 +104,29 @@ def finish(ledger: Ledger, report: Callable[[ScenarioSummary], None]) -> Scenari
 
 
 def test_disconnect_storm_then_canary(stack: Stack, scale: Scale, report_scenario) -> None:
-    ledger = Ledger("disconnect storm")
-    payload = {"model": MODEL, "prompt": "Write a long story about a dragon.", "max_tokens": 64, "stream": True}
+    """``scale.storm`` streams at once, each closed by its client after STORM_CUT_AFTER_CHUNKS
+    token chunks (so every one was generating when it left); then a canary is answered within 5 s
+    and the engine holds nothing."""
+    ledger = Ledger(f"disconnect storm ({scale.storm} streams cut after {STORM_CUT_AFTER_CHUNKS} tokens)")
+    storm_prompts = ledger_prompts(stack.count_tokens, variants=48, max_tokens=64)
     canary_prompt = ledger_prompts(stack.count_tokens, variants=1, max_tokens=16)  # the same canary in quick and soak
-    load = FaultLoad(stack.target(), canary_prompt, ledger, clients=1, rounds=1)
-    load.mark_fault()
+    storm = FaultLoad(
+        stack.target(), storm_prompts, ledger, clients=scale.storm, rounds=1, cut_after_chunks=STORM_CUT_AFTER_CHUNKS
+    )
+    storm.mark_fault()
     with PeakLoad() as peak:
-        seen = asyncio.run(disconnect_storm(f"{stack.app.base_url}/v1/completions", payload, scale.storm, 0.5))
-    load.start().wait()  # the canary
-    (canary,) = ledger.entries
-    drained_s = wait_for(lambda: all(_idle(s) for s in replica_load()), timeout_s=60)
-    ledger.checks |= {"storm_streams": scale.storm, **{f"storm_{k}": v for k, v in seen.items()}}
+        assert storm.start().wait(), "storm streams unanswered after their deadline"
+    canary_ledger = Ledger("canary")
+    FaultLoad(stack.target(), canary_prompt, canary_ledger, clients=1, rounds=1).start().wait()
+    (canary,) = canary_ledger.entries
+    drained_s = wait_for(lambda: all(_idle(s) for s in replica_load()), timeout_s=60, period_s=0.1)
+    summary = ledger.summary()
+    ledger.checks |= {"app_start_to_ready_s": round(stack.app.ready_after_s, 1)}  # the module's app start
+    ledger.checks |= {"storm_streams": scale.storm, "cut_after_receiving_tokens": summary.cut_by_client}
     ledger.checks |= {"storm_peak_replica_requests": peak.requests, "storm_load_samples": peak.samples}
     ledger.checks |= {"canary_latency_s": round(canary.latency_s, 2), "engine_idle_after_s": drained_s}
-    FaultLoad(stack.target(), stack.prompts, ledger, clients=scale.clients, rounds=2).start().wait()
     finish(ledger, report_scenario)
+    assert summary.cut_by_client == scale.storm, f"not every stream had tokens when cut: {summary.outcomes}"
     assert canary.verdict.outcome is Outcome.SUCCEEDED and canary.latency_s < 5.0
     assert drained_s is not None, f"abandoned streams still in the engine: {replica_load()}"
 
@@ -154,25 +162,42 @@ def _idle(stats: dict) -> bool:
 
 
 def test_config_change_under_load_drops_nothing(stack: Stack, scale: Scale, report_scenario) -> None:
+    """A rolling upgrade: ``serve.run`` of a config whose model part changed (so the replica must
+    restart) and whose router budget tightened, under load, waiting until the new replica serves."""
     from ray import serve
 
     from serve_app.app import build_app
 
-    ledger = Ledger("serve.run of a changed config under load")
+    ledger = Ledger("serve.run of a changed config under load (rolling upgrade)")
     config = stack.app.config
+    model = config.models[0]
     changed = config.model_copy(
-        update={"router": config.router.model_copy(update={"max_queued_requests": scale.admission_budget})}
+        update={
+            "router": config.router.model_copy(update={"max_queued_requests": scale.admission_budget}),
+            "models": [model.model_copy(update={"max_model_len": model.max_model_len + 128})],
+        }
     )
-    before = replica_names()
+    before, pids_before = replica_names(), {p.pid for p in replica_processes(LLM)}
     with FaultLoad(stack.target(), stack.prompts, ledger, clients=scale.clients) as load:
         time.sleep(3)
         load.mark_fault()
         serve.run(build_app(changed), name=APP, route_prefix="/", blocking=False)
+        rolled = wait_for(lambda: _rolled(before), REPLACED_WITHIN_S, period_s=1)
         time.sleep(scale.fault_load_s)
     stack.app.config = changed
-    ledger.checks |= {"llm_replicas_replaced": replica_names() != before, "router_budget": scale.admission_budget}
+    pids_after = {p.pid for p in replica_processes(LLM)}
+    ledger.checks |= {"rolled_after_s": rolled, "replica_pids_before": sorted(pids_before)}
+    ledger.checks |= {"replica_pids_after": sorted(pids_after), "router_budget": scale.admission_budget}
     summary = finish(ledger, report_scenario)
+    assert rolled is not None, "the LLM replica did not restart with the new model config"
+    assert pids_before.isdisjoint(pids_after), f"replica processes not replaced: {pids_before} -> {pids_after}"
     assert summary.clear_errors == 0 and summary.succeeded == summary.sent, "a graceful rollout fails nothing"
+
+
+def _rolled(before: set[str]) -> bool:
+    """Every replica is new (none of ``before`` left) and one runs."""
+    now = replica_names()
+    return bool(now) and now.isdisjoint(before) and running_replicas() >= 1
 
 
 def test_overload_at_5x_gets_only_429_or_503_with_retry_after(stack: Stack, scale: Scale, report_scenario) -> None:
@@ -227,7 +252,7 @@ def test_hung_engine_is_detected_and_replaced(stack: Stack, scale: Scale, report
     assert replaced is not None, f"the hung replica was not replaced within {HUNG_REPLICA_REPLACED_WITHIN_S} s"
 
 
-@pytest.mark.soak  # the quick subset replaces a replica once (the hung engine); test_replicas.py kills one too
+@pytest.mark.soak  # quick form, one of two replicas: test_multinode.py
 def test_engine_killed_mid_stream(stack: Stack, scale: Scale, report_scenario) -> None:
     ledger = Ledger("engine process SIGKILLed mid-stream")
     (replica,) = replica_processes(LLM)

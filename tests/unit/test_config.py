@@ -68,3 +68,11 @@ def test_build_app_annotation_is_the_config_model() -> None:
     from serve_app.app import build_app
 
     assert inspect.signature(build_app).parameters["args"].annotation in (AppConfig, "AppConfig")
+
+
+def test_router_resources_pin_the_router_replicas() -> None:
+    from serve_app.app import router_actor_options
+
+    pinned = load_config(minimal() | {"router": {"resources": {"router_node": 0.01}}})
+    assert router_actor_options(pinned.router, {})["resources"] == {"router_node": 0.01}
+    assert "resources" not in router_actor_options(load_config(minimal()).router, {})

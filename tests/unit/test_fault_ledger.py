@@ -10,6 +10,7 @@ import pytest
 from serve_app.bench.fault_report import markdown_table, text_table, write_fault_report
 from serve_app.bench.ledger import Ledger, Outcome, classify
 from serve_app.bench.records import (
+    CLIENT_CUT,
     CONNECTION,
     CUT_STREAM,
     NO_TOKENS,
@@ -119,9 +120,20 @@ def test_no_failure_means_zero_recovery_and_none_without_success() -> None:
 def test_report_renders_every_scenario(tmp_path: Path) -> None:
     summary = ledger_with(ok(start=0.0), failed("http_429", 429, openai=True, start=1.0), fault_at=0.5).summary()
     summary.checks["router_rss_growth_mib"] = 3.2
-    assert "| s | 2 | 1 | 1 | 0 |" in markdown_table([summary])
+    assert "| s | 2 | 1 | 1 | 0 | 0 |" in markdown_table([summary])
     assert text_table([summary]).splitlines()[1].startswith("s")
     write_fault_report([summary], tmp_path, {"command": "make soak"})
     data = json.loads((tmp_path / "faults.json").read_text())
     assert data["scenarios"][0]["lost"] == 0 and data["scenarios"][0]["checks"]["router_rss_growth_mib"] == 3.2
     assert "router_rss_growth_mib = 3.2" in (tmp_path / "faults.md").read_text()
+
+
+def test_a_stream_the_client_cut_after_tokens_is_accounted_for_but_no_failure() -> None:
+    cut = failed(CLIENT_CUT, 200)
+    cut.output_tokens = 3
+    verdict = classify(cut)
+    assert (verdict.outcome, verdict.reason) == (Outcome.CUT_BY_CLIENT, "after_3_chunks")
+    silent = failed(CLIENT_CUT, 200)  # cut before any token: nothing shows the server answered
+    assert classify(silent).outcome is Outcome.LOST
+    ledger = ledger_with(ok(start=0.0), cut, fault_at=0.5)
+    assert ledger.summary().cut_by_client == 1 and ledger.recovery_s() == 0.0

@@ -186,6 +186,16 @@ async def test_generate_endpoint_without_streaming(fake: tuple[FakeOpenAI, str])
     assert record.latency_s > 0
 
 
+async def test_a_client_that_cuts_the_stream_after_n_chunks(fake: tuple[FakeOpenAI, str]) -> None:
+    import aiohttp
+
+    record = RequestRecord(index=0, prompt_tokens=3, max_tokens=TOKENS)
+    async with aiohttp.ClientSession() as session:
+        await send_request(session, Target(url=fake[1], model="ok"), record, PROMPT, cut_after_chunks=2)
+    assert (record.success, record.error_kind, record.output_tokens) == (False, "client_cut", 2)
+    assert record.ttft_s is not None and not record.stream_done
+
+
 async def send_request_in_session(target: Target, record: RequestRecord, prompt: Prompt) -> None:
     import aiohttp
 

@@ -12,7 +12,7 @@ import pytest
 from serve_app.config import ModelConfig
 from serve_app.engine.fake import FakeEngine
 from serve_app.engine.types import EngineDeadError
-from serve_app.replica.contract import Event, RelayRequest, ResponseBody, ResponseEnd, ResponseStart
+from serve_app.replica.contract import Event, RelayRequest, ResponseBody, ResponseEnd
 from tests.unit.conftest import make_replica_async
 
 STALL_S = 0.1  # every sleep below is a small multiple of it
@@ -87,13 +87,14 @@ async def test_steady_progress_passes_and_a_dead_engine_fails() -> None:
         await replica.check_health()
 
 
-async def test_a_dead_engine_fails_the_requests_it_gets_as_server_errors() -> None:
+async def test_a_dead_engine_gets_503_not_500_before_any_health_check() -> None:
     engine = FakeEngine()
     replica = await make_replica_async(model(), engine)
     engine.dead = True
-    events = await events_of(replica.stream([request(stream=False)]))
-    (start,) = [e for e in events if isinstance(e, ResponseStart)]
-    assert start.status == 500 and end_of(events).index == 0
+    for stream in (False, True):
+        end = end_of(await events_of(replica.stream([request(stream=stream)])))
+        assert (end.status, end.index) == (503, 0) and "being replaced" in (end.error or "")
+    assert not engine.running
 
 
 async def test_a_replica_whose_engine_failed_stops_without_draining() -> None:
