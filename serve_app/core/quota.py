@@ -127,6 +127,7 @@ class Charge:
     tenant: str
     estimate: int
     keys: tuple[QuotaKey, ...]  # the token keys, settled by actual - estimate
+    request_keys: tuple[QuotaKey, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -145,8 +146,8 @@ class QuotaLedger:
         self.day_s = day_s
         self._accounts: dict[QuotaKey, _Account] = {}
 
-    def costs(self, tenant: str, tokens: int, now: float) -> dict[QuotaKey, tuple[float, int]]:
-        """Every limited key this request charges: amount and limit."""
+    def costs(self, tenant: str, tokens: int, now: float) -> dict[QuotaKey, tuple[float, int | None]]:
+        """Every key this request charges: amount and limit (None: unlimited, counted for usage)."""
         limits = self.limits.get(tenant, QuotaLimits())
         minute, day = window_index(now, self.minute_s), window_index(now, self.day_s)
         wanted = (
@@ -154,23 +155,28 @@ class QuotaLedger:
             ("tokens", minute, tokens, limits.tokens_per_minute),
             ("tokens_day", day, tokens, limits.tokens_per_day),
         )
-        return {(tenant, dim, win): (float(amount), limit) for dim, win, amount, limit in wanted if limit is not None}
+        return {(tenant, dim, win): (float(amount), limit) for dim, win, amount, limit in wanted}
 
-    def shortfall(self, costs: Mapping[QuotaKey, tuple[float, int]]) -> dict[QuotaKey, tuple[float, int]]:
-        """The keys whose lease here does not cover their cost."""
-        return {k: c for k, c in costs.items() if self._account(k).lease + 1e-9 < c[0]}
+    def shortfall(self, costs: Mapping[QuotaKey, tuple[float, int | None]]) -> dict[QuotaKey, tuple[float, int]]:
+        """The limited keys whose lease here does not cover their cost."""
+        return {
+            k: (amount, limit)
+            for k, (amount, limit) in costs.items()
+            if limit is not None and self._account(k).lease + 1e-9 < amount
+        }
 
-    def take(self, tenant: str, tokens: int, costs: Mapping[QuotaKey, tuple[float, int]]) -> Charge | None:
-        """Pre-charge every key from its lease, or nothing when one lease falls short."""
+    def take(self, tenant: str, tokens: int, costs: Mapping[QuotaKey, tuple[float, int | None]]) -> Charge | None:
+        """Pre-charge every key (a limited one from its lease), or nothing when a lease falls short."""
         if self.shortfall(costs):
             return None
-        for key, (amount, _limit) in costs.items():
+        for key, (amount, limit) in costs.items():
             account = self._account(key)
-            account.lease -= amount
+            if limit is not None:
+                account.lease -= amount
             account.charged += amount
             account.touched = True
         token_keys = tuple(k for k in costs if k[1] != "requests")
-        return Charge(tenant, tokens, token_keys)
+        return Charge(tenant, tokens, token_keys, tuple(k for k in costs if k[1] == "requests"))
 
     def add_lease(self, key: QuotaKey, amount: float) -> None:
         self._account(key).lease += amount
@@ -180,6 +186,14 @@ class QuotaLedger:
         for key in charge.keys:
             account = self._account(key)
             account.settled += actual_tokens - charge.estimate
+            account.touched = True
+
+    def cancel(self, charge: Charge) -> None:
+        """A request admitted here but refused later (capacity, deadline) costs nothing."""
+        self.settle(charge, 0)
+        for key in charge.request_keys:
+            account = self._account(key)
+            account.settled -= 1
             account.touched = True
 
     def report(self, now: float) -> dict[QuotaKey, Report]:

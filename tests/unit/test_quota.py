@@ -105,3 +105,13 @@ def test_usage_and_old_windows_are_forgotten() -> None:
 @pytest.mark.parametrize("tokens", [1001, 5000])
 def test_a_request_larger_than_the_limit_is_refused(tokens: int) -> None:
     assert Router("r1", QuotaBank()).admit("b", tokens, now=1.0) is None
+
+
+def test_a_cancelled_charge_costs_nothing() -> None:
+    bank = QuotaBank()
+    router = Router("r1", bank)
+    charge = router.admit("a", 100, now=1.0)
+    assert charge
+    router.ledger.cancel(charge)
+    router.sync(1.1)
+    assert bank.used(("a", "tokens", 0)) == 0 and bank.used(("a", "requests", 0)) == 0
