@@ -44,6 +44,7 @@ class Grant:
 class _BankEntry:
     used: float = 0.0
     leases: dict[str, float] = field(default_factory=dict)
+    used_by_replica: dict[str, float] = field(default_factory=dict)
 
 
 class QuotaBank:
@@ -70,6 +71,7 @@ class QuotaBank:
         for key, (charged, settled, returned) in reports.items():
             entry = self._entries.setdefault(key, _BankEntry())
             entry.used += charged + settled
+            entry.used_by_replica[replica] = entry.used_by_replica.get(replica, 0.0) + charged + settled
             held = entry.leases.get(replica, 0.0) - charged - returned
             if held > 1e-9:
                 entry.leases[replica] = held
@@ -95,6 +97,10 @@ class QuotaBank:
     def used(self, key: QuotaKey) -> float:
         entry = self._entries.get(key)
         return entry.used if entry else 0.0
+
+    def used_by_replica(self, key: QuotaKey) -> dict[str, float]:
+        entry = self._entries.get(key)
+        return dict(entry.used_by_replica) if entry else {}
 
     def usage(self, windows: Mapping[str, int]) -> dict[str, dict[str, float]]:
         """Reported usage per tenant and dimension in the given windows."""

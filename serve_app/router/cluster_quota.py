@@ -63,6 +63,13 @@ class RayBank:
         return await self.actor.usage.remote(dict(windows))
 
 
+BANK_NAMESPACE = "serve-app"
+
+
+def bank_actor_name(app_name: str) -> str:
+    return f"serve-app-quota-bank-{app_name}"
+
+
 def ray_bank(app_name: str) -> RayBank:
     """The app's bank actor, created by the first router replica that asks (detached: it outlives a
     router replica, so a restart does not reset the window's usage; restarted if it dies)."""
@@ -70,7 +77,7 @@ def ray_bank(app_name: str) -> RayBank:
 
     actor_class = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(QuotaBank)
     actor = actor_class.options(
-        name=f"serve-app-quota-bank-{app_name}", lifetime="detached", get_if_exists=True
+        name=bank_actor_name(app_name), namespace=BANK_NAMESPACE, lifetime="detached", get_if_exists=True
     ).remote()
     return RayBank(actor)
 
