@@ -36,8 +36,9 @@ def window_index(now: float, window_s: float) -> int:
 @dataclass(frozen=True)
 class Grant:
     granted: float
-    # Lease other router replicas hold on this key: a refusal may pass once they return it.
-    held_elsewhere: float
+    # What would be free if the other router replicas returned their leases: a refusal within it
+    # may pass within one sync interval.
+    free_later: float
 
 
 @dataclass
@@ -84,12 +85,12 @@ class QuotaBank:
         elsewhere = sum(v for r, v in entry.leases.items() if r != replica)
         free = limit - entry.used - sum(entry.leases.values())
         if free < amount:
-            return Grant(0.0, elsewhere)
+            return Grant(0.0, free + elsewhere)
         # A share of what is free, so that a burst does not call here once per request, while
         # other router replicas still find some; whole units, so no fraction is left unusable.
         granted = min(free, max(amount, math.floor(free / (2 * self.active_replicas(now)))))
         entry.leases[replica] = entry.leases.get(replica, 0.0) + granted
-        return Grant(granted, elsewhere)
+        return Grant(granted, free - granted + elsewhere)
 
     def active_replicas(self, now: float) -> int:
         return max(1, sum(1 for seen in self._seen.values() if now - seen <= self.replica_ttl_s))

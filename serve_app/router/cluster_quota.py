@@ -43,10 +43,17 @@ class LocalBank:
     def __init__(self, bank: QuotaBank | None = None) -> None:
         self.bank = bank or QuotaBank()
 
-    async def exchange(self, replica, now, reports, needs, oldest=None):  # type: ignore[no-untyped-def]
+    async def exchange(
+        self,
+        replica: str,
+        now: float,
+        reports: Mapping[QuotaKey, Report],
+        needs: Mapping[QuotaKey, tuple[float, int]],
+        oldest: Mapping[str, int] | None = None,
+    ) -> dict[QuotaKey, Grant]:
         return self.bank.exchange(replica, now, reports, needs, oldest)
 
-    async def usage(self, windows):  # type: ignore[no-untyped-def]
+    async def usage(self, windows: Mapping[str, int]) -> dict[str, dict[str, float]]:
         return self.bank.usage(windows)
 
 
@@ -56,11 +63,22 @@ class RayBank:
     def __init__(self, actor: Any) -> None:
         self.actor = actor
 
-    async def exchange(self, replica, now, reports, needs, oldest=None):  # type: ignore[no-untyped-def]
-        return await self.actor.exchange.remote(replica, now, dict(reports), dict(needs), oldest)
+    async def exchange(
+        self,
+        replica: str,
+        now: float,
+        reports: Mapping[QuotaKey, Report],
+        needs: Mapping[QuotaKey, tuple[float, int]],
+        oldest: Mapping[str, int] | None = None,
+    ) -> dict[QuotaKey, Grant]:
+        grants: dict[QuotaKey, Grant] = await self.actor.exchange.remote(
+            replica, now, dict(reports), dict(needs), oldest
+        )
+        return grants
 
-    async def usage(self, windows):  # type: ignore[no-untyped-def]
-        return await self.actor.usage.remote(dict(windows))
+    async def usage(self, windows: Mapping[str, int]) -> dict[str, dict[str, float]]:
+        usage: dict[str, dict[str, float]] = await self.actor.usage.remote(dict(windows))
+        return usage
 
 
 BANK_NAMESPACE = "serve-app"
@@ -126,8 +144,8 @@ class ClusterQuota:
             return charge
         key = next(k for k in self.ledger.shortfall(costs))
         grant = grants.get(key)
-        held_elsewhere = grant is not None and grant.held_elsewhere >= costs[key][0]
-        wait = math.ceil(self.sync_interval_s) if held_elsewhere else self.ledger.window_end(key) - now
+        soon = grant is not None and grant.free_later >= costs[key][0]
+        wait = math.ceil(self.sync_interval_s) if soon else self.ledger.window_end(key) - now
         return QuotaRefusal(key, max(1, math.ceil(wait)))
 
     def settle(self, charge: Charge, actual_tokens: int) -> None:
