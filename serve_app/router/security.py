@@ -247,6 +247,6 @@ def install_cors(app: FastAPI, origins: list[str]) -> None:
             CORSMiddleware,
             allow_origins=origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-Id", "X-Priority"],
             expose_headers=["X-Request-Id", "Retry-After"],
         )
