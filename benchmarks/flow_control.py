@@ -55,7 +55,8 @@ def app_config(a_tokens_per_minute: int | None) -> dict[str, Any]:
         tenant("probe", "interactive"),
     ]
     flow = {"tenants": tenants, "max_in_flight": MAX_IN_FLIGHT, "max_waiting": 64}
-    flow |= {"interactive": {"max_wait_s": 10}, "batch": {"max_wait_s": 10}}
+    # batch may hold at most half the slots: the other half stays free for interactive arrivals
+    flow |= {"interactive": {"max_wait_s": 10}, "batch": {"max_wait_s": 10, "max_in_flight": MAX_IN_FLIGHT // 2}}
     return {"models": [model], "flow_control": flow}
 
 

@@ -55,6 +55,9 @@ class ClassQueueConfig(_Strict):
     # A request waiting longer than this in the admission queue is dropped (503) before it
     # reaches an engine.
     max_wait_s: float = Field(..., gt=0)
+    # At most this many requests of the class in flight per router replica (None: up to
+    # max_in_flight): a cap on batch keeps slots free for interactive arrivals.
+    max_in_flight: int | None = Field(None, ge=1)
 
 
 class FlowControlConfig(_Strict):

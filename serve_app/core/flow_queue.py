@@ -44,10 +44,16 @@ class _Class:
 
 
 class FlowQueue:
-    def __init__(self, max_in_flight: int, max_waiting: int, classes: int = 2) -> None:
+    def __init__(
+        self, max_in_flight: int, max_waiting: int, classes: int = 2, class_caps: tuple[int | None, ...] = ()
+    ) -> None:
+        """``class_caps[p]``: at most this many of class ``p`` in flight at once (None: no cap), so
+        that slots stay free for a higher class arriving (its engine time starts at once)."""
         self.max_in_flight = max_in_flight
         self.max_waiting = max_waiting
         self.in_flight = 0
+        self.class_caps = class_caps + (None,) * (classes - len(class_caps))
+        self.in_flight_by_class = [0] * classes
         self.attained: dict[str, float] = {}
         self._classes = [_Class() for _ in range(classes)]
         self._seq = itertools.count()
@@ -61,7 +67,8 @@ class FlowQueue:
 
     def arrive(self, waiter: Waiter) -> Arrival:
         waiter.seq = next(self._seq)
-        if self.in_flight < self.max_in_flight and self.waiting == 0:
+        ahead = sum(len(c) for c in self._classes[: waiter.priority + 1])
+        if self._can_start(waiter.priority) and ahead == 0:
             self._start(waiter)
             return Arrival("started")
         shed: tuple[Waiter, ...] = ()
@@ -77,6 +84,7 @@ class FlowQueue:
     def finish(self, waiter: Waiter, actual_cost: int) -> None:
         """A started request ended: its slot frees and its attained service is settled."""
         self.in_flight -= 1
+        self.in_flight_by_class[waiter.priority] -= 1
         self.attained[waiter.tenant] = self.attained.get(waiter.tenant, 0.0) + actual_cost - waiter.cost
 
     def next_ready(self, now: float) -> tuple[list[Waiter], list[Waiter]]:
@@ -110,6 +118,7 @@ class FlowQueue:
     def _start(self, waiter: Waiter) -> None:
         waiter.started = True
         self.in_flight += 1
+        self.in_flight_by_class[waiter.priority] += 1
         self.attained[waiter.tenant] = self.attained.get(waiter.tenant, 0.0) + waiter.cost
 
     def _enqueue(self, waiter: Waiter) -> None:
@@ -119,9 +128,13 @@ class FlowQueue:
             self.attained[waiter.tenant] = max(self.attained.get(waiter.tenant, 0.0), floor)
         group.setdefault(waiter.tenant, deque()).append(waiter)
 
+    def _can_start(self, priority: int) -> bool:
+        cap = self.class_caps[priority]
+        return self.in_flight < self.max_in_flight and (cap is None or self.in_flight_by_class[priority] < cap)
+
     def _best(self) -> Waiter | None:
-        for klass in self._classes:
-            if klass.by_tenant:
+        for priority, klass in enumerate(self._classes):
+            if klass.by_tenant and self._can_start(priority):
                 tenant = min(klass.by_tenant, key=lambda t: (self.attained.get(t, 0.0), klass.by_tenant[t][0].seq))
                 return klass.by_tenant[tenant][0]
         return None

@@ -83,7 +83,8 @@ class FlowGate:
         self.replica_name = replica_name
         self.router_replicas = router_replicas
         self.clock = clock
-        self.queue = FlowQueue(flow.max_in_flight, flow.max_waiting, len(PRIORITY_ORDER))
+        caps = tuple(flow.class_queue(name).max_in_flight for name in PRIORITY_ORDER)
+        self.queue = FlowQueue(flow.max_in_flight, flow.max_waiting, len(PRIORITY_ORDER), caps)
         self._active: dict[str, int] = {}
         self._futures: dict[Waiter, asyncio.Future[None]] = {}
 

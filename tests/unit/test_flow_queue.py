@@ -91,3 +91,14 @@ def test_a_header_may_lower_the_class_never_raise_it() -> None:
     assert effective_priority(INTERACTIVE, BATCH) == BATCH
     assert effective_priority(BATCH, INTERACTIVE) == BATCH
     assert effective_priority(BATCH, None) == BATCH
+
+
+def test_a_class_cap_keeps_slots_free_for_a_higher_class() -> None:
+    queue = FlowQueue(max_in_flight=3, max_waiting=10, class_caps=(None, 1))
+    first, second = w("flood", BATCH), w("flood", BATCH)
+    assert queue.arrive(first).outcome == "started"
+    assert queue.arrive(second).outcome == "queued"  # batch holds its one slot
+    assert queue.arrive(w("b")).outcome == "started"  # interactive starts past the batch waiter
+    assert queue.next_ready(1.0) == ([], [])  # the batch waiter still may not start
+    queue.finish(first, 10)
+    assert queue.next_ready(1.0)[0] == [second]
