@@ -1,14 +1,16 @@
 """Overload ladder on CPU: the stack with flow control against plain vLLM at the same offered loads.
 
-    python -m benchmarks.overload_ladder --step-s 15 --out benchmarks/results/flow-control/overload-ladder.json
+    python -m benchmarks.overload_ladder --step-s 15 --capacity 4.5 \
+        --out benchmarks/results/flow-control/overload-ladder.json
 
-Capacity C is measured on the stack first (completed requests per second of a closed loop at
-``max_in_flight`` concurrency). Then each server gets open-loop arrivals (evenly spaced) at 0.5, 1,
-2, 3 and 5 x C for ``--step-s`` seconds each: the stack (one router, one vLLM replica; flow control
-with ``max_in_flight`` 4, ``max_waiting`` 4, a queue deadline of the SLO) and plain vLLM's own
-OpenAI server (same engine settings), which queues everything. Per load: goodput (answers within
-the SLO per second), the rejected count (429/503) and the rejection latency, timeouts (no answer
-within the client's timeout) and lost requests (neither an answer nor a refusal nor a timeout).
+Capacity C is ``--capacity`` or else measured on the stack first (completed requests per second
+of a closed loop at ``max_in_flight`` concurrency; on a shared machine one stall can spoil it).
+Then each server gets open-loop arrivals (evenly spaced) at 0.5, 1, 2, 3 and 5 x C for
+``--step-s`` seconds each: the stack (one router, one vLLM replica; flow control with
+``max_in_flight`` 4, ``max_waiting`` 4, a queue deadline of the SLO) and plain vLLM's own OpenAI
+server (same engine settings), which queues everything. Per load: goodput (answers within the SLO
+per second), the rejected count (429/503) and the rejection latency, timeouts (no answer within
+the client's timeout) and lost requests (neither an answer nor a refusal nor a timeout).
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ def ladder(url: str, rate: float, step_s: float) -> dict[str, Any]:
     return out
 
 
-def run_stack(step_s: float) -> tuple[float, dict[str, Any]]:
+def run_stack(step_s: float, given_capacity: float | None) -> tuple[float, dict[str, Any]]:
     import ray
     from ray import serve
 
@@ -130,7 +132,7 @@ def run_stack(step_s: float) -> tuple[float, dict[str, Any]]:
         url = f"http://127.0.0.1:{port}"
         wait_until_ok(f"{url}/ready", 600, period_s=2, request_timeout_s=60)
         asyncio.run(capacity(url, 5))  # warm-up
-        rate = asyncio.run(capacity(url, step_s))
+        rate = given_capacity or asyncio.run(capacity(url, step_s))
         return rate, ladder(url, rate, step_s)
     finally:
         serve.shutdown()
@@ -153,11 +155,13 @@ def run_vllm(rate: float, step_s: float) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--step-s", type=float, default=15.0)
+    parser.add_argument("--capacity", type=float, default=None, help="requests/s to call 1x (default: measure it)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/flow-control/overload-ladder.json"))
     args = parser.parse_args()
-    rate, stack = run_stack(args.step_s)
+    rate, stack = run_stack(args.step_s, args.capacity)
     results = {"capacity_requests_per_s": rate, "stack": stack, "plain_vllm": run_vllm(rate, args.step_s)}
     results["settings"] = {"step_s": args.step_s, "slo_s": SLO_S, "client_timeout_s": CLIENT_TIMEOUT_S}
+    results["settings"]["capacity_given"] = args.capacity is not None
     results["settings"] |= {"body": BODY, "stack_config": stack_config()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
