@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from serve_app.config_lora import LoraConfig, lora_problem
+from serve_app.config_tenants import FlowControlConfig
 from serve_app.core.nccl import NcclConfig
 from serve_app.quantize.architectures import PRESETS as SHAPE_PRESETS
 from serve_app.quantize.onload import QuantizationSetting, quantization_problem
@@ -281,6 +282,7 @@ class ServerConfig(StrictModel):
     api_keys_file: str | None = Field(None, min_length=1)
     # Per-client limits (per API key; per client address when no keys are configured), enforced by
     # each router replica on its own: the cluster-wide limit is this times the router replicas.
+    # ``flow_control.tenants`` holds quotas that hold cluster-wide.
     rate_limit_requests_per_minute: int | None = Field(None, ge=1)
     rate_limit_tokens_per_minute: int | None = Field(None, ge=1)
     # Browser origins allowed to call the API (CORS); empty = no CORS headers at all.
@@ -309,6 +311,8 @@ class AppConfig(StrictModel):
     router: RouterConfig = Field(default_factory=RouterConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     nccl: NcclConfig = Field(default_factory=NcclConfig)
+    # Tenants, cluster-wide quotas, priority classes (serve_app.config_tenants); None: off.
+    flow_control: FlowControlConfig | None = None
     model_cache_dir: str | None = None
 
     @field_validator("models")

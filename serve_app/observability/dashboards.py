@@ -134,11 +134,48 @@ def router() -> Dashboard:
             "reqps",
             (Query(q.counter_rate(m.REQUESTS, ("status",), 'status=~"429|503"'), "{{status}}"),),
         ),
+        *_flow_control_row(),
     )
     return Dashboard(
-        "serve-app-router", "Serve App / Router", "Router batching, admission queue and rejections.",
+        "serve-app-router", "Serve App / Router",
+        "Router batching, admission queue and rejections; flow control per tenant and class.",
         panels, (MODEL_VARIABLE,),
     )  # fmt: skip
+
+
+def _flow_control_row() -> tuple[Panel, ...]:
+    """Flow control (flow_control config): per-tenant outcomes and tokens, the priority queue."""
+    by_tenant = ("tenant", "outcome")
+    return (
+        Panel(
+            "Tenant requests/s by outcome",
+            m.TENANT_REQUESTS.description,
+            "reqps",
+            (Query(q.counter_rate(m.TENANT_REQUESTS, by_tenant), "{{tenant}} {{outcome}}"),),
+            width=6,
+        ),
+        Panel(
+            "Tenant tokens/s",
+            m.TENANT_TOKENS.description,
+            "short",
+            (Query(q.counter_rate(m.TENANT_TOKENS, ("tenant", "kind")), "{{tenant}} {{kind}}"),),
+            width=6,
+        ),
+        Panel(
+            "Admission queue by class",
+            m.FLOW_QUEUE_DEPTH.description,
+            "short",
+            (Query(q.gauge(m.FLOW_QUEUE_DEPTH, ("priority",)), "{{priority}}"),),
+            width=6,
+        ),
+        Panel(
+            "Admission queue wait p99 by class",
+            m.FLOW_QUEUE_WAIT.description,
+            "s",
+            (Query(q.histogram_quantile(0.99, m.FLOW_QUEUE_WAIT, ("priority",)), "{{priority}}"),),
+            width=6,
+        ),
+    )
 
 
 def engine() -> Dashboard:

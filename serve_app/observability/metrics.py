@@ -235,6 +235,25 @@ ADAPTER_EVICTIONS = MetricSpec(
     ("model", "adapter"), "evictions", _REPLICA, "adapter_evicted",
 )  # fmt: skip
 
+TENANT_REQUESTS = MetricSpec(
+    "serve_app_tenant_requests", _C,
+    "Requests by tenant (configured names only), class and flow-control outcome: admitted, quota, "
+    "concurrency, queue_full, shed, deadline.",
+    ("tenant", "priority", "outcome"), "requests", _ROUTER, "tenant_request",
+)  # fmt: skip
+TENANT_TOKENS = MetricSpec(
+    "serve_app_tenant_tokens", _C, "Tokens of finished requests by tenant and kind (prompt, completion).",
+    ("tenant", "kind"), "tokens", _ROUTER, "tenant_tokens",
+)  # fmt: skip
+FLOW_QUEUE_DEPTH = MetricSpec(
+    "serve_app_flow_queue_depth", _G, "Requests waiting in one router replica's admission queue, by class.",
+    ("replica", "priority"), "requests", _ROUTER, "flow_queue",
+)  # fmt: skip
+FLOW_QUEUE_WAIT = MetricSpec(
+    "serve_app_flow_queue_wait_seconds", _H, "Time a started request waited in the admission queue, by class.",
+    ("priority",), "seconds", _ROUTER, "flow_queue_wait", QUEUE_WAIT_BUCKETS,
+)  # fmt: skip
+
 METRICS: tuple[MetricSpec, ...] = (
     REQUESTS,
     REQUEST_LATENCY,
@@ -266,6 +285,10 @@ METRICS: tuple[MetricSpec, ...] = (
     ADAPTER_LOADS,
     ADAPTER_LOAD_FAILURES,
     ADAPTER_EVICTIONS,
+    TENANT_REQUESTS,
+    TENANT_TOKENS,
+    FLOW_QUEUE_DEPTH,
+    FLOW_QUEUE_WAIT,
 )
 
 

@@ -78,6 +78,21 @@ class ServeAppMetrics:
         """One replica choice by adapter affinity: ``hit``, ``placed`` or ``spill``."""
         self._inc(m.ADAPTER_ROUTING, 1, deployment=deployment, adapter=adapter, outcome=outcome)
 
+    def tenant_request(self, tenant: str, priority: str, outcome: str) -> None:
+        """One flow-control decision; ``tenant`` is a configured tenant name or ``default``."""
+        self._inc(m.TENANT_REQUESTS, 1, tenant=tenant, priority=priority, outcome=outcome)
+
+    def tenant_tokens(self, tenant: str, prompt_tokens: int, completion_tokens: int) -> None:
+        self._inc(m.TENANT_TOKENS, prompt_tokens, tenant=tenant, kind="prompt")
+        self._inc(m.TENANT_TOKENS, completion_tokens, tenant=tenant, kind="completion")
+
+    def flow_queue(self, replica: str, waiting_by_class: Mapping[str, int]) -> None:
+        for priority, waiting in waiting_by_class.items():
+            self._set(m.FLOW_QUEUE_DEPTH, waiting, replica=replica, priority=priority)
+
+    def flow_queue_wait(self, priority: str, wait_s: float) -> None:
+        self._observe(m.FLOW_QUEUE_WAIT, wait_s, priority=priority)
+
     # -- replica ----------------------------------------------------------------------------
 
     def adapter_loaded(self, model: str, adapter: str) -> None:

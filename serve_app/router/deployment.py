@@ -9,6 +9,8 @@ from serve_app.config import AppConfig
 from serve_app.observability.logs import install_json_logging
 from serve_app.observability.recorder import ServeAppMetrics
 from serve_app.router.client import RayReplicaClient
+from serve_app.router.cluster_quota import ray_bank
+from serve_app.router.flow_gate import build_flow_gate
 from serve_app.router.ingress import build_fastapi
 from serve_app.router.readiness import Readiness
 from serve_app.router.relay import Relay
@@ -24,8 +26,12 @@ class RouterDeployment:
         install_json_logging()  # serve_app.observability.logs says why not Ray Serve's JSON encoding
         self.config = config
         client = RayReplicaClient(replicas)
-        replica_name = serve.get_replica_context().replica_id.unique_id
+        context = serve.get_replica_context()
+        replica_name = context.replica_id.unique_id
         self.relay = Relay(config, client, ServeAppMetrics.for_ray(), replica_name=replica_name)
+        if config.flow_control is not None:
+            bank = ray_bank(context.app_name)
+            self.relay.flow = build_flow_gate(config, bank, self.relay.metrics, replica_name)
         self.readiness = Readiness(config, client)
 
     def __serve_build_asgi_app__(self) -> Any:

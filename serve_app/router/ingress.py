@@ -25,11 +25,13 @@ from serve_app.replica.contract import RelayRequest
 from serve_app.router.adapter_routes import install_adapter_routes
 from serve_app.router.body_limit import BodySizeLimit
 from serve_app.router.errors import OpenAIError, install_error_handlers
+from serve_app.router.flow_gate import PRIORITY_HEADER, Caller
 from serve_app.router.head_limits import RequestHeadLimits
 from serve_app.router.readiness import Readiness
 from serve_app.router.relay import Relay
 from serve_app.router.request_identity import RequestIdentity
 from serve_app.router.security import install_cors, install_security
+from serve_app.router.usage_routes import install_usage_routes
 
 JSON_HEADERS = ((b"content-type", b"application/json"),)
 # Relayed paths that name themselves in request metrics and logs; any other path a client sends is
@@ -136,7 +138,7 @@ def build_fastapi(config: AppConfig, relay: Relay, readiness: Readiness) -> Fast
         payload = {"model": model.id, "prompt": body.prompt, "max_tokens": _max_new_tokens(body, model)}
         payload["temperature"] = body.temperature
         forwarded = relay_request(model, "/v1/completions", payload, json.dumps(payload).encode(), _rid(request))
-        answer = await relay.forward(model, forwarded, request.state.log)
+        answer = await relay.forward(model, forwarded, request.state.log, _caller(relay, request))
         if answer.status_code != 200:
             return answer  # vLLM's own error, unchanged
         completion = json.loads(bytes(answer.body))
@@ -145,6 +147,8 @@ def build_fastapi(config: AppConfig, relay: Relay, readiness: Readiness) -> Fast
         return JSONResponse(text | {k: usage.get(k, 0) for k in ("prompt_tokens", "completion_tokens")})
 
     install_adapter_routes(app, models, relay)  # before the catch-all routes, which would take their paths
+    if relay.flow is not None:
+        install_usage_routes(app, relay.flow)
 
     async def forward_other(path: str, request: Request) -> Response:
         # The model's server decides: its routes answer, a route without this method is a 405
@@ -176,7 +180,7 @@ def build_fastapi(config: AppConfig, relay: Relay, readiness: Readiness) -> Fast
         log.note_prompt(payload.get("messages", payload.get("prompt", payload.get("input"))))
         adapter = models.adapters.find(name) if name else None
         forwarded = relay_request(model, "/" + path, payload, body, _rid(request), adapter)
-        return await relay.forward(model, forwarded, log)
+        return await relay.forward(model, forwarded, log, _caller(relay, request))
 
     install_cors(app, server.cors_allow_origins)
     return app
@@ -195,6 +199,13 @@ def _max_new_tokens(body: GenerateRequest, model: ModelConfig) -> int:
         message = f"max_new_tokens is {body.max_new_tokens}; this model allows at most {model.max_tokens_limit}"
         raise OpenAIError(400, message, param="max_new_tokens")
     return body.max_new_tokens
+
+
+def _caller(relay: Relay, request: Request) -> Caller | None:
+    """Who sends a generation request, for flow control: the tenant of its key, its class."""
+    if relay.flow is None:
+        return None
+    return relay.flow.tenants.caller(getattr(request.state, "client", None), request.headers.get(PRIORITY_HEADER))
 
 
 def _rid(request: Request) -> str:

@@ -22,6 +22,7 @@ from serve_app.replica.contract import Event, RelayRequest, ResponseBody, Respon
 from serve_app.router.batch_dispatch import BatchDispatcher
 from serve_app.router.client import ReplicaClient
 from serve_app.router.errors import OpenAIError
+from serve_app.router.flow_gate import Caller, FlowGate, FlowPass
 
 EventSource = AsyncIterator[list[Event]]
 
@@ -60,6 +61,7 @@ class Relay:
         self.client = client
         self.metrics = metrics
         self.replica_name = replica_name  # this router replica: the label of its admission gauges
+        self.flow: FlowGate | None = None  # flow control (tenants, quotas, classes) when configured
         self.admission = AdmissionController.from_config(config.router)
         self._batchers = {
             m.id: BatchDispatcher(client, m, metrics) for m in config.models if m.batching.max_batch_size > 1
@@ -96,26 +98,37 @@ class Relay:
         self.metrics.queue_wait(model.id, time.monotonic() - admitted_at)
         return self.client.stream(model.id, [request])
 
-    async def forward(self, model: ModelConfig, request: RelayRequest, log: RequestLog) -> Response:
-        """The response, once its first bytes are here (or it failed before them)."""
-        ticket = self.admit(request.cost_hint)
+    async def forward(
+        self, model: ModelConfig, request: RelayRequest, log: RequestLog, caller: Caller | None = None
+    ) -> Response:
+        """The response, once its first bytes are here (or it failed before them). With flow
+        control and a ``caller``, the request first passes its quotas and admission queue."""
+        deadline = time.monotonic() + self.config.router.request_timeout_s
+        flow_pass = None
+        if self.flow is not None and caller is not None:
+            flow_pass = await self.flow.enter(caller, request.cost_hint, self.config.router.request_timeout_s)
+        try:
+            ticket = self.admit(request.cost_hint)
+        except BaseException:
+            self._leave(flow_pass, ResponseEnd(0))
+            raise
         admitted_at = time.monotonic()
-        deadline = admitted_at + self.config.router.request_timeout_s
         source = self._source(model, request, admitted_at)
         try:
             head = await self._head(source, deadline)
         except BaseException:
             self.release(ticket)
+            self._leave(flow_pass, ResponseEnd(0))
             await source.aclose()
             raise
         assert head.start is not None
         if head.end is not None:  # the whole answer is here (JSON)
             self.release(ticket)
             await source.aclose()
-            self._finish(model.id, request.adapter, log, head.end)
+            self._finish(model.id, request.adapter, log, head.end, flow_pass)
             return _response(head.start, b"".join(head.bodies))
         timer = self.metrics.stream_timer(model.id, admitted_at)
-        body = self._rest(model.id, request.adapter, head, source, deadline, ticket, log, timer)
+        body = self._rest(model.id, request.adapter, head, source, deadline, (ticket, flow_pass), log, timer)
         response = StreamingResponse(body, status_code=head.start.status)
         response.raw_headers = list(head.start.headers)
         return response
@@ -148,7 +161,7 @@ class Relay:
         head: _Head,
         source: EventSource,
         deadline: float,
-        ticket: AdmissionTicket,
+        held: tuple[AdmissionTicket, FlowPass | None],
         log: RequestLog,
         timer: StreamTimer,
     ) -> AsyncIterator[bytes]:
@@ -181,12 +194,20 @@ class Relay:
                 error = OpenAIError(end.status if end.status >= 400 else 502, end.error)
                 yield (error.sse_event() + "data: [DONE]\n\n").encode()
         finally:
-            self.release(ticket)
+            self.release(held[0])
             timer.finish()
             await source.aclose()
-            self._finish(model_id, adapter, log, end)
+            self._finish(model_id, adapter, log, end, held[1])
 
-    def _finish(self, model_id: str, adapter: str, log: RequestLog, end: ResponseEnd) -> None:
+    def _leave(self, flow_pass: FlowPass | None, end: ResponseEnd) -> None:
+        """Settles the quota on what the request actually used (prompt + completion)."""
+        if flow_pass is not None and self.flow is not None:
+            self.flow.leave(flow_pass, end.usage.prompt_tokens, end.usage.completion_tokens)
+
+    def _finish(
+        self, model_id: str, adapter: str, log: RequestLog, end: ResponseEnd, flow_pass: FlowPass | None = None
+    ) -> None:
+        self._leave(flow_pass, end)
         usage = end.usage
         log.prompt_tokens, log.completion_tokens = usage.prompt_tokens, usage.completion_tokens
         log.finish_reason = usage.finish_reason

@@ -68,8 +68,9 @@ def _digest(key: str) -> bytes:
 
 
 class ApiKeys:
-    def __init__(self, keys: tuple[str, ...]) -> None:
-        self._digests = tuple(_digest(k) for k in keys)
+    def __init__(self, keys: tuple[str, ...], digests: tuple[bytes, ...] = ()) -> None:
+        """``digests``: keys known only by their SHA-256 (flow_control tenants' api_key_sha256)."""
+        self._digests = tuple(dict.fromkeys((*(_digest(k) for k in keys), *digests)))
 
     def __len__(self) -> int:
         return len(self._digests)
@@ -206,6 +207,7 @@ class SecurityGuard:
             self.on_reject("unauthorized")
             await client.response()(scope, receive, send)
             return
+        scope.setdefault("state", {})["client"] = client  # who is asking, for flow control
         if self.limiter is not None:
             tokens = 0
             if self.limiter.limits_tokens and scope.get("method") == "POST":
@@ -224,12 +226,14 @@ def install_security(app: FastAPI, config: AppConfig, on_reject: Callable[[str],
     that the size cap runs first. Adds nothing when neither keys nor limits are configured."""
     server = config.server
     keys = load_api_keys(server)
+    tenants = config.flow_control.tenants if config.flow_control else []
+    digests = tuple(bytes.fromhex(d) for t in tenants for d in t.api_key_sha256)
     limits = (server.rate_limit_requests_per_minute, server.rate_limit_tokens_per_minute)
     limiter = KeyedRateLimiter(*limits) if any(v is not None for v in limits) else None
-    if keys or limiter is not None:
+    if keys or digests or limiter is not None:
         app.add_middleware(
             SecurityGuard,
-            keys=ApiKeys(keys) if keys else None,
+            keys=ApiKeys(keys, digests) if keys or digests else None,
             limiter=limiter,
             completion_budget=model_completion_budget(config),
             on_reject=on_reject,
@@ -243,6 +247,6 @@ def install_cors(app: FastAPI, origins: list[str]) -> None:
             CORSMiddleware,
             allow_origins=origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-Id", "X-Priority"],
             expose_headers=["X-Request-Id", "Retry-After"],
         )

@@ -14,6 +14,8 @@ from serve_app.engine.fake import FakeEngine
 from serve_app.observability.recorder import ServeAppMetrics
 from serve_app.replica.deployment import LLMReplica
 from serve_app.router.client import LocalReplicaClient, ReplicaClient
+from serve_app.router.cluster_quota import LocalBank
+from serve_app.router.flow_gate import build_flow_gate
 from serve_app.router.ingress import build_fastapi
 from serve_app.router.readiness import Readiness
 from serve_app.router.relay import Relay
@@ -67,6 +69,8 @@ def build_app(
 ) -> FastAPI:
     """The router's HTTP app as its deployment builds it, over ``replica_client``."""
     relay = Relay(config, replica_client, metrics or ServeAppMetrics.disabled(), replica_name)
+    if config.flow_control is not None:  # the quota bank in this process instead of a Ray actor
+        relay.flow = build_flow_gate(config, LocalBank(), relay.metrics, replica_name)
     return build_fastapi(config, relay, Readiness(config, replica_client))
 
 

@@ -145,6 +145,7 @@ def test_required_panels_exist() -> None:
     ]
     assert {"Time per output token", "Inter-token latency"} <= titles["serve-app-overview"]
     assert {"Batch size", "Queue depth", "Queue wait", "Rejections/s by reason"} <= titles["serve-app-router"]
+    assert {"Tenant requests/s by outcome", "Tenant tokens/s", "Admission queue by class"} <= titles["serve-app-router"]
     assert {"KV-cache usage", "Running sequences", "Waiting sequences", "GPU memory used"} <= titles["serve-app-engine"]
     assert {"Prefix-cache hit rate", "Generated tokens/s by model"} <= titles["serve-app-engine"]
     assert {"Replicas: running, desired, target", "Decisions/s by reason"} <= titles["serve-app-autoscaling"]

@@ -250,6 +250,10 @@ SAMPLE_CALLS: dict[str, tuple[Any, ...]] = {
     "adapter_loaded": ("m", "pirate"),
     "adapter_load_failed": ("m",),
     "adapter_evicted": ("m", "pirate"),
+    "tenant_request": ("acme", "batch", "quota"),
+    "tenant_tokens": ("acme", 5, 7),
+    "flow_queue": ("router-1", {"interactive": 1, "batch": 3}),
+    "flow_queue_wait": ("interactive", 0.01),
 }
 
 

@@ -1,0 +1,174 @@
+"""Noisy neighbour on the real stack (CPU): tenant A floods at 5x capacity while tenant B sends
+steady streamed interactive traffic; B's TTFT against B alone, with priority classes (A batch)
+and without (A interactive), A's 429s and 503s, and the ledger (every request answered: lost 0).
+
+    python -m benchmarks.flow_control --phase-s 30 --out benchmarks/results/flow-control/noisy-neighbour.json
+
+One app, one router, one vLLM replica of the embedded SmolLM2 (its own local Ray). Capacity is
+measured first: completed requests per second of a closed loop at ``max_in_flight`` concurrency
+(A's request shape). A's tenants have a token quota (``--a-tokens-per-minute``), so the flood
+meets it; "a" is batch, "a-interactive" the same limits in B's class. B sends at 0.25x capacity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import socket
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+MODEL = "smollm2-135m-instruct"
+KEYS = {name: f"sk-bench-{name}-0123456789" for name in ("a", "a-interactive", "b", "probe")}
+A_BODY = {"model": MODEL, "prompt": "Write a short story about a lighthouse keeper.", "max_tokens": 32}
+B_BODY = {"model": MODEL, "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+B_BODY |= {"max_tokens": 16, "stream": True, "temperature": 0}
+MAX_IN_FLIGHT = 4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tenant(name: str, priority: str, tokens_per_minute: int | None = None) -> dict[str, Any]:
+    digest = hashlib.sha256(KEYS[name].encode()).hexdigest()
+    out: dict[str, Any] = {"name": name, "api_key_sha256": [digest], "priority": priority}
+    return out | ({"tokens_per_minute": tokens_per_minute} if tokens_per_minute else {})
+
+
+def app_config(a_tokens_per_minute: int | None) -> dict[str, Any]:
+    model = {"id": MODEL, "source": f"embedded:{MODEL}", "dtype": "float32", "enforce_eager": True}
+    model |= {"max_model_len": 512, "readiness_expect": "Paris"}
+    model["ray_actor_options"] = {"num_cpus": 1, "env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}}
+    tenants = [
+        tenant("a", "batch", a_tokens_per_minute),
+        tenant("a-interactive", "interactive", a_tokens_per_minute),
+        tenant("b", "interactive"),
+        tenant("probe", "interactive"),
+    ]
+    flow = {"tenants": tenants, "max_in_flight": MAX_IN_FLIGHT, "max_waiting": 64}
+    # batch may hold at most half the slots: the other half stays free for interactive arrivals
+    flow |= {"interactive": {"max_wait_s": 10}, "batch": {"max_wait_s": 10, "max_in_flight": MAX_IN_FLIGHT // 2}}
+    return {"models": [model], "flow_control": flow}
+
+
+async def send(client: httpx.AsyncClient, key: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One request: status, TTFT (first SSE event, streamed) and latency; never raises."""
+    started = time.monotonic()
+    first: float | None = None
+    try:
+        headers = {"Authorization": f"Bearer {key}"}
+        async with client.stream("POST", path, json=body, headers=headers) as resp:
+            async for chunk in resp.aiter_bytes():
+                if first is None and b"data: {" in chunk:
+                    first = time.monotonic() - started
+            status = resp.status_code
+    except httpx.HTTPError as err:
+        return {"status": "error", "error": type(err).__name__, "latency_s": time.monotonic() - started}
+    return {"status": status, "ttft_s": first, "latency_s": time.monotonic() - started}
+
+
+async def closed_loop(url: str, seconds: float) -> float:
+    """Completed requests per second of A's shape at MAX_IN_FLIGHT concurrency (the capacity)."""
+    done = 0
+    stop = time.monotonic() + seconds
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+
+        async def worker() -> None:
+            nonlocal done
+            while time.monotonic() < stop:
+                if (await send(client, KEYS["probe"], "/v1/completions", A_BODY))["status"] == 200:
+                    done += 1
+
+        started = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(MAX_IN_FLIGHT)))
+        return done / (time.monotonic() - started)
+
+
+async def open_loop(client: httpx.AsyncClient, key: str, path: str, body: dict, rate: float, seconds: float) -> list:
+    tasks = []
+    started = time.monotonic()
+    for i in range(int(rate * seconds)):
+        await asyncio.sleep(max(0.0, started + i / rate - time.monotonic()))
+        tasks.append(asyncio.create_task(send(client, key, path, body)))
+    return list(await asyncio.gather(*tasks))
+
+
+async def phase(url: str, flood_key: str | None, capacity: float, seconds: float) -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        b_rate = 0.25 * capacity
+        b = open_loop(client, KEYS["b"], "/v1/chat/completions", B_BODY, b_rate, seconds)
+        a = open_loop(client, flood_key, "/v1/completions", A_BODY, 5 * capacity, seconds) if flood_key else None
+        b_records, a_records = await asyncio.gather(b, a) if a else (await b, [])
+    return {"b": summarize(b_records), "a": summarize(a_records), "b_rate": b_rate, "a_rate": 5 * capacity}
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    if not records:
+        return {}
+    statuses = Counter(str(r["status"]) for r in records)
+    ttfts = sorted(r["ttft_s"] for r in records if r["status"] == 200 and r.get("ttft_s") is not None)
+    refusals = sorted(r["latency_s"] for r in records if r["status"] in (429, 503))
+    out: dict[str, Any] = {"sent": len(records), "statuses": dict(statuses)}
+    out["lost"] = len(records) - sum(v for k, v in statuses.items() if k in ("200", "429", "503"))
+    if ttfts:
+        out |= {"ttft_p50_s": quantile(ttfts, 0.5), "ttft_p99_s": quantile(ttfts, 0.99)}
+    if refusals:
+        out |= {"refusal_latency_p50_s": quantile(refusals, 0.5), "refusal_latency_p99_s": quantile(refusals, 0.99)}
+    return out
+
+
+def quantile(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, max(0, int(q * len(values) + 0.999999) - 1))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--phase-s", type=float, default=30.0)
+    parser.add_argument("--a-tokens-per-minute", type=int, default=3000, help="the flooding tenant's quota")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/flow-control/noisy-neighbour.json"))
+    args = parser.parse_args()
+
+    import ray
+    from ray import serve
+
+    from serve_app.app import build_app
+    from serve_app.bench.readiness import wait_until_ok
+    from serve_app.config import load_config
+
+    port = free_port()
+    ray.init(address="local", num_cpus=8, include_dashboard=False)
+    results: dict[str, Any] = {}
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        url = f"http://127.0.0.1:{port}"
+        config = app_config(args.a_tokens_per_minute)
+        serve.run(build_app(load_config(config)), name="serve-app", route_prefix="/", blocking=False)
+        wait_until_ok(f"{url}/ready", 600, period_s=2, request_timeout_s=60)
+        asyncio.run(closed_loop(url, 5))  # warm-up
+        capacity = asyncio.run(closed_loop(url, args.phase_s / 2))
+        results["capacity_requests_per_s"] = capacity
+        results["b_alone"] = asyncio.run(phase(url, None, capacity, args.phase_s))
+        results["with_classes"] = asyncio.run(phase(url, KEYS["a"], capacity, args.phase_s))
+        results["without_classes"] = asyncio.run(phase(url, KEYS["a-interactive"], capacity, args.phase_s))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    results["settings"] = {"phase_s": args.phase_s, "max_in_flight": MAX_IN_FLIGHT, "a_body": A_BODY, "b_body": B_BODY}
+    results["settings"]["a_tokens_per_minute"] = args.a_tokens_per_minute
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(json.dumps({k: v for k, v in results.items() if k != "settings"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Overload ladder on CPU: the stack with flow control against plain vLLM at the same offered loads.
+
+    python -m benchmarks.overload_ladder --step-s 15 --capacity 4.5 \
+        --out benchmarks/results/flow-control/overload-ladder.json
+
+Capacity C is ``--capacity`` or else measured on the stack first (completed requests per second
+of a closed loop at ``max_in_flight`` concurrency; on a shared machine one stall can spoil it).
+Then each server gets open-loop arrivals (evenly spaced) at 0.5, 1, 2, 3 and 5 x C for
+``--step-s`` seconds each: the stack (one router, one vLLM replica; flow control with
+``max_in_flight`` 4, ``max_waiting`` 4, a queue deadline of the SLO) and plain vLLM's own OpenAI
+server (same engine settings), which queues everything. Per load: goodput (answers within the SLO
+per second), the rejected count (429/503) and the rejection latency, timeouts (no answer within
+the client's timeout) and lost requests (neither an answer nor a refusal nor a timeout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks.flow_control import quantile
+from benchmarks.seed_table import MODEL_ID, VLLM_ENV, fp32_model, plain_vllm_command, stop, wait_ready
+
+BODY = {"model": MODEL_ID, "prompt": "Write a short story about a lighthouse keeper.", "max_tokens": 32}
+MULTIPLES = (0.5, 1.0, 2.0, 3.0, 5.0)
+SLO_S = 4.0  # end-to-end latency of a good answer
+CLIENT_TIMEOUT_S = 30.0
+MAX_IN_FLIGHT = 4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stack_config() -> dict[str, Any]:
+    model = {"id": MODEL_ID, "source": f"embedded:{MODEL_ID}", "dtype": "float32", "enforce_eager": True}
+    model |= {"max_model_len": 2048, "readiness_expect": "Paris"}
+    model["ray_actor_options"] = {"num_cpus": 1, "env_vars": VLLM_ENV}
+    flow = {"max_in_flight": MAX_IN_FLIGHT, "max_waiting": 4, "interactive": {"max_wait_s": SLO_S}}
+    return {"models": [model], "flow_control": flow}
+
+
+async def one(client: httpx.AsyncClient) -> dict[str, Any]:
+    started = time.monotonic()
+    try:
+        resp = await client.post("/v1/completions", json=BODY, timeout=CLIENT_TIMEOUT_S)
+        return {"status": resp.status_code, "latency_s": time.monotonic() - started}
+    except httpx.TimeoutException:
+        return {"status": "timeout", "latency_s": time.monotonic() - started}
+    except httpx.HTTPError as err:
+        return {"status": type(err).__name__, "latency_s": time.monotonic() - started}
+
+
+async def offered(url: str, rate: float, seconds: float) -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=100)
+    async with httpx.AsyncClient(base_url=url, limits=limits) as client:
+        tasks = []
+        started = time.monotonic()
+        for i in range(max(1, int(rate * seconds))):
+            await asyncio.sleep(max(0.0, started + i / rate - time.monotonic()))
+            tasks.append(asyncio.create_task(one(client)))
+        records = await asyncio.gather(*tasks)
+    return summarize(records, seconds)
+
+
+def summarize(records: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    good = [r for r in records if r["status"] == 200 and r["latency_s"] <= SLO_S]
+    rejected = sorted(r["latency_s"] for r in records if r["status"] in (429, 503))
+    ok = sorted(r["latency_s"] for r in records if r["status"] == 200)
+    out: dict[str, Any] = {"sent": len(records), "ok": len(ok), "good": len(good), "goodput_per_s": len(good) / seconds}
+    out |= {"rejected": len(rejected), "timeouts": sum(1 for r in records if r["status"] == "timeout")}
+    out["lost"] = len(records) - len(ok) - len(rejected) - out["timeouts"]
+    out["other"] = sorted({str(r["status"]) for r in records} - {"200", "429", "503", "timeout"})
+    if ok:
+        out |= {"latency_p50_s": quantile(ok, 0.5), "latency_p99_s": quantile(ok, 0.99)}
+    if rejected:
+        out |= {"rejection_p50_s": quantile(rejected, 0.5), "rejection_p99_s": quantile(rejected, 0.99)}
+        fast = [x for x in rejected if x < SLO_S / 2]  # refused at arrival, not dropped at the deadline
+        out["rejected_at_arrival"] = len(fast)
+        if fast:
+            out["rejection_at_arrival_p99_s"] = quantile(fast, 0.99)
+    return out
+
+
+async def capacity(url: str, seconds: float) -> float:
+    done = 0
+    stop_at = time.monotonic() + seconds
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+
+        async def worker() -> None:
+            nonlocal done
+            while time.monotonic() < stop_at:
+                done += (await one(client))["status"] == 200
+
+        started = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(MAX_IN_FLIGHT)))
+        return done / (time.monotonic() - started)
+
+
+def ladder(url: str, rate: float, step_s: float) -> dict[str, Any]:
+    out = {}
+    for multiple in MULTIPLES:
+        out[str(multiple)] = asyncio.run(offered(url, multiple * rate, step_s)) | {"offered_per_s": multiple * rate}
+        time.sleep(3)  # the previous load's stragglers end
+    return out
+
+
+def run_stack(step_s: float, given_capacity: float | None) -> tuple[float, dict[str, Any]]:
+    import ray
+    from ray import serve
+
+    from serve_app.app import build_app
+    from serve_app.bench.readiness import wait_until_ok
+    from serve_app.config import load_config
+
+    port = free_port()
+    ray.init(address="local", num_cpus=8, include_dashboard=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(load_config(stack_config())), name="serve-app", route_prefix="/", blocking=False)
+        url = f"http://127.0.0.1:{port}"
+        wait_until_ok(f"{url}/ready", 600, period_s=2, request_timeout_s=60)
+        asyncio.run(capacity(url, 5))  # warm-up
+        rate = given_capacity or asyncio.run(capacity(url, step_s))
+        return rate, ladder(url, rate, step_s)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def run_vllm(rate: float, step_s: float) -> dict[str, Any]:
+    port = free_port()
+    env = os.environ | VLLM_ENV
+    proc = subprocess.Popen(plain_vllm_command(fp32_model(), port), env=env, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(proc, f"{url}/v1/models", 600)
+        asyncio.run(capacity(url, 5))  # warm-up
+        return ladder(url, rate, step_s)
+    finally:
+        stop(proc)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--step-s", type=float, default=15.0)
+    parser.add_argument("--capacity", type=float, default=None, help="requests/s to call 1x (default: measure it)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/flow-control/overload-ladder.json"))
+    args = parser.parse_args()
+    rate, stack = run_stack(args.step_s, args.capacity)
+    results = {"capacity_requests_per_s": rate, "stack": stack, "plain_vllm": run_vllm(rate, args.step_s)}
+    results["settings"] = {"step_s": args.step_s, "slo_s": SLO_S, "client_timeout_s": CLIENT_TIMEOUT_S}
+    results["settings"]["capacity_given"] = args.capacity is not None
+    results["settings"] |= {"body": BODY, "stack_config": stack_config()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(json.dumps({k: v for k, v in results.items() if k != "settings"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""The priority admission queue of one router replica (pure, single event loop).
+
+At most ``max_in_flight`` requests go on to replicas at once; more wait here, at most
+``max_waiting`` of them. The next to go is from the highest class waiting; within a class, from
+the tenant with the least attained service (tokens it was admitted, pre-charge then settled), in
+arrival order within a tenant. A tenant that becomes backlogged starts no lower than the least
+attained service of the class's backlogged tenants, so an idle spell earns no burst. When the
+queue is full, an arrival of a higher class sheds the lowest class's most served tenant's newest
+waiter; any other arrival is refused. A waiter past its deadline is dropped, never started.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+Outcome = Literal["started", "queued", "refused"]
+
+
+@dataclass(eq=False)
+class Waiter:
+    tenant: str
+    priority: int  # 0 is the highest class
+    cost: int
+    deadline: float
+    seq: int = 0
+    started: bool = False
+
+
+@dataclass(frozen=True)
+class Arrival:
+    outcome: Outcome
+    shed: tuple[Waiter, ...] = ()
+
+
+@dataclass
+class _Class:
+    by_tenant: dict[str, deque[Waiter]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self.by_tenant.values())
+
+
+class FlowQueue:
+    def __init__(
+        self, max_in_flight: int, max_waiting: int, classes: int = 2, class_caps: tuple[int | None, ...] = ()
+    ) -> None:
+        """``class_caps[p]``: at most this many of class ``p`` in flight at once (None: no cap), so
+        that slots stay free for a higher class arriving (its engine time starts at once)."""
+        self.max_in_flight = max_in_flight
+        self.max_waiting = max_waiting
+        self.in_flight = 0
+        self.class_caps = class_caps + (None,) * (classes - len(class_caps))
+        self.in_flight_by_class = [0] * classes
+        self.attained: dict[str, float] = {}
+        self._classes = [_Class() for _ in range(classes)]
+        self._seq = itertools.count()
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(c) for c in self._classes)
+
+    def waiting_in(self, priority: int) -> int:
+        return len(self._classes[priority])
+
+    def arrive(self, waiter: Waiter) -> Arrival:
+        waiter.seq = next(self._seq)
+        ahead = sum(len(c) for c in self._classes[: waiter.priority + 1])
+        if self._can_start(waiter.priority) and ahead == 0:
+            self._start(waiter)
+            return Arrival("started")
+        shed: tuple[Waiter, ...] = ()
+        if self.waiting >= self.max_waiting:
+            victim = self._shed_candidate()
+            if victim is None or victim.priority <= waiter.priority:
+                return Arrival("refused")
+            self.remove(victim)
+            shed = (victim,)
+        self._enqueue(waiter)
+        return Arrival("queued", shed)
+
+    def finish(self, waiter: Waiter, actual_cost: int) -> None:
+        """A started request ended: its slot frees and its attained service is settled."""
+        self.in_flight -= 1
+        self.in_flight_by_class[waiter.priority] -= 1
+        self.attained[waiter.tenant] = self.attained.get(waiter.tenant, 0.0) + actual_cost - waiter.cost
+
+    def next_ready(self, now: float) -> tuple[list[Waiter], list[Waiter]]:
+        """Waiters to start now (free slots, best first) and waiters dropped past their deadline."""
+        started: list[Waiter] = []
+        expired = self.expire(now)
+        while self.in_flight < self.max_in_flight:
+            waiter = self._best()
+            if waiter is None:
+                break
+            self.remove(waiter)
+            self._start(waiter)
+            started.append(waiter)
+        return started, expired
+
+    def expire(self, now: float) -> list[Waiter]:
+        gone = [w for c in self._classes for q in c.by_tenant.values() for w in q if w.deadline <= now]
+        for waiter in gone:
+            self.remove(waiter)
+        return gone
+
+    def remove(self, waiter: Waiter) -> bool:
+        queue = self._classes[waiter.priority].by_tenant.get(waiter.tenant)
+        if queue is None or waiter not in queue:
+            return False
+        queue.remove(waiter)
+        if not queue:
+            del self._classes[waiter.priority].by_tenant[waiter.tenant]
+        return True
+
+    def _start(self, waiter: Waiter) -> None:
+        waiter.started = True
+        self.in_flight += 1
+        self.in_flight_by_class[waiter.priority] += 1
+        self.attained[waiter.tenant] = self.attained.get(waiter.tenant, 0.0) + waiter.cost
+
+    def _enqueue(self, waiter: Waiter) -> None:
+        group = self._classes[waiter.priority].by_tenant
+        if waiter.tenant not in group and group:
+            floor = min(self.attained.get(t, 0.0) for t in group)
+            self.attained[waiter.tenant] = max(self.attained.get(waiter.tenant, 0.0), floor)
+        group.setdefault(waiter.tenant, deque()).append(waiter)
+
+    def _can_start(self, priority: int) -> bool:
+        cap = self.class_caps[priority]
+        return self.in_flight < self.max_in_flight and (cap is None or self.in_flight_by_class[priority] < cap)
+
+    def _best(self) -> Waiter | None:
+        for priority, klass in enumerate(self._classes):
+            if klass.by_tenant and self._can_start(priority):
+                tenant = min(klass.by_tenant, key=lambda t: (self.attained.get(t, 0.0), klass.by_tenant[t][0].seq))
+                return klass.by_tenant[tenant][0]
+        return None
+
+    def _shed_candidate(self) -> Waiter | None:
+        for klass in reversed(self._classes):
+            if klass.by_tenant:
+                tenant = max(klass.by_tenant, key=lambda t: (self.attained.get(t, 0.0), klass.by_tenant[t][-1].seq))
+                return klass.by_tenant[tenant][-1]
+        return None
+
+
+def effective_priority(assigned: int, requested: int | None) -> int:
+    """A request's class: its key's, or a lower one it asks for (a header), never a higher one."""
+    return assigned if requested is None else max(assigned, requested)
