@@ -14,7 +14,6 @@ from ray import serve
 from ray.serve import Application
 
 from serve_app.config import (
-    EMBEDDED_PREFIX,
     AppConfig,
     ConfigError,
     ModelConfig,
@@ -22,10 +21,10 @@ from serve_app.config import (
     ServerConfig,
     load_config,
 )
-from serve_app.core.nccl import NcclConfig
+from serve_app.config_nccl import NcclConfig
 from serve_app.core.placement import load_model_shape, plan_replica_placement
 from serve_app.engine.vllm_engine import engine_env_vars
-from serve_app.models.embedded import resolve_source
+from serve_app.models.embedded import EMBEDDED_PREFIX, resolve_source
 from serve_app.models.lora_adapters import adapter_problem
 from serve_app.quantize.gate import check_deployable
 from serve_app.replica.deployment import LLMReplica

@@ -15,12 +15,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from serve_app.config_lora import LoraConfig, lora_problem
-from serve_app.core.nccl import NcclConfig
-from serve_app.quantize.architectures import PRESETS as SHAPE_PRESETS
+from serve_app.config_nccl import NcclConfig
+from serve_app.models.embedded import EMBEDDED_MODELS, EMBEDDED_PREFIX, SMOLLM2_SOURCE
+from serve_app.models.shapes import PRESETS as SHAPE_PRESETS
 from serve_app.quantize.onload import QuantizationSetting, quantization_problem
-
-EMBEDDED_PREFIX = "embedded:"
-EMBEDDED_MODELS = ("smollm2-135m-instruct", "all-minilm-l6-v2")
 
 # Options our typed fields own; passing them again through engine_options would be ambiguous.
 _TYPED_ENGINE_FIELDS = frozenset(
@@ -143,7 +141,7 @@ class OpenAIServerConfig(StrictModel):
 
 class ModelConfig(StrictModel):
     id: str = Field(..., min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
-    source: str = EMBEDDED_PREFIX + "smollm2-135m-instruct"
+    source: str = SMOLLM2_SOURCE
     task: Literal["generate", "embed"] = "generate"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     quantization: str | None = None
@@ -152,7 +150,7 @@ class ModelConfig(StrictModel):
     tensor_parallel_size: int = Field(1, ge=1, le=64)
     pipeline_parallel_size: int = Field(1, ge=1, le=64)
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
-    # A known architecture (serve_app.quantize.architectures.PRESETS) that gives the model's head
+    # A known architecture (serve_app.models.shapes.PRESETS) that gives the model's head
     # counts when its source folder is not readable where the app is built (e.g. on the Ray head).
     shape_preset: str | None = None
     enforce_eager: bool = False

@@ -7,9 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+from serve_app.models.embedded import SMOLLM2_SOURCE
 from serve_app.quantize.calibration import DEFAULT_GOLDEN, DEFAULT_HELDOUT, shipped
 
-EMBEDDED_BASELINE = "embedded:smollm2-135m-instruct"
+EMBEDDED_BASELINE = SMOLLM2_SOURCE
 
 
 def register(sub: argparse._SubParsersAction) -> None:

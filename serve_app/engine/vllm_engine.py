@@ -9,9 +9,9 @@ from typing import Any
 
 from serve_app.config import ModelConfig
 from serve_app.engine.gpu_start_lock import gpu_start_lock, shared_gpu_ids
+from serve_app.engine.preflight import WORKER_EXTENSION, ensure_engine_workers_ready
 from serve_app.engine.types import EngineDeadError, EngineStats
 from serve_app.engine.vllm_compat import parse_server_args, server_entry_points
-from serve_app.replica.preflight import WORKER_EXTENSION, ensure_engine_workers_ready
 
 # Our dtype names -> vLLM's.
 _DTYPES = {"auto": "auto", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}

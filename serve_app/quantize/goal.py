@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from serve_app.quantize.architectures import PRESETS
+from serve_app.models.shapes import PRESETS
 from serve_app.quantize.planner import GPUS
 from serve_app.quantize.variants import CHECKPOINT_FORMATS, variant_by_id
 

@@ -30,7 +30,8 @@ from serve_app.config import AppConfig, load_config
 from serve_app.observability import metrics as m
 from serve_app.observability.dashboards import adapters, all_dashboards
 from serve_app.observability.render import render_from_prometheus, substitute_variables
-from tests.integration.conftest import MetricsServe, RunningApp, free_port, local_config
+from serve_app.ports import free_port
+from tests.integration.conftest import MetricsServe, RunningApp, local_config
 
 pytestmark = pytest.mark.integration
 

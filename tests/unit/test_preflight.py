@@ -12,16 +12,16 @@ from typing import Any
 import pytest
 
 from serve_app.core.collective_check import CheckResult, RankReport, diagnose, expected_sum
-from serve_app.replica.preflight import (
+from serve_app.engine.preflight import (
     PREFLIGHT_RPC_METHOD,
     PreflightError,
     RankLaunch,
     check_engine_workers,
     ensure_engine_workers_ready,
-    free_port,
     local_launch_plan,
     run_local_check,
 )
+from serve_app.ports import free_port
 
 # --- diagnosis (pure) ---------------------------------------------------------------------------
 

@@ -28,9 +28,10 @@ from datetime import timedelta
 from typing import Any
 
 from serve_app.core.collective_check import PROCESS_EXITED, CheckResult, RankReport, diagnose
+from serve_app.ports import free_port
 
 PREFLIGHT_RPC_METHOD = "serve_app_preflight_all_reduce"
-WORKER_EXTENSION = "serve_app.replica.preflight.PreflightWorkerExtension"
+WORKER_EXTENSION = "serve_app.engine.preflight.PreflightWorkerExtension"
 # Extra time allowed for collective_rpc itself beyond the in-worker timeout (queueing, pickling).
 _RPC_MARGIN_S = 30.0
 _REPORT_SLACK_S = 10.0
@@ -50,12 +51,6 @@ class RankLaunch:
     world_size: int
     master_addr: str
     master_port: int
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def local_launch_plan(
