@@ -69,9 +69,12 @@ soak: install-test
 	$(VENV)/bin/serve-app prepare-model --quiet
 	$(PY) -m pytest -q -s -p no:cacheprovider tests/faults --soak --faults-report benchmarks/results/faults
 
+## Ruff, then the import contracts in pyproject.toml ([tool.importlinter]: router -> replica -> engine,
+## core free of Ray/vLLM/torch, config not importing core).
 lint: install-test
 	$(VENV)/bin/ruff check serve_app tests benchmarks
 	$(VENV)/bin/ruff format --check serve_app tests benchmarks
+	$(VENV)/bin/lint-imports
 
 format: install-test
 	$(VENV)/bin/ruff format serve_app tests benchmarks
