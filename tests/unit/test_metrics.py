@@ -190,7 +190,6 @@ SAMPLE_CALLS: dict[str, tuple[Any, ...]] = {
     "queue_wait": ("m", 0.002),
     "replica_load": ("LLM", "replica-1", 2, 300),
     "engine_stats": ("m", "replica-1", EngineStats(running=1, waiting=0, kv_cache_usage=0.1)),
-    "gpu_memory": ("m", "replica-1", 0, 2.5e9),
     "autoscaling_decision": ("LLM", 1, 2, 1, "up_pending"),
     "adapter_request": ("m", "pirate", 5, 7),
     "adapter_routed": ("llm-m", "pirate", "hit"),
