@@ -281,8 +281,8 @@ class ServerConfig(StrictModel):
     # Browser origins allowed to call the API (CORS); empty = no CORS headers at all.
     cors_allow_origins: list[str] = Field(default_factory=list)
     # Ray Serve's throughput-optimized mode in the router and replica processes: user code and the
-    # handle's router on the replica's own event loop instead of a thread hop per message. Measured
-    # 2.8x less router CPU per streamed token (benchmarks/results/stack-overhead/).
+    # handle's router on the replica's own event loop instead of a thread hop per message, which
+    # saves router and replica CPU per streamed token (benchmarks/results/stack-overhead/README.md).
     ray_serve_throughput_optimized: bool = True
     # Ray Serve's direct ingress: the router replica serves HTTP itself on a port from Ray's replica
     # range (30000+ per node). The shipped door, Ray Serve's HAProxy on the HTTP port (turned on

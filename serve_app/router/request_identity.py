@@ -4,9 +4,8 @@ A pure ASGI middleware rather than Starlette's ``@app.middleware("http")``: that
 (``BaseHTTPMiddleware``) runs the app in a task of its own and relays every body chunk of a
 streamed answer through an anyio memory stream, and the answer had to be wrapped to see its end.
 Here the app runs in the request's own task (so the request-id log context covers the whole
-stream) and the last body message is seen as it goes out. py-spy put that relay at several percent
-of the router's CPU at 64 streams, but an A/B on the 2-core machine measured no difference beyond
-run-to-run noise (``benchmarks/results/stack-overhead/request-identity/``).
+stream) and the last body message is seen as it goes out (the measured effect on the router's CPU:
+``benchmarks/results/stack-overhead/request-identity/``).
 
 The request's ``state`` (Starlette keeps ``request.state`` in ``scope["state"]``) carries
 ``request_id`` and ``log`` for the routes; routes set ``model`` there for the metric label, and
