@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from serve_app.config_lora import LoraConfig, lora_problem
 from serve_app.config_nccl import NcclConfig
+from serve_app.errors import ServeAppError
 from serve_app.models.embedded import EMBEDDED_MODELS, EMBEDDED_PREFIX, SMOLLM2_SOURCE
 from serve_app.models.shapes import PRESETS as SHAPE_PRESETS
 from serve_app.quantize.onload import QuantizationSetting, quantization_problem
@@ -42,7 +43,7 @@ _TYPED_ENGINE_FIELDS = frozenset(
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(ServeAppError, ValueError):
     """A configuration that cannot be served; the message names the offending key path."""
 
 

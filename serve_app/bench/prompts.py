@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from serve_app.bench.records import Prompt
+from serve_app.errors import ServeAppError
 
 DEFAULT_MAX_TOKENS = 128
 
@@ -38,7 +39,7 @@ class Tokenizer(Protocol):
     def decode(self, ids: list[int]) -> str: ...
 
 
-class PromptSetError(ValueError):
+class PromptSetError(ServeAppError, ValueError):
     pass
 
 

@@ -17,6 +17,8 @@ import sys
 import time
 from typing import Any
 
+from serve_app.errors import ServeAppError
+
 TOKEN_SOURCES = "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"
 POLL_S = 2.0
 
@@ -41,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-class ScaleError(RuntimeError):
+class ScaleError(ServeAppError, RuntimeError):
     pass
 
 

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from serve_app.config import ModelConfig
+from serve_app.errors import ServeAppError
 from serve_app.models.embedded import EMBEDDED_PREFIX, EMBEDDED_SHAPE_PRESETS
 from serve_app.models.shapes import PRESETS, ModelShape, UnknownModelError, shape_from_hf_config
 
 Strategy = Literal["STRICT_PACK", "PACK", "SPREAD"]
 
 
-class PlacementError(ValueError):
+class PlacementError(ServeAppError, ValueError):
     """A parallel layout that cannot run; the message names the model and the reason."""
 
 

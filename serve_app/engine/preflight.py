@@ -28,6 +28,7 @@ from datetime import timedelta
 from typing import Any
 
 from serve_app.core.collective_check import PROCESS_EXITED, CheckResult, RankReport, diagnose
+from serve_app.errors import ServeAppError
 from serve_app.ports import free_port
 
 PREFLIGHT_RPC_METHOD = "serve_app_preflight_all_reduce"
@@ -39,7 +40,7 @@ _REPORT_SLACK_S = 10.0
 _NEXT_STEP = {"started": "rendezvous", "registered": "connect", "joined": "all_reduce"}
 
 
-class PreflightError(RuntimeError):
+class PreflightError(ServeAppError, RuntimeError):
     """The replica's ranks cannot all-reduce; the message names the rank(s) and the likely cause."""
 
 

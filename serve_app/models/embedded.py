@@ -22,6 +22,8 @@ from pathlib import Path
 
 import platformdirs
 
+from serve_app.errors import ServeAppError
+
 # A config's ``source`` names an embedded model as ``embedded:<name>``.
 EMBEDDED_PREFIX = "embedded:"
 SMOLLM2 = "smollm2-135m-instruct"
@@ -36,7 +38,7 @@ _MARKER = "serve_app_prepared.json"
 _FORMAT_VERSION = 1
 
 
-class EmbeddedModelError(RuntimeError):
+class EmbeddedModelError(ServeAppError, RuntimeError):
     pass
 
 

@@ -11,8 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from serve_app.errors import ServeAppError
 
-class UnknownModelError(ValueError):
+
+class UnknownModelError(ServeAppError, ValueError):
     pass
 
 

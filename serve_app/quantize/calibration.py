@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from serve_app.errors import ServeAppError
+
 DEFAULT_CALIBRATION = "calibration_chat.jsonl"
 DEFAULT_HELDOUT = "heldout.txt"
 DEFAULT_GOLDEN = "golden_qa.jsonl"
@@ -15,7 +17,7 @@ DEFAULT_GOLDEN = "golden_qa.jsonl"
 Messages = list[dict[str, str]]
 
 
-class DataFileError(ValueError):
+class DataFileError(ServeAppError, ValueError):
     pass
 
 

@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from serve_app.errors import ServeAppError
 from serve_app.quantize import methods
 from serve_app.quantize.calibration import load_calibration
 from serve_app.quantize.evaluate import ModelMeasurement
@@ -26,7 +27,7 @@ SETUP_HINT = "create it with `make quant-env` (scripts/setup_quant_env.sh)"
 _CPU_KV_SPACE = ("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
-class RunnerError(RuntimeError):
+class RunnerError(ServeAppError, RuntimeError):
     pass
 
 
