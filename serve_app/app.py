@@ -107,13 +107,14 @@ def replica_options(
 def build_app(args: AppConfig) -> Application:
     config = validate_app(args)
     serve_env = ray_serve_env_vars(config.server)
+    # serve.deployment() then the class: Ray annotates only that (decorator) form's result.
     replicas = {
-        m.id: serve.deployment(LLMReplica)
+        m.id: serve.deployment()(LLMReplica)
         .options(**replica_options(m, config.router, config.nccl, serve_env))
         .bind(m, config.model_cache_dir, export_metrics=True, json_logs=True)
         for m in config.models
     }
-    router = serve.deployment(serve.ingress()(RouterDeployment)).options(
+    router = serve.deployment()(serve.ingress()(RouterDeployment)).options(
         name=ROUTER_DEPLOYMENT,
         num_replicas=config.router.num_replicas,
         max_ongoing_requests=config.router.max_ongoing_requests,

@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from serve_app.bench.records import Prompt
 from serve_app.errors import ServeAppError
@@ -46,7 +46,8 @@ class PromptSetError(ServeAppError, ValueError):
 def load_tokenizer(path: str) -> Tokenizer:
     from transformers import AutoTokenizer  # heavy: only when a tokenizer is asked for
 
-    return AutoTokenizer.from_pretrained(path)
+    # Hugging Face's tokenizers are typed per backend; each has the slice Tokenizer names.
+    return cast(Tokenizer, AutoTokenizer.from_pretrained(path))
 
 
 def token_counter(tokenizer: Tokenizer) -> Callable[[str], int]:

@@ -13,7 +13,7 @@ from serve_app.quantize.calibration import DEFAULT_GOLDEN, DEFAULT_HELDOUT, ship
 EMBEDDED_BASELINE = SMOLLM2_SOURCE
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "evaluate", help="evaluate a (quantized) model against a baseline; writes evaluation_report.json"
     )

@@ -28,7 +28,7 @@ from serve_app.quantize.variants import all_variants
 QUANTIZATIONS = ["none", "awq", "gptq", "w8a8-int8", "fp8", "fp8-dynamic", "int8-weight-only", "bitsandbytes"]
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("plan", help="capacity plan: weights, KV cache, concurrency and the smallest TP for a GPU")
     p.add_argument(
         "--model",

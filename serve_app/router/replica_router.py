@@ -44,7 +44,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ray.serve.request_router import PendingRequest, ReplicaID, ReplicaResult, RequestRouter, RunningReplica
+# Ray's public request_router module re-exports ReplicaResult without listing it in __all__.
+from ray.serve.request_router import (  # type: ignore[attr-defined]
+    PendingRequest,
+    ReplicaID,
+    ReplicaResult,
+    RequestRouter,
+    RunningReplica,
+)
 
 from serve_app.core.replica_choice import RoutingCore, routing_adapter, routing_key_and_cost, target_replica
 from serve_app.observability.recorder import ServeAppMetrics
