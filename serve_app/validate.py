@@ -53,11 +53,25 @@ def check_placements(config: AppConfig) -> dict[str, ReplicaPlacement]:
     return placements
 
 
-def validate_app(args: dict[str, Any] | AppConfig) -> AppConfig:
+def validate_app(args: dict[str, Any] | AppConfig, engine_options: bool = False) -> AppConfig:
     """The config, validated end to end without starting anything; raises ConfigError (a key path
-    and the problem) or GateError (a quantized checkpoint that failed or skipped its evaluation)."""
+    and the problem) or GateError (a quantized checkpoint that failed or skipped its evaluation).
+    ``engine_options`` also checks them against the installed vLLM (see check_engine_options)."""
     config = load_config(args)
     check_quantization_gates(config)
     check_adapters(config)
     check_placements(config)
+    if engine_options:
+        check_engine_options(config)
     return config
+
+
+def check_engine_options(config: AppConfig) -> None:
+    """Each model's engine and server options against the installed vLLM (imported here, so only
+    where vLLM is installed: ``serve-app check``, not the Ray head that runs ``build_app``)."""
+    from serve_app.engine.vllm_engine import engine_option_problems
+
+    for i, model in enumerate(config.models):
+        problems = engine_option_problems(model)
+        if problems:
+            raise ConfigError("invalid serve_app config: " + "; ".join(f"models[{i}].{p}" for p in problems))

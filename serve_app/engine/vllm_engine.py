@@ -74,11 +74,31 @@ def build_vllm_config(config: ModelConfig, model_path: Path) -> Any:
     from vllm.usage.usage_lib import UsageContext
 
     args = engine_args_dict(config, model_path)
-    known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
-    unknown = sorted(set(args) - known)
+    unknown = _unknown_engine_args(args)
     if unknown:
         raise ValueError(f"model {config.id!r}: engine_options {unknown} are not vLLM AsyncEngineArgs fields")
     return AsyncEngineArgs(**args).create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+
+
+def _unknown_engine_args(args: dict[str, Any]) -> list[str]:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    return sorted(set(args) - {f.name for f in dataclasses.fields(AsyncEngineArgs)})
+
+
+def engine_option_problems(config: ModelConfig) -> list[str]:
+    """What the installed vLLM would refuse in a model's engine and server options, each prefixed by
+    its key; found without a model folder and without starting anything (``serve-app check``)."""
+    placeholder = Path(config.source)
+    problems = []
+    unknown = _unknown_engine_args(engine_args_dict(config, placeholder))
+    if unknown:
+        problems.append(f"engine_options: {unknown} are not vLLM AsyncEngineArgs fields")
+    try:
+        parse_server_args(server_entry_points(), server_argv(config, placeholder))
+    except ValueError as err:
+        problems.append(f"openai_server: {err}")
+    return problems
 
 
 class _StatsHolder:
