@@ -226,7 +226,6 @@ class ModelConfig(StrictModel):
             # a multi-GPU replica's GPUs sit in its placement group, not on the actor
             num_gpus=self.ray_actor_options.num_gpus if self.gpus_per_replica == 1 else float(self.gpus_per_replica),
             source=self.source,
-            embedded_prefix=EMBEDDED_PREFIX,
         )
         problem = quantization_problem(setting)
         if problem:

@@ -12,11 +12,10 @@ from serve_app.engine.gpu_start_lock import gpu_start_lock, shared_gpu_ids
 from serve_app.engine.preflight import WORKER_EXTENSION, ensure_engine_workers_ready
 from serve_app.engine.types import EngineDeadError, EngineStats
 from serve_app.engine.vllm_compat import parse_server_args, server_entry_points
+from serve_app.quantize.onload import vllm_quantization_name
 
 # Our dtype names -> vLLM's.
 _DTYPES = {"auto": "auto", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
-# Our quantize-on-load names -> vLLM's quantization method names.
-_QUANTIZATION_ALIASES = {"int8-weight-only": "int8_per_channel_weight_only"}
 
 
 def engine_args_dict(config: ModelConfig, model_path: Path) -> dict[str, Any]:
@@ -34,7 +33,7 @@ def engine_args_dict(config: ModelConfig, model_path: Path) -> dict[str, Any]:
         "disable_log_stats": False,
     }
     if config.quantization:
-        args["quantization"] = _QUANTIZATION_ALIASES.get(config.quantization, config.quantization)
+        args["quantization"] = vllm_quantization_name(config.quantization)
     if config.task == "embed":
         args["runner"] = "pooling"
     if config.lora is not None:
