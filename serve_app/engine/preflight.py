@@ -117,8 +117,7 @@ def _rank_main(launch: RankLaunch, backend: str, timeout_s: float, reports: Any,
     go.wait()
     started, timeout = time.monotonic(), timedelta(seconds=timeout_s)
     addr, port, size, rank = launch.master_addr, launch.master_port, launch.world_size, launch.rank
-    # TCPStore is public (torch.distributed documents it) but torch re-exports it without __all__.
-    store, error = _attempt(lambda: dist.TCPStore(addr, port, size, rank == 0, timeout))  # type: ignore[attr-defined]
+    store, error = _attempt(lambda: dist.TCPStore(addr, port, size, rank == 0, timeout))
     if error:
         return report("failed", failed_at="rendezvous", error=error)
     report("registered")

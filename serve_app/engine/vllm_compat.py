@@ -82,7 +82,7 @@ def parse_server_args(entry: ServerEntryPoints, argv: list[str]) -> Any:
     vLLM does not know raises ValueError with argparse's own message."""
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    parser = entry.make_arg_parser(FlexibleArgumentParser())  # type: ignore[no-untyped-call]  # vLLM leaves it unannotated
+    parser = entry.make_arg_parser(FlexibleArgumentParser())
     errors = io.StringIO()
     try:
         with contextlib.redirect_stderr(errors):
