@@ -69,9 +69,13 @@ soak: install-test
 	$(VENV)/bin/serve-app prepare-model --quiet
 	$(PY) -m pytest -q -s -p no:cacheprovider tests/faults --soak --faults-report benchmarks/results/faults
 
+## Ruff, the import contracts in pyproject.toml ([tool.importlinter]: router -> replica -> engine,
+## core free of Ray/vLLM/torch, config not importing core), then mypy strict on serve_app/.
 lint: install-test
 	$(VENV)/bin/ruff check serve_app tests benchmarks
 	$(VENV)/bin/ruff format --check serve_app tests benchmarks
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 format: install-test
 	$(VENV)/bin/ruff format serve_app tests benchmarks
@@ -81,4 +85,4 @@ format: install-test
 check: lint test
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .import_linter_cache

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from gpu import vllm_bench
-from seed_table import MODEL_ID, PY, ROOT, VLLM_ENV, fp32_model, free_port, plain_vllm_command, stop, wait_ready
+from seed_table import MODEL_ID, PY, ROOT, VLLM_ENV, fp32_model, plain_vllm_command, stop, wait_ready
+
+from serve_app.ports import free_port
 
 Figures = dict[str, float]
 # (our name, vLLM's JSON key, our summary path): the figures both clients report.

@@ -19,7 +19,8 @@ from typing import Any
 
 import httpx
 
-from benchmarks.lora_affinity import MODEL, PROMPTS, free_port, one
+from benchmarks.lora_affinity import MODEL, PROMPTS, one
+from serve_app.ports import free_port
 
 ADAPTER_COUNTS = (1, 4, 16)
 

@@ -16,23 +16,18 @@ import argparse
 import asyncio
 import json
 import re
-import socket
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from serve_app.ports import free_port
+
 MODEL = "smollm2-135m-instruct"
 ADAPTERS = {"pirate-a": "pirate", "pirate-b": "pirate", "robot-a": "robot", "robot-b": "robot"}
 PROMPTS = ("What is the capital of France?", "Who painted the Mona Lisa?", "Name a large river.")
 _SERIES = re.compile(r"^ray_(serve_app_adapter_\w+)_total\{([^}]*)\} ([0-9.e+]+)$")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def app_config(affinity: bool) -> dict[str, Any]:

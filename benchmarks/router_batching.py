@@ -32,7 +32,8 @@ sys.path.insert(0, str(REPO))
 
 from serve_app.bench.stats import percentile  # noqa: E402
 from serve_app.config import app_args_from_serve_file, load_config  # noqa: E402
-from tests.integration.conftest import free_port, wait_ready  # noqa: E402
+from serve_app.ports import free_port  # noqa: E402
+from tests.integration.conftest import wait_ready  # noqa: E402
 
 TIMEOUTS_MS = (0, 5, 20)
 BATCH_SIZES = (1, 8, 32)

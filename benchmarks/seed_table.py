@@ -15,7 +15,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from typing import Any
 import psutil
 
 from serve_app.bench.readiness import wait_until_ok
+from serve_app.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -43,12 +43,6 @@ class Server:
     stream: bool  # the baselines do not stream
     num_requests: int
     env: dict[str, str] = field(default_factory=dict)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def fp32_model() -> Path:

@@ -1,35 +1,25 @@
 """``build_app(config) -> Application``: the one ``import_path`` target (``serve_app.app:build_app``).
 
 Ray Serve validates the config file's ``args`` against :class:`AppConfig` (the type annotation)
-before calling this, so ``serve run``, ``serve deploy`` and Python share one validation.
+before calling this; :func:`serve_app.validate.validate_app` then checks what the schema cannot
+(quantization gate, adapters, placement), the same pipeline ``serve-app check`` runs.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 from ray import serve
 from ray.serve import Application
 
-from serve_app.config import (
-    EMBEDDED_PREFIX,
-    AppConfig,
-    ConfigError,
-    ModelConfig,
-    RouterConfig,
-    ServerConfig,
-    load_config,
-)
-from serve_app.core.nccl import NcclConfig
+from serve_app.config import AppConfig, ModelConfig, RouterConfig, ServerConfig
+from serve_app.config_nccl import NcclConfig
 from serve_app.core.placement import load_model_shape, plan_replica_placement
 from serve_app.engine.vllm_engine import engine_env_vars
-from serve_app.models.embedded import resolve_source
-from serve_app.models.lora_adapters import adapter_problem
-from serve_app.quantize.gate import check_deployable
 from serve_app.replica.deployment import LLMReplica
 from serve_app.router.deployment import RouterDeployment
+from serve_app.validate import validate_app
 
 ROUTER_DEPLOYMENT = "router"
 
@@ -114,30 +104,6 @@ def replica_options(
     return options
 
 
-def check_quantization_gates(config: AppConfig) -> None:
-    """Refuse quantized checkpoints without a passing evaluation before anything is deployed
-    (serve_app.quantize.gate). Folders not readable here pass; each replica checks again on load."""
-    for model in config.models:
-        if not model.source.startswith(EMBEDDED_PREFIX):
-            check_deployable(model, Path(model.source).expanduser())
-
-
-def check_adapters(config: AppConfig) -> None:
-    """Refuse static LoRA adapters that cannot be served before anything is deployed: a missing
-    folder, a rank above ``max_lora_rank``, weights that do not fit the base (where its folder is
-    readable here). Embedded adapters are made on the replica when missing; it checks every one again."""
-    for i, model in enumerate(config.models):
-        if model.lora is None:
-            continue
-        base = resolve_source(model.source, Path(config.model_cache_dir) if config.model_cache_dir else None, False)
-        for j, adapter in enumerate(model.lora.adapters):
-            if adapter.embedded_name is not None:
-                continue
-            problem = adapter_problem(Path(adapter.path).expanduser(), model.lora.max_lora_rank, base)
-            if problem:
-                raise ConfigError(f"invalid serve_app config: models[{i}].lora.adapters[{j}]: {problem}")
-
-
 def router_actor_options(router: RouterConfig, serve_env: dict[str, str]) -> dict[str, Any]:
     options: dict[str, Any] = {"num_cpus": router.num_cpus, "runtime_env": {"env_vars": serve_env}}
     if router.resources:
@@ -146,17 +112,16 @@ def router_actor_options(router: RouterConfig, serve_env: dict[str, str]) -> dic
 
 
 def build_app(args: AppConfig) -> Application:
-    config = load_config(args) if not isinstance(args, AppConfig) else args
-    check_quantization_gates(config)
-    check_adapters(config)
+    config = validate_app(args)
     serve_env = ray_serve_env_vars(config.server)
+    # serve.deployment() then the class: Ray annotates only that (decorator) form's result.
     replicas = {
-        m.id: serve.deployment(LLMReplica)
+        m.id: serve.deployment()(LLMReplica)
         .options(**replica_options(m, config.router, config.nccl, serve_env))
         .bind(m, config.model_cache_dir, export_metrics=True, json_logs=True)
         for m in config.models
     }
-    router = serve.deployment(serve.ingress()(RouterDeployment)).options(
+    router = serve.deployment()(serve.ingress()(RouterDeployment)).options(
         name=ROUTER_DEPLOYMENT,
         num_replicas=config.router.num_replicas,
         max_ongoing_requests=config.router.max_ongoing_requests,

@@ -15,13 +15,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from serve_app.config_lora import LoraConfig, lora_problem
+from serve_app.config_nccl import NcclConfig
 from serve_app.config_tenants import FlowControlConfig
-from serve_app.core.nccl import NcclConfig
-from serve_app.quantize.architectures import PRESETS as SHAPE_PRESETS
+from serve_app.errors import ServeAppError
+from serve_app.models.embedded import EMBEDDED_MODELS, EMBEDDED_PREFIX, SMOLLM2_SOURCE
+from serve_app.models.shapes import PRESETS as SHAPE_PRESETS
 from serve_app.quantize.onload import QuantizationSetting, quantization_problem
-
-EMBEDDED_PREFIX = "embedded:"
-EMBEDDED_MODELS = ("smollm2-135m-instruct", "all-minilm-l6-v2")
 
 # Options our typed fields own; passing them again through engine_options would be ambiguous.
 _TYPED_ENGINE_FIELDS = frozenset(
@@ -45,7 +44,7 @@ _TYPED_ENGINE_FIELDS = frozenset(
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(ServeAppError, ValueError):
     """A configuration that cannot be served; the message names the offending key path."""
 
 
@@ -144,7 +143,7 @@ class OpenAIServerConfig(StrictModel):
 
 class ModelConfig(StrictModel):
     id: str = Field(..., min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
-    source: str = EMBEDDED_PREFIX + "smollm2-135m-instruct"
+    source: str = SMOLLM2_SOURCE
     task: Literal["generate", "embed"] = "generate"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     quantization: str | None = None
@@ -153,7 +152,7 @@ class ModelConfig(StrictModel):
     tensor_parallel_size: int = Field(1, ge=1, le=64)
     pipeline_parallel_size: int = Field(1, ge=1, le=64)
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
-    # A known architecture (serve_app.quantize.architectures.PRESETS) that gives the model's head
+    # A known architecture (serve_app.models.shapes.PRESETS) that gives the model's head
     # counts when its source folder is not readable where the app is built (e.g. on the Ray head).
     shape_preset: str | None = None
     enforce_eager: bool = False
@@ -228,7 +227,6 @@ class ModelConfig(StrictModel):
             # a multi-GPU replica's GPUs sit in its placement group, not on the actor
             num_gpus=self.ray_actor_options.num_gpus if self.gpus_per_replica == 1 else float(self.gpus_per_replica),
             source=self.source,
-            embedded_prefix=EMBEDDED_PREFIX,
         )
         problem = quantization_problem(setting)
         if problem:
@@ -288,8 +286,8 @@ class ServerConfig(StrictModel):
     # Browser origins allowed to call the API (CORS); empty = no CORS headers at all.
     cors_allow_origins: list[str] = Field(default_factory=list)
     # Ray Serve's throughput-optimized mode in the router and replica processes: user code and the
-    # handle's router on the replica's own event loop instead of a thread hop per message. Measured
-    # 2.8x less router CPU per streamed token (benchmarks/results/stack-overhead/).
+    # handle's router on the replica's own event loop instead of a thread hop per message, which
+    # saves router and replica CPU per streamed token (benchmarks/results/stack-overhead/README.md).
     ray_serve_throughput_optimized: bool = True
     # Ray Serve's direct ingress: the router replica serves HTTP itself on a port from Ray's replica
     # range (30000+ per node). The shipped door, Ray Serve's HAProxy on the HTTP port (turned on

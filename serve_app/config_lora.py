@@ -12,10 +12,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from serve_app.models.embedded import SMOLLM2_SOURCE
+
 EMBEDDED_ADAPTER_PREFIX = "embedded:"
 # Made by ``serve-app make-adapters`` for the embedded SmolLM2 (serve_app.models.embedded_adapters).
 EMBEDDED_ADAPTERS = ("pirate", "robot")
-EMBEDDED_ADAPTER_BASE = "embedded:smollm2-135m-instruct"
+EMBEDDED_ADAPTER_BASE = SMOLLM2_SOURCE
 ADAPTER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 # The ranks vLLM's LoRAConfig accepts for max_lora_rank.
 LoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]

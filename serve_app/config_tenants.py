@@ -92,5 +92,5 @@ class FlowControlConfig(_Strict):
             raise ValueError("an api_key_sha256 digest is listed under more than one tenant")
         return self
 
-    def class_queue(self, priority: PriorityClass) -> ClassQueueConfig:
+    def class_queue(self, priority: str) -> ClassQueueConfig:
         return self.interactive if priority == "interactive" else self.batch

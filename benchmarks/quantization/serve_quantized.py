@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 import time
 from pathlib import Path
@@ -31,18 +30,13 @@ import httpx
 
 from serve_app.bench.readiness import wait_until_ok
 from serve_app.config import AppConfig, load_config
+from serve_app.ports import free_port
 from serve_app.quantize.calibration import DEFAULT_GOLDEN, answer_matches, load_golden, shipped
 from serve_app.quantize.eval_worker import ANSWER_MAX_TOKENS
 from serve_app.quantize.gate import GateError
 from serve_app.quantize.report import EVAL_REPORT
 
 MODEL_ID = "quantized"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def app_config(checkpoint: Path, allow_ungated: bool) -> AppConfig:

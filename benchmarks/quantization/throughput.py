@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from serve_app.bench.prompts import chat_prompts, load_tokenizer
 from serve_app.bench.readiness import wait_until_ok
 from serve_app.bench.settings import LoadPlan, Target
 from serve_app.bench.stats import summarize
+from serve_app.ports import free_port
 from serve_app.quantize.onload import vllm_quantization_name
 
 SERVER_START_TIMEOUT_S = 600
@@ -46,12 +46,6 @@ def parse_levels(text: str) -> list[Level]:
             raise argparse.ArgumentTypeError(f"{item!r}: need clients >= 1 and requests >= clients")
         levels.append(level)
     return levels
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def server_command(label: str, model: Path, dtype: str, quantization: str | None, max_model_len: int, port: int):
@@ -102,7 +96,7 @@ def measure_serving(
 ) -> dict[str, Any]:
     """Start the server, run every level against it, stop it. A server that does not start is
     recorded (with its log's tail) instead of aborting the other variants."""
-    port = _free_port()
+    port = free_port()
     cmd = server_command(label, model, dtype, quantization, max_model_len, port)
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU backend reads it from the environment

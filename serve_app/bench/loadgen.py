@@ -21,9 +21,10 @@ from tqdm import tqdm
 from serve_app.bench.endpoints import Clock, TokenCounter, send_request
 from serve_app.bench.records import Prompt, RequestRecord
 from serve_app.bench.settings import LoadPlan, Target
+from serve_app.errors import ServeAppError
 
 
-class BenchError(RuntimeError):
+class BenchError(ServeAppError, RuntimeError):
     """The benchmark cannot run (e.g. the warm-up request failed)."""
 
 

@@ -13,9 +13,10 @@ import random
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from serve_app.bench.records import Prompt
+from serve_app.errors import ServeAppError
 
 DEFAULT_MAX_TOKENS = 128
 
@@ -38,14 +39,15 @@ class Tokenizer(Protocol):
     def decode(self, ids: list[int]) -> str: ...
 
 
-class PromptSetError(ValueError):
+class PromptSetError(ServeAppError, ValueError):
     pass
 
 
 def load_tokenizer(path: str) -> Tokenizer:
     from transformers import AutoTokenizer  # heavy: only when a tokenizer is asked for
 
-    return AutoTokenizer.from_pretrained(path)
+    # Hugging Face's tokenizers are typed per backend; each has the slice Tokenizer names.
+    return cast(Tokenizer, AutoTokenizer.from_pretrained(path))
 
 
 def token_counter(tokenizer: Tokenizer) -> Callable[[str], int]:

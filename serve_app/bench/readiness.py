@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from typing import Any
 
 import httpx
 
@@ -12,7 +13,7 @@ def wait_until_ok(
     url: str,
     timeout_s: float,
     *,
-    process: subprocess.Popen | None = None,
+    process: subprocess.Popen[Any] | None = None,
     period_s: float = 1.0,
     request_timeout_s: float = 10.0,
 ) -> float:

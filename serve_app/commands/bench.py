@@ -32,7 +32,7 @@ def _number_list(kind: type) -> Any:
     return parse
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("bench", help="benchmark a serving endpoint (TTFT, TPOT, ITL, throughput, goodput)")
     p.add_argument("--url", required=True, help="server root (http://host:port) or full endpoint URL")
     p.add_argument("--model", required=True, help="model id sent in each request")

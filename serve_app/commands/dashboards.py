@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("dashboards", help="Grafana dashboards, Prometheus config and metric docs")
     actions = p.add_subparsers(dest="dashboards_command", required=True)
 

@@ -7,12 +7,13 @@ import json
 import sys
 from pathlib import Path
 
+from serve_app.models.embedded import SMOLLM2_SOURCE
 from serve_app.quantize.calibration import DEFAULT_GOLDEN, DEFAULT_HELDOUT, shipped
 
-EMBEDDED_BASELINE = "embedded:smollm2-135m-instruct"
+EMBEDDED_BASELINE = SMOLLM2_SOURCE
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "evaluate", help="evaluate a (quantized) model against a baseline; writes evaluation_report.json"
     )

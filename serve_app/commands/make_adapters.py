@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from serve_app.models.embedded_adapters import EMBEDDED_ADAPTERS
 
     p = sub.add_parser(

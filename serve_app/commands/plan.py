@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from serve_app.quantize.architectures import PRESETS, ModelShape, UnknownModelError, preset, shape_from_hf_config
+from serve_app.models.shapes import PRESETS, ModelShape, UnknownModelError, preset, shape_from_hf_config
 from serve_app.quantize.gate_reports import GateVerdict, read_gate_reports
 from serve_app.quantize.goal import Goal, parse_goal
 from serve_app.quantize.goal_output import header, plan_json, render_yaml, serve_config
@@ -28,7 +28,7 @@ from serve_app.quantize.variants import all_variants
 QUANTIZATIONS = ["none", "awq", "gptq", "w8a8-int8", "fp8", "fp8-dynamic", "int8-weight-only", "bitsandbytes"]
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("plan", help="capacity plan: weights, KV cache, concurrency and the smallest TP for a GPU")
     p.add_argument(
         "--model",
@@ -73,7 +73,8 @@ def _folder_target(path: Path) -> Target:
 
 
 def _serve_config_target(path: Path, model_id: str | None) -> Target:
-    from serve_app.config import EMBEDDED_PREFIX, app_args_from_serve_file, load_config
+    from serve_app.config import app_args_from_serve_file, load_config
+    from serve_app.models.embedded import EMBEDDED_PREFIX, EMBEDDED_SHAPE_PRESETS
 
     app = load_config(app_args_from_serve_file(path))
     model = app.model(model_id) if model_id else app.models[0]
@@ -81,8 +82,8 @@ def _serve_config_target(path: Path, model_id: str | None) -> Target:
         raise UnknownModelError(f"{path}: no model {model_id!r}")
     if model.shape_preset:
         target = Target(preset(model.shape_preset))
-    elif model.source == EMBEDDED_PREFIX + "smollm2-135m-instruct":
-        target = Target(preset("smollm2-135m"))
+    elif model.source.removeprefix(EMBEDDED_PREFIX) in EMBEDDED_SHAPE_PRESETS:
+        target = Target(preset(EMBEDDED_SHAPE_PRESETS[model.source.removeprefix(EMBEDDED_PREFIX)]))
     else:
         target = _folder_target(Path(model.source).expanduser())
     defaults = {

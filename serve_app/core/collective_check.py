@@ -3,7 +3,7 @@
 Each rank reports how far it got (started -> joined the process group -> finished the all-reduce)
 and what it saw; :func:`diagnose` turns those reports into one verdict whose message names the
 ranks at fault and the likely cause. Pure: the processes that produce the reports live in
-serve_app.replica.preflight.
+serve_app.engine.preflight.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Literal
 # peers) -> done (all-reduce finished); or failed, with failed_at naming the step.
 Stage = Literal["started", "registered", "joined", "done", "failed"]
 # Substrings of torch/gloo/NCCL errors that mean "could not connect to the rendezvous or a peer".
-# How serve_app.replica.preflight reports a rank process that died without saying why.
+# How serve_app.engine.preflight reports a rank process that died without saying why.
 PROCESS_EXITED = "process exited with code"
 _CONNECT_ERRORS = ("connection refused", "connect", "unreachable", "no route", "name or service not known")
 

@@ -20,15 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from serve_app.config import EMBEDDED_PREFIX, ModelConfig
-from serve_app.quantize.architectures import PRESETS, ModelShape, UnknownModelError, shape_from_hf_config
+from serve_app.config import ModelConfig
+from serve_app.errors import ServeAppError
+from serve_app.models.embedded import EMBEDDED_PREFIX, EMBEDDED_SHAPE_PRESETS
+from serve_app.models.shapes import PRESETS, ModelShape, UnknownModelError, shape_from_hf_config
 
 Strategy = Literal["STRICT_PACK", "PACK", "SPREAD"]
-# Presets for the embedded models, whose folders may not be prepared where the app is built.
-_EMBEDDED_PRESETS = {"smollm2-135m-instruct": "smollm2-135m"}
 
 
-class PlacementError(ValueError):
+class PlacementError(ServeAppError, ValueError):
     """A parallel layout that cannot run; the message names the model and the reason."""
 
 
@@ -88,7 +88,7 @@ def load_model_shape(model: ModelConfig, model_folder: Path | None = None) -> Sh
         info = _shape_from_folder(folder)
         if info is not None:
             return info
-    preset = model.shape_preset or _EMBEDDED_PRESETS.get(model.source.removeprefix(EMBEDDED_PREFIX))
+    preset = model.shape_preset or EMBEDDED_SHAPE_PRESETS.get(model.source.removeprefix(EMBEDDED_PREFIX))
     if preset is not None:
         return ShapeInfo(PRESETS[preset], f"preset {preset!r}")
     return None

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from serve_app.config import RouterConfig
+from serve_app.errors import ServeAppError
 
 # Keys of the dict a replica returns from ``record_routing_stats`` (read by the Ray router adapter).
 ROUTING_STAT_OUTSTANDING_TOKENS = "outstanding_tokens"
@@ -22,7 +23,7 @@ ROUTING_STAT_OUTSTANDING_REQUESTS = "outstanding_requests"
 ROUTING_STAT_ADAPTERS = "adapters"  # the LoRA adapters the replica's engine holds now
 
 
-class NoCandidatesError(ValueError):
+class NoCandidatesError(ServeAppError, ValueError):
     """A policy was asked to choose among zero replicas."""
 
 

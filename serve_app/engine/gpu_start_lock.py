@@ -5,8 +5,7 @@ loading the model and a dummy forward pass, and counts any drop it cannot attrib
 tensors as its own overhead. When several replicas share one GPU (fractional ``num_gpus``) and
 start together, each one counts the others' allocations as its own and ends with "No available
 memory for the cache blocks"; Serve retries it three times and then marks the deployment failed.
-Measured: GPU run 4 (``benchmarks/results/gpu-h200-run4/``), five 8B engines on one H200 with 0.87
-of its memory between them: 12 engine starts failed that way and only one engine came up.
+GPU run 4 failed exactly that way (``benchmarks/results/gpu-h200-run4/README.md`` has the figures).
 
 So an engine on a shared GPU takes an exclusive ``flock`` per GPU for its start (load, profile,
 KV cache, CUDA graphs); the others wait their turn. The lock is a file per GPU in the node's

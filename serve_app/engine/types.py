@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from serve_app.errors import ServeAppError
 
-class EngineDeadError(RuntimeError):
+
+class EngineDeadError(ServeAppError, RuntimeError):
     """The engine can no longer serve any request."""
 
 

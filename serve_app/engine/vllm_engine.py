@@ -9,14 +9,13 @@ from typing import Any
 
 from serve_app.config import ModelConfig
 from serve_app.engine.gpu_start_lock import gpu_start_lock, shared_gpu_ids
+from serve_app.engine.preflight import WORKER_EXTENSION, ensure_engine_workers_ready
 from serve_app.engine.types import EngineDeadError, EngineStats
 from serve_app.engine.vllm_compat import parse_server_args, server_entry_points
-from serve_app.replica.preflight import WORKER_EXTENSION, ensure_engine_workers_ready
+from serve_app.quantize.onload import vllm_quantization_name
 
 # Our dtype names -> vLLM's.
 _DTYPES = {"auto": "auto", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
-# Our quantize-on-load names -> vLLM's quantization method names.
-_QUANTIZATION_ALIASES = {"int8-weight-only": "int8_per_channel_weight_only"}
 
 
 def engine_args_dict(config: ModelConfig, model_path: Path) -> dict[str, Any]:
@@ -34,7 +33,7 @@ def engine_args_dict(config: ModelConfig, model_path: Path) -> dict[str, Any]:
         "disable_log_stats": False,
     }
     if config.quantization:
-        args["quantization"] = _QUANTIZATION_ALIASES.get(config.quantization, config.quantization)
+        args["quantization"] = vllm_quantization_name(config.quantization)
     if config.task == "embed":
         args["runner"] = "pooling"
     if config.lora is not None:
@@ -74,11 +73,31 @@ def build_vllm_config(config: ModelConfig, model_path: Path) -> Any:
     from vllm.usage.usage_lib import UsageContext
 
     args = engine_args_dict(config, model_path)
-    known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
-    unknown = sorted(set(args) - known)
+    unknown = _unknown_engine_args(args)
     if unknown:
         raise ValueError(f"model {config.id!r}: engine_options {unknown} are not vLLM AsyncEngineArgs fields")
     return AsyncEngineArgs(**args).create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+
+
+def _unknown_engine_args(args: dict[str, Any]) -> list[str]:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    return sorted(set(args) - {f.name for f in dataclasses.fields(AsyncEngineArgs)})
+
+
+def engine_option_problems(config: ModelConfig) -> list[str]:
+    """What the installed vLLM would refuse in a model's engine and server options, each prefixed by
+    its key; found without a model folder and without starting anything (``serve-app check``)."""
+    placeholder = Path(config.source)
+    problems = []
+    unknown = _unknown_engine_args(engine_args_dict(config, placeholder))
+    if unknown:
+        problems.append(f"engine_options: {unknown} are not vLLM AsyncEngineArgs fields")
+    try:
+        parse_server_args(server_entry_points(), server_argv(config, placeholder))
+    except ValueError as err:
+        problems.append(f"openai_server: {err}")
+    return problems
 
 
 class _StatsHolder:

@@ -23,8 +23,9 @@ def convert(gguf: Path, out: Path, quiet: bool = False) -> None:
     steps.update()
     # The weights are dequantized now; a leftover GGUF quantization_config would make loaders
     # treat the safetensors as still quantized.
-    model.hf_quantizer = None
-    model.is_quantized = False
+    # setattr: torch's Module types attribute assignment as submodules and tensors only.
+    setattr(model, "hf_quantizer", None)  # noqa: B010
+    setattr(model, "is_quantized", False)  # noqa: B010
     if hasattr(model.config, "quantization_config"):
         delattr(model.config, "quantization_config")
     steps.set_postfix_str("write safetensors")

@@ -22,14 +22,23 @@ from pathlib import Path
 
 import platformdirs
 
+from serve_app.errors import ServeAppError
+
+# A config's ``source`` names an embedded model as ``embedded:<name>``.
+EMBEDDED_PREFIX = "embedded:"
 SMOLLM2 = "smollm2-135m-instruct"
 MINILM = "all-minilm-l6-v2"
+EMBEDDED_MODELS = (SMOLLM2, MINILM)
+SMOLLM2_SOURCE = EMBEDDED_PREFIX + SMOLLM2
+# Shapes (serve_app.models.shapes.PRESETS) of the embedded models, whose folders may not be
+# prepared where the app is built.
+EMBEDDED_SHAPE_PRESETS = {SMOLLM2: "smollm2-135m"}
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MARKER = "serve_app_prepared.json"
 _FORMAT_VERSION = 1
 
 
-class EmbeddedModelError(RuntimeError):
+class EmbeddedModelError(ServeAppError, RuntimeError):
     pass
 
 
@@ -131,8 +140,6 @@ def _verify_and_mark(folder: Path, gguf: Path) -> None:
 
 def resolve_source(source: str, cache_dir: Path | None = None, prepare: bool = True) -> Path:
     """Turn a config ``source`` into a local model folder, preparing embedded models if asked."""
-    from serve_app.config import EMBEDDED_PREFIX
-
     if not source.startswith(EMBEDDED_PREFIX):
         return Path(source).expanduser()
     name = source[len(EMBEDDED_PREFIX) :]

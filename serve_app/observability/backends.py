@@ -68,8 +68,8 @@ class InMemoryMetricsBackend:
     def observations(self, name: str, **tags: str) -> list[float]:
         return list(self.histograms.get((name, _key(tags)), []))
 
-    def recorded_names(self) -> set[str]:
-        return {name for store in (self.counters, self.gauges, self.histograms) for name, _ in store}
+    def recorded_names(self) -> frozenset[str]:
+        return frozenset(name for store in (self.counters, self.gauges, self.histograms) for name, _ in store)
 
 
 class RayMetricsBackend:

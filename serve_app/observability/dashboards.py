@@ -190,12 +190,11 @@ def engine() -> Dashboard:
             "short",
             (Query(q.counter_rate(m.COMPLETION_TOKENS, ("model",)), "{{model}}"),),
         ),
-        per_replica_panel("GPU memory used", m.GPU_MEMORY_USED, "bytes"),
         per_replica_panel("Outstanding requests per replica", m.REPLICA_OUTSTANDING_REQUESTS, "short"),
         per_replica_panel("Outstanding tokens per replica", m.REPLICA_OUTSTANDING_TOKENS, "short"),
     )
     return Dashboard(
-        "serve-app-engine", "Serve App / Engine", "vLLM engine load per replica: KV cache, sequences, GPU memory.",
+        "serve-app-engine", "Serve App / Engine", "vLLM engine load per replica: KV cache, sequences, backlog.",
         panels, (MODEL_VARIABLE,),
     )  # fmt: skip
 

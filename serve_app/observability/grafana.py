@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from serve_app.errors import ServeAppError
 from serve_app.observability.dashboards import all_dashboards
 from serve_app.observability.grafana_json import dashboard_json
 
@@ -19,7 +20,7 @@ UPLOAD_MESSAGE = "serve-app dashboards provision"
 _FOLDER_EXISTS = (409, 412)
 
 
-class GrafanaProvisionError(RuntimeError):
+class GrafanaProvisionError(ServeAppError, RuntimeError):
     """Grafana refused or could not be reached; the message says which call failed."""
 
 

@@ -17,15 +17,15 @@ Prompts and completions are recorded only when ``ServerConfig.log_prompts`` is s
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 import sys
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
+
+from serve_app.core.request_id import current_request_id
 
 LOGGER_NAME = "serve_app"
 REQUEST_LOGGER_NAME = "serve_app.requests"
@@ -38,26 +38,15 @@ REQUEST_FIELDS = (
 # Opt-in request text is cut to this many characters per string: a 2 MB body is not a log line.
 TEXT_LIMIT = 16_384
 
-_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("serve_app_request_id", default=None)
-
-
-@contextmanager
-def request_context(request_id: str) -> Iterator[None]:
-    """Lines logged inside (and in tasks started inside) carry ``request_id`` without being told."""
-    token = _request_id.set(request_id)
-    try:
-        yield
-    finally:
-        _request_id.reset(token)
-
 
 class RequestIdFilter(logging.Filter):
-    """Stamps a record with the request id of the context it was logged in; an explicit
+    """Stamps a record with the request id of the context it was logged in
+    (:func:`serve_app.core.request_id.request_context`); an explicit
     ``extra={"request_id": ...}`` wins."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "request_id", None) is None:
-            request_id = _request_id.get()
+            request_id = current_request_id()
             if request_id is not None:
                 record.request_id = request_id
         return True

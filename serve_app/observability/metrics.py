@@ -196,10 +196,6 @@ ENGINE_PREFIX_CACHE_HIT_RATE = MetricSpec(
     "serve_app_engine_prefix_cache_hit_rate", _G, "Fraction of prompt tokens served from the prefix cache (0..1).",
     ("model", "replica"), "ratio", _REPLICA, "engine_stats",
 )  # fmt: skip
-GPU_MEMORY_USED = MetricSpec(
-    "serve_app_gpu_memory_used_bytes", _G, "GPU memory in use on a replica's device; absent on CPU-only replicas.",
-    ("model", "replica", "gpu"), "bytes", _REPLICA, "gpu_memory",
-)  # fmt: skip
 # LoRA adapters. The adapter label takes only names the app serves (the config's adapters and at
 # most ``lora.max_dynamic_adapters`` added at run time per model): a request naming anything else
 # is refused before it is counted here, so the label's values stay bounded.
@@ -277,7 +273,6 @@ METRICS: tuple[MetricSpec, ...] = (
     ENGINE_WAITING,
     ENGINE_KV_CACHE_USAGE,
     ENGINE_PREFIX_CACHE_HIT_RATE,
-    GPU_MEMORY_USED,
     ADAPTER_REQUESTS,
     ADAPTER_PROMPT_TOKENS,
     ADAPTER_COMPLETION_TOKENS,
@@ -290,13 +285,6 @@ METRICS: tuple[MetricSpec, ...] = (
     FLOW_QUEUE_DEPTH,
     FLOW_QUEUE_WAIT,
 )
-
-
-def spec_by_name(name: str) -> MetricSpec:
-    for spec in METRICS:
-        if spec.name == name:
-            return spec
-    raise KeyError(f"no metric named {name!r}")
 
 
 def exported_series_names() -> frozenset[str]:

@@ -11,6 +11,7 @@ Layout (paths relative to the output folder)::
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
@@ -34,7 +35,7 @@ def dashboard_files() -> dict[str, str]:
     return {f"{d.uid}.json": json.dumps(dashboard_json(d), indent=2, sort_keys=True) + "\n" for d in all_dashboards()}
 
 
-def _yaml(document: dict[str, object]) -> str:
+def _yaml(document: Mapping[str, object]) -> str:
     return GENERATED_HEADER + yaml.safe_dump(document, sort_keys=False)
 
 

@@ -114,10 +114,6 @@ class ServeAppMetrics:
         self._set(m.ENGINE_KV_CACHE_USAGE, stats.kv_cache_usage, model=model, replica=replica)
         self._set(m.ENGINE_PREFIX_CACHE_HIT_RATE, stats.prefix_cache_hit_rate, model=model, replica=replica)
 
-    def gpu_memory(self, model: str, replica: str, gpu: str | int, used_bytes: float) -> None:
-        """Call only where a GPU exists (e.g. from ``torch.cuda.mem_get_info`` per device)."""
-        self._set(m.GPU_MEMORY_USED, used_bytes, model=model, replica=replica, gpu=str(gpu))
-
     # -- autoscaling policy -----------------------------------------------------------------
 
     def autoscaling_decision(

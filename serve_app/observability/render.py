@@ -90,7 +90,8 @@ def query_range(
     # Prometheus answers bad queries with 400 and a JSON error body: let parse_matrix word it.
     if response.status_code not in (200, 400, 422):
         response.raise_for_status()
-    return response.json()
+    payload: dict[str, Any] = response.json()
+    return payload
 
 
 def fetch_panel_series(

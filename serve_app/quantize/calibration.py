@@ -7,6 +7,9 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
+
+from serve_app.errors import ServeAppError
 
 DEFAULT_CALIBRATION = "calibration_chat.jsonl"
 DEFAULT_HELDOUT = "heldout.txt"
@@ -15,7 +18,7 @@ DEFAULT_GOLDEN = "golden_qa.jsonl"
 Messages = list[dict[str, str]]
 
 
-class DataFileError(ValueError):
+class DataFileError(ServeAppError, ValueError):
     pass
 
 
@@ -34,7 +37,7 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _jsonl(path: Path) -> list[dict]:
+def _jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -58,15 +61,11 @@ def load_calibration(path: Path) -> list[Messages]:
             samples.append([{"role": "user", "content": row["text"]}])
             continue
         messages = row.get("messages")
-        ok = (
-            isinstance(messages, list)
-            and messages
-            and all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in messages
-            )
+        ok = isinstance(messages, list) and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages
         )
-        if not ok:
+        if not ok or not isinstance(messages, list) or not messages:
             raise DataFileError(f"{path}: sample {number} needs 'messages' (role/content objects) or 'text'")
         samples.append([{"role": m["role"], "content": m["content"]} for m in messages])
     if not samples:

@@ -77,7 +77,7 @@ def measure(args: argparse.Namespace) -> ModelMeasurement:
     from vllm import LLM
 
     started = time.perf_counter()
-    options = {"quantization": vllm_quantization_name(args.quantization)} if args.quantization else {}
+    options: dict[str, Any] = {"quantization": vllm_quantization_name(args.quantization)} if args.quantization else {}
     if args.kv_cache_dtype != "auto":
         options["kv_cache_dtype"] = args.kv_cache_dtype
     llm = LLM(

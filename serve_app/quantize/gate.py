@@ -18,10 +18,11 @@ import json
 from pathlib import Path
 from typing import Any, Protocol
 
+from serve_app.errors import ServeAppError
 from serve_app.quantize.report import EVAL_REPORT, QUANT_REPORT, checkpoint_fingerprint
 
 
-class GateError(RuntimeError):
+class GateError(ServeAppError, RuntimeError):
     """A model that must not be deployed; the message says why and how to proceed."""
 
 

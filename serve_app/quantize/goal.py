@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from serve_app.quantize.architectures import PRESETS
+from serve_app.errors import ServeAppError
+from serve_app.models.shapes import PRESETS
 from serve_app.quantize.planner import GPUS
 from serve_app.quantize.variants import CHECKPOINT_FORMATS, variant_by_id
 
@@ -29,7 +30,7 @@ GOAL_KEYS = frozenset(
 )  # fmt: skip
 
 
-class GoalError(ValueError):
+class GoalError(ServeAppError, ValueError):
     """A goal the planner cannot plan for; the message names the key."""
 
 

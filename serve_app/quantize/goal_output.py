@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from serve_app.quantize.architectures import PRESETS
+from serve_app.models.shapes import PRESETS
 from serve_app.quantize.goal import Goal
 from serve_app.quantize.goal_planner import SLO_HEADROOM, GoalPlan, VariantPlan
 

@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from serve_app.quantize.architectures import ModelShape
+from serve_app.models.shapes import ModelShape
 from serve_app.quantize.gate_reports import GateVerdict, gate_reason
 from serve_app.quantize.goal import Goal, Traffic
 from serve_app.quantize.planner import GIB, GPUS, KV_BLOCK_TOKENS, Gpu, Plan, PlanRequest, plan

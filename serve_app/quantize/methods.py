@@ -13,12 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from serve_app.errors import ServeAppError
+
 # Group sizes that vLLM's W4A16 kernels (Marlin on CUDA, the WNA16 kernel on CPU) all accept.
 KERNEL_GROUP_SIZES = (32, 64, 128)
 CHANNELWISE = -1
 
 
-class QuantizeSetupError(ValueError):
+class QuantizeSetupError(ServeAppError, ValueError):
     """Settings that cannot produce a servable checkpoint; raised before loading the model."""
 
 

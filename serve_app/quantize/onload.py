@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from serve_app.models.embedded import EMBEDDED_PREFIX
+
 # Our names -> vLLM's ``quantization`` argument.
 VLLM_NAMES = {
     "int8-weight-only": "int8_per_channel_weight_only",
@@ -35,7 +37,6 @@ class QuantizationSetting:
     dtype: str
     num_gpus: float
     source: str
-    embedded_prefix: str = "embedded:"
 
 
 def quantization_problem(s: QuantizationSetting) -> str | None:
@@ -57,7 +58,7 @@ def quantization_problem(s: QuantizationSetting) -> str | None:
         return "fp8 computes in 16-bit; use dtype bfloat16, float16 or auto"
     if q == "bitsandbytes" and not on_gpu:
         return "bitsandbytes runs on CUDA GPUs only (set ray_actor_options.num_gpus)"
-    if q in CHECKPOINT_METHODS and s.source.startswith(s.embedded_prefix):
+    if q in CHECKPOINT_METHODS and s.source.startswith(EMBEDDED_PREFIX):
         return f"{q} needs a pre-quantized checkpoint; {s.source} is unquantized (run `serve-app quantize`)"
     if q in CHECKPOINT_METHODS and s.dtype == "float32":
         # Measured: vLLM 0.32's CPU int4 kernel raises '"cpu_gemm_wna16" not implemented for Float';

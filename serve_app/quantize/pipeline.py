@@ -162,7 +162,9 @@ def calibration_info(args: argparse.Namespace, calibration: Path | None) -> dict
     }
 
 
-def save(args: argparse.Namespace, method: methods.QuantMethod, model: Any, tokenizer: Any, report_extra: dict) -> Path:
+def save(
+    args: argparse.Namespace, method: methods.QuantMethod, model: Any, tokenizer: Any, report_extra: dict[str, Any]
+) -> Path:
     """Write checkpoint + report into a staging folder beside ``--out``, then move it into place."""
     source, out = Path(args.model), Path(args.out)
     tensor_stats = quantization_param_stats(model)

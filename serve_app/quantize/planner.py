@@ -19,7 +19,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from serve_app.quantize.architectures import ModelShape
+from serve_app.models.shapes import ModelShape
 
 MIB = 1 << 20
 GIB = 1 << 30

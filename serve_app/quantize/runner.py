@@ -14,7 +14,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
+from serve_app.errors import ServeAppError
 from serve_app.quantize import methods
 from serve_app.quantize.calibration import load_calibration
 from serve_app.quantize.evaluate import ModelMeasurement
@@ -26,7 +28,7 @@ SETUP_HINT = "create it with `make quant-env` (scripts/setup_quant_env.sh)"
 _CPU_KV_SPACE = ("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
-class RunnerError(RuntimeError):
+class RunnerError(ServeAppError, RuntimeError):
     pass
 
 
@@ -37,7 +39,7 @@ def quant_python(explicit: Path | None = None) -> Path:
     return python
 
 
-def choose_group_size(method: methods.QuantMethod, requested: int | None, hf_config: dict) -> int:
+def choose_group_size(method: methods.QuantMethod, requested: int | None, hf_config: dict[str, Any]) -> int:
     """The requested group size, checked; or, when none was given, the largest of 128/64/32 that
     divides every layer (SmolLM2-135M's 576-wide layers take 64, most 7B+ models 128)."""
     if requested is not None:
@@ -47,7 +49,9 @@ def choose_group_size(method: methods.QuantMethod, requested: int | None, hf_con
     return max(fits) if fits else methods.CHANNELWISE
 
 
-def precheck(model: Path, method_name: str, group_size: int | None, calibration: Path, samples: int, seq_len: int):
+def precheck(
+    model: Path, method_name: str, group_size: int | None, calibration: Path, samples: int, seq_len: int
+) -> tuple[methods.QuantMethod, int]:
     """All checks that need no weights, in this process, before the other venv starts."""
     config_file = model / "config.json"
     if not config_file.is_file():

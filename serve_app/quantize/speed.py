@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from serve_app.quantize.architectures import ModelShape
+from serve_app.models.shapes import ModelShape
 from serve_app.quantize.goal import Traffic
 from serve_app.quantize.planner import Gpu
 from serve_app.quantize.variants import Variant, variant_by_id

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.config import ModelConfig
+from serve_app.errors import ServeAppError
 from serve_app.models.lora_adapters import adapter_problem, resolve_adapter_path
 from serve_app.observability.recorder import ServeAppMetrics
 from serve_app.replica.asgi_call import AsgiCall, ResponseSink
@@ -24,7 +25,7 @@ LOAD_PATH = "/v1/load_lora_adapter"
 _TEXT = ((b"content-type", b"text/plain; charset=utf-8"),)
 
 
-class AdapterError(ValueError):
+class AdapterError(ServeAppError, ValueError):
     """A static adapter that cannot be served: the replica does not start (a config error)."""
 
 

@@ -69,7 +69,7 @@ def resolve_model_path(config: ModelConfig, cache_dir: str | None) -> Path:
 class LLMReplica:
     """One engine per replica. Methods are called through Ray Serve handles by the router."""
 
-    async def __init__(
+    async def __init__(  # type: ignore[misc]  # Ray Serve awaits an async constructor
         self,
         model: ModelConfig,
         cache_dir: str | None = None,

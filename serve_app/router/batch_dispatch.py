@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 from serve_app.config import ModelConfig
@@ -46,7 +46,7 @@ class BatchDispatcher:
     def queued(self) -> int:
         return self._batcher.queued
 
-    async def stream(self, request: RelayRequest) -> AsyncIterator[list[Event]]:
+    async def stream(self, request: RelayRequest) -> AsyncGenerator[list[Event], None]:
         """This request's events, ending with its own ``ResponseEnd``."""
         job = _Job(request)
         await self._batcher.submit(job, cost=request.cost_hint)

@@ -49,7 +49,8 @@ class BodySizeLimit:
             if not replayed:
                 replayed = True
                 return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()
+            message: Message = await receive()
+            return message
 
         await self.app(scope, replay, send)
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
 from serve_app.replica.contract import BatchOpened, CancelRequests, Event, RelayRequest, ResponseEnd
@@ -15,7 +15,7 @@ logger = logging.getLogger("serve_app.router")
 
 
 class ReplicaClient(Protocol):
-    def stream(self, model: str, requests: list[RelayRequest]) -> AsyncIterator[list[Event]]:
+    def stream(self, model: str, requests: list[RelayRequest]) -> AsyncGenerator[list[Event], None]:
         """The events of every request in ``requests`` (tagged with its index), a list per replica
         message. A replica lost before the first event is retried elsewhere; after it, every
         request gets a ``ResponseEnd`` with an error."""
@@ -66,7 +66,7 @@ class RayReplicaClient:
         self._cancel_on_open: set[str] = set()
         self._early_cancels: set[asyncio.Task[None]] = set()
 
-    async def stream(self, model: str, requests: list[RelayRequest]) -> AsyncIterator[list[Event]]:
+    async def stream(self, model: str, requests: list[RelayRequest]) -> AsyncGenerator[list[Event], None]:
         for attempt in range(1, self.max_attempts + 1):
             started = False
             try:
@@ -119,7 +119,8 @@ class RayReplicaClient:
             await _bounded(call, self.cancel_timeout_s)
 
     async def probe(self, model: str, prompt: str) -> str:
-        return await self.unary[model].probe.remote(prompt)
+        answer: str = await self.unary[model].probe.remote(prompt)
+        return answer
 
 
 async def replica_events(
@@ -170,7 +171,7 @@ class LocalReplicaClient:
     def __init__(self, replicas: Mapping[str, Any]) -> None:
         self.replicas = dict(replicas)
 
-    async def stream(self, model: str, requests: list[RelayRequest]) -> AsyncIterator[list[Event]]:
+    async def stream(self, model: str, requests: list[RelayRequest]) -> AsyncGenerator[list[Event], None]:
         async for events in replica_events(self.replicas[model].stream(requests)):
             yield events
 
@@ -179,4 +180,5 @@ class LocalReplicaClient:
         await replica.cancel(CancelRequests(replica.replica_name, tuple(request_ids)))
 
     async def probe(self, model: str, prompt: str) -> str:
-        return await self.replicas[model].probe(prompt)
+        answer: str = await self.replicas[model].probe(prompt)
+        return answer

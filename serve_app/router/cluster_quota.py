@@ -143,8 +143,8 @@ class ClusterQuota:
         if charge is not None:
             return charge
         key = next(k for k in self.ledger.shortfall(costs))
-        grant = grants.get(key)
-        soon = grant is not None and grant.free_later >= costs[key][0]
+        pending = grants.get(key)
+        soon = pending is not None and pending.free_later >= costs[key][0]
         wait = math.ceil(self.sync_interval_s) if soon else self.ledger.window_end(key) - now
         return QuotaRefusal(key, max(1, math.ceil(wait)))
 

@@ -12,6 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve_app.errors import ServeAppError
+
 logger = logging.getLogger("serve_app.router")
 
 # FastAPI's HTTPException detail when the body cannot be decoded at all (fastapi.routing).
@@ -33,7 +35,7 @@ _TYPES = {
 }
 
 
-class OpenAIError(Exception):
+class OpenAIError(ServeAppError):
     """Raised anywhere in request handling; rendered as ``{"error": {...}}`` with its status."""
 
     def __init__(

@@ -54,7 +54,7 @@ class TenantDirectory:
     def caller(self, client: str | None, priority_header: str | None) -> Caller:
         tenant = self._by_key.get(client or "", DEFAULT_TENANT)
         assigned = PRIORITY_ORDER.index(self.limits[tenant].priority)
-        asked = PRIORITY_ORDER.index(priority_header) if priority_header in PRIORITY_ORDER else None  # type: ignore[arg-type]
+        asked = PRIORITY_ORDER.index(priority_header) if priority_header in PRIORITY_ORDER else None
         return Caller(tenant, effective_priority(assigned, asked), tenant in self.admins)
 
 
@@ -184,7 +184,7 @@ class FlowGate:
             self.quota.ledger.cancel(charge)
 
     def _record_queue(self) -> None:
-        waiting = {name: self.queue.waiting_in(i) for i, name in enumerate(PRIORITY_ORDER)}
+        waiting: dict[str, int] = {name: self.queue.waiting_in(i) for i, name in enumerate(PRIORITY_ORDER)}
         self.metrics.flow_queue(self.replica_name, waiting)
 
 

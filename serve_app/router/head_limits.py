@@ -8,13 +8,10 @@ engine request ids, so only short printable ones are accepted.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
+from serve_app.core.request_id import REQUEST_ID_HEADER, is_valid_client_request_id
 from serve_app.router.errors import OpenAIError
-
-REQUEST_ID_HEADER = b"x-request-id"
-_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
 
 
 class RequestHeadLimits:
@@ -29,7 +26,7 @@ class RequestHeadLimits:
         if sum(len(name) + len(value) + 4 for name, value in headers) > self.max_header_bytes:
             return OpenAIError(431, f"request headers exceed {self.max_header_bytes} bytes", code="headers_too_large")
         for name, value in headers:
-            if name.lower() == REQUEST_ID_HEADER and not _REQUEST_ID.fullmatch(value):
+            if name.lower() == REQUEST_ID_HEADER and not is_valid_client_request_id(value):
                 return OpenAIError(
                     400,
                     "X-Request-Id must be 1 to 128 printable ASCII characters without spaces",

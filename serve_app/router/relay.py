@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 
 from starlette.responses import Response, StreamingResponse
@@ -24,7 +24,7 @@ from serve_app.router.client import ReplicaClient
 from serve_app.router.errors import OpenAIError
 from serve_app.router.flow_gate import Caller, FlowGate, FlowPass
 
-EventSource = AsyncIterator[list[Event]]
+EventSource = AsyncGenerator[list[Event], None]
 
 
 def sse_events(data: bytes) -> int:

@@ -4,9 +4,8 @@ A pure ASGI middleware rather than Starlette's ``@app.middleware("http")``: that
 (``BaseHTTPMiddleware``) runs the app in a task of its own and relays every body chunk of a
 streamed answer through an anyio memory stream, and the answer had to be wrapped to see its end.
 Here the app runs in the request's own task (so the request-id log context covers the whole
-stream) and the last body message is seen as it goes out. py-spy put that relay at several percent
-of the router's CPU at 64 streams, but an A/B on the 2-core machine measured no difference beyond
-run-to-run noise (``benchmarks/results/stack-overhead/request-identity/``).
+stream) and the last body message is seen as it goes out (the measured effect on the router's CPU:
+``benchmarks/results/stack-overhead/request-identity/``).
 
 The request's ``state`` (Starlette keeps ``request.state`` in ``scope["state"]``) carries
 ``request_id`` and ``log`` for the routes; routes set ``model`` there for the metric label, and
@@ -17,12 +16,11 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
-from serve_app.observability.logs import REQUEST_LOGGER_NAME, RequestLog, request_context
-from serve_app.router.head_limits import REQUEST_ID_HEADER  # the header name as ASGI carries it
+from serve_app.core.request_id import REQUEST_ID_HEADER, incoming_request_id, request_context, request_id_for
+from serve_app.observability.logs import REQUEST_LOGGER_NAME, RequestLog
 
 request_logger = logging.getLogger(REQUEST_LOGGER_NAME)
 # Polled by load balancers and Kubernetes every few seconds: logged at DEBUG unless they fail.
@@ -45,8 +43,8 @@ class RequestIdentity:
         # Ray Serve's proxy sets X-Request-Id on the request (the client's, which RequestHeadLimits
         # checks, or one of its own) and echoes it on the response; only when no one did (e.g.
         # in-process use) do we make one up and echo it ourselves.
-        incoming = next((v for k, v in scope.get("headers") or [] if k.lower() == REQUEST_ID_HEADER), None)
-        rid = (incoming.decode("latin-1") if incoming else uuid.uuid4().hex)[:128]
+        incoming = incoming_request_id(scope.get("headers") or [])
+        rid = request_id_for(incoming)
         state = scope.setdefault("state", {})
         state["request_id"] = rid
         state["log"] = log = RequestLog(rid, scope.get("method", ""), include_text=self.log_prompts)

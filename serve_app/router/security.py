@@ -142,7 +142,8 @@ async def _read_body(receive: Any) -> tuple[bytes, Any]:
         if not replayed:
             replayed = True
             return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
+        message: dict[str, Any] = await receive()
+        return message
 
     return body, replay
 

@@ -15,9 +15,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.seed_table import VLLM_ENV, free_port, plain_vllm_command, stop, wait_ready
+from benchmarks.seed_table import VLLM_ENV, plain_vllm_command, stop, wait_ready
 from serve_app.config import AppConfig, app_args_from_serve_file, load_config
 from serve_app.models.embedded import minilm_path, resolve_source
+from serve_app.ports import free_port
 from tests.conformance.cases import CHAT_MODEL, EMBED_MODEL
 
 REPO = Path(__file__).resolve().parents[2]

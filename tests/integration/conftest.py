@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,17 +14,12 @@ import pytest
 
 from serve_app.bench.readiness import wait_until_ok
 from serve_app.config import AppConfig, app_args_from_serve_file, load_config
+from serve_app.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL_CONFIG = REPO / "configs" / "local.yaml"
 START_TIMEOUT_S = 420
 DELETE_TIMEOUT_S = 300
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_ready(base_url: str, timeout_s: float = START_TIMEOUT_S) -> float:

@@ -23,6 +23,7 @@ import pytest
 
 from benchmarks.seed_table import MODEL_ID, VLLM_ENV, plain_vllm_command, stop
 from benchmarks.seed_table import wait_ready as wait_process_ready
+from serve_app.ports import free_port
 from serve_app.quantize.lm_eval_task import (
     MC_TASK,
     QA_TASK,
@@ -32,7 +33,7 @@ from serve_app.quantize.lm_eval_task import (
     read_samples,
     read_scores,
 )
-from tests.integration.conftest import free_port, local_config, running_serve
+from tests.integration.conftest import local_config, running_serve
 
 pytestmark = pytest.mark.integration
 

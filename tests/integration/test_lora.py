@@ -19,9 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from benchmarks.seed_table import VLLM_ENV, free_port, plain_vllm_command, stop, wait_ready
+from benchmarks.seed_table import VLLM_ENV, plain_vllm_command, stop, wait_ready
 from serve_app.models.embedded import resolve_source
 from serve_app.models.embedded_adapters import MARKERS, prepare_adapter
+from serve_app.ports import free_port
 from tests.integration.conftest import REPO, RunningApp, local_config, running_serve
 
 pytestmark = pytest.mark.integration

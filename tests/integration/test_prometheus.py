@@ -30,7 +30,8 @@ from serve_app.config import AppConfig, load_config
 from serve_app.observability import metrics as m
 from serve_app.observability.dashboards import adapters, all_dashboards
 from serve_app.observability.render import render_from_prometheus, substitute_variables
-from tests.integration.conftest import MetricsServe, RunningApp, free_port, local_config
+from serve_app.ports import free_port
+from tests.integration.conftest import MetricsServe, RunningApp, local_config
 
 pytestmark = pytest.mark.integration
 
@@ -39,10 +40,9 @@ MODEL = "smollm2-135m-instruct"
 # (checked below), so the list cannot silently grow past what the scenario explains.
 _NO_ADAPTERS = "this scenario's model serves no LoRA adapters (tests/integration/test_lora.py scrapes them)"
 EXEMPT_PANELS = {
-    ("serve-app-engine", "GPU memory used"): "CPU-only replica: GPU memory is recorded only where a GPU exists",
     **{("serve-app-adapters", p.title): _NO_ADAPTERS for p in adapters().panels},
 }
-EXEMPT_METRICS = {m.GPU_MEMORY_USED.name, *(s.name for s in m.METRICS if s.name.startswith("serve_app_adapter_"))}
+EXEMPT_METRICS = {s.name for s in m.METRICS if s.name.startswith("serve_app_adapter_")}
 # One rate window over the whole test: the app serves traffic for well under this.
 RATE_WINDOW_S = 300
 SERIES_TIMEOUT_S = 60

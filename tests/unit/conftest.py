@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -19,6 +20,19 @@ from serve_app.router.flow_gate import build_flow_gate
 from serve_app.router.ingress import build_fastapi
 from serve_app.router.readiness import Readiness
 from serve_app.router.relay import Relay
+
+# The unit tier imports none of these (tests/unit/test_unit_tier.py checks every module's imports;
+# the fixture below catches one made inside a test). Tests that need them live in tests/integration.
+HEAVY_MODULES = ("ray", "torch", "vllm")
+
+
+@pytest.fixture(autouse=True)
+def _imports_nothing_heavy() -> Iterator[None]:
+    before = {name for name in HEAVY_MODULES if name in sys.modules}
+    yield
+    loaded = [name for name in HEAVY_MODULES if name in sys.modules and name not in before]
+    assert not loaded, f"this unit test imported {loaded}; tests that need them belong in tests/integration"
+
 
 # Replicas made by make_replica_async in a test's own event loop, for stop_replicas to shut down.
 _started: list[LLMReplica] = []

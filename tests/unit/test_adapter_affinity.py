@@ -8,8 +8,8 @@ from collections import OrderedDict
 import pytest
 
 from serve_app.core.policies import AdapterAffinityPolicy, PowerOfTwoPolicy, ReplicaLoad
+from serve_app.core.replica_choice import RoutingCore, estimate_load, routing_adapter
 from serve_app.replica.contract import RelayRequest
-from serve_app.router.replica_router import RoutingCore, estimate_load, routing_adapter
 
 
 def load(rid: str, tokens: int = 0, adapters: tuple[str, ...] = ()) -> ReplicaLoad:

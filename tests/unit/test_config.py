@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from serve_app.config import AppConfig, ConfigError, app_args_from_serve_file, load_config
+from serve_app.config import ConfigError, app_args_from_serve_file, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,19 +60,3 @@ def test_config_is_frozen_and_model_lookup() -> None:
     assert config.model("b") is not None and config.model("c") is None
     with pytest.raises(ValidationError):
         config.models[0].id = "z"  # type: ignore[misc]
-
-
-def test_build_app_annotation_is_the_config_model() -> None:
-    import inspect
-
-    from serve_app.app import build_app
-
-    assert inspect.signature(build_app).parameters["args"].annotation in (AppConfig, "AppConfig")
-
-
-def test_router_resources_pin_the_router_replicas() -> None:
-    from serve_app.app import router_actor_options
-
-    pinned = load_config(minimal() | {"router": {"resources": {"router_node": 0.01}}})
-    assert router_actor_options(pinned.router, {})["resources"] == {"router_node": 0.01}
-    assert "resources" not in router_actor_options(load_config(minimal()).router, {})

@@ -146,7 +146,7 @@ def test_required_panels_exist() -> None:
     assert {"Time per output token", "Inter-token latency"} <= titles["serve-app-overview"]
     assert {"Batch size", "Queue depth", "Queue wait", "Rejections/s by reason"} <= titles["serve-app-router"]
     assert {"Tenant requests/s by outcome", "Tenant tokens/s", "Admission queue by class"} <= titles["serve-app-router"]
-    assert {"KV-cache usage", "Running sequences", "Waiting sequences", "GPU memory used"} <= titles["serve-app-engine"]
+    assert {"KV-cache usage", "Running sequences", "Waiting sequences"} <= titles["serve-app-engine"]
     assert {"Prefix-cache hit rate", "Generated tokens/s by model"} <= titles["serve-app-engine"]
     assert {"Replicas: running, desired, target", "Decisions/s by reason"} <= titles["serve-app-autoscaling"]
 
@@ -247,7 +247,7 @@ def test_grid_shape() -> None:
 
 
 class FakePrometheus(BaseHTTPRequestHandler):
-    """``/api/v1/query_range`` answering a ramp for every query except GPU memory (no GPU: no data)."""
+    """``/api/v1/query_range`` answering a ramp for every query except rejections (none: no data)."""
 
     queries: list[dict[str, str]] = []
 
@@ -257,7 +257,7 @@ class FakePrometheus(BaseHTTPRequestHandler):
         type(self).queries.append(params)
         start, step = float(params["start"]), float(params["step"])
         points = [(start + i * step, str(i)) for i in range(5)]
-        payload = matrix() if "gpu_memory" in params["query"] else matrix(({"model": "m"}, points))
+        payload = matrix() if "rejections" in params["query"] else matrix(({"model": "m"}, points))
         body = json.dumps(payload).encode()
         self.send_response(200 if url.path == "/api/v1/query_range" else 404)
         self.send_header("Content-Type", "application/json")

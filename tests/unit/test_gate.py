@@ -11,6 +11,7 @@ import pytest
 from serve_app.config import AppConfig, ModelConfig, load_config
 from serve_app.quantize.gate import GateError, check_deployable, is_quantized_checkpoint, refusal_reason
 from serve_app.quantize.report import EVAL_REPORT, QUANT_REPORT, checkpoint_fingerprint
+from serve_app.validate import validate_app
 
 
 @dataclass(frozen=True)
@@ -110,23 +111,17 @@ def _app_config(folder: Path, allow_ungated: bool) -> AppConfig:
     return load_config({"models": [model]})
 
 
-def test_build_app_refuses_a_failed_checkpoint_before_deploying(tmp_path: Path) -> None:
-    from serve_app.app import build_app
-
+def test_the_app_refuses_a_failed_checkpoint_before_deploying(tmp_path: Path) -> None:
     folder = _checkpoint(tmp_path / "q")
     _evaluation(folder, passed=False, failures=["golden answers kept 89% < 90%"])
     with pytest.raises(GateError, match=r"model 'q'.*evaluation failed.*golden answers kept 89%"):
-        build_app(_app_config(folder, allow_ungated=False))
+        validate_app(_app_config(folder, allow_ungated=False))
 
 
-def test_build_app_admits_allow_ungated(tmp_path: Path) -> None:
-    from ray.serve import Application
-
-    from serve_app.app import build_app
-
+def test_the_app_admits_allow_ungated(tmp_path: Path) -> None:
     folder = _checkpoint(tmp_path / "q")
     _evaluation(folder, passed=False)
-    assert isinstance(build_app(_app_config(folder, allow_ungated=True)), Application)
+    assert validate_app(_app_config(folder, allow_ungated=True)).models[0].allow_ungated
 
 
 def test_the_replica_checks_the_gate_where_it_loads_the_weights(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import yaml
 
 from serve_app.commands import plan as plan_command
 from serve_app.config import app_args_from_serve_file, load_config
-from serve_app.quantize.architectures import preset
+from serve_app.models.shapes import preset
 from serve_app.quantize.gate_reports import NO_PASSING_REPORT, GateVerdict, read_gate_reports
 from serve_app.quantize.goal import GoalError, parse_goal
 from serve_app.quantize.goal_output import admission_for, plan_json, serve_config

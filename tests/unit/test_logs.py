@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serve_app.config import AppConfig, ModelConfig, ServerConfig
+from serve_app.core.request_id import request_context
 from serve_app.engine.fake import FakeEngine
 from serve_app.observability.logs import (
     LOGGER_NAME,
@@ -25,7 +26,6 @@ from serve_app.observability.logs import (
     RequestLog,
     clip_text,
     install_json_logging,
-    request_context,
 )
 from tests.unit.conftest import app_client
 

@@ -9,6 +9,7 @@ import pytest
 from serve_app.config import ConfigError, load_config
 from serve_app.engine.vllm_engine import engine_args_dict, engine_env_vars, server_argv
 from serve_app.models.lora_adapters import adapter_problem
+from serve_app.validate import check_adapters
 from tests.unit.lora_files import write_adapter, write_base
 
 
@@ -111,8 +112,6 @@ def test_adapter_problems_are_named(tmp_path: Path) -> None:
 
 
 def test_a_missing_static_adapter_is_a_config_error_when_the_app_is_built(tmp_path: Path) -> None:
-    from serve_app.app import check_adapters
-
     base = write_base(tmp_path / "base")
     ok = {"name": "ok", "path": str(write_adapter(tmp_path / "ok"))}
     check_adapters(load_config(with_lora({"adapters": [ok], "max_lora_rank": 8}, source=str(base))))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from serve_app.commands import plan as plan_command
-from serve_app.quantize.architectures import PRESETS, UnknownModelError, preset, shape_from_hf_config
+from serve_app.models.shapes import PRESETS, UnknownModelError, preset, shape_from_hf_config
 from serve_app.quantize.planner import (
     FIXED_OVERHEAD_BYTES,
     GIB,

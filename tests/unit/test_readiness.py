@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -46,11 +44,19 @@ def test_times_out_naming_the_last_answer(flaky_url: str) -> None:
         wait_until_ok(flaky_url, 0.005, period_s=0.01)
 
 
+class _ExitedProcess:
+    """What wait_until_ok reads from the server's Popen: it has exited."""
+
+    def __init__(self, returncode: int) -> None:
+        self.returncode = returncode
+
+    def poll(self) -> int:
+        return self.returncode
+
+
 def test_a_server_process_that_exited_fails_at_once() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
-    process.wait()
     with pytest.raises(RuntimeError, match="exited with 3"):
-        wait_until_ok(f"http://127.0.0.1:{port}/health", 30, process=process)
+        wait_until_ok(f"http://127.0.0.1:{port}/health", 30, process=_ExitedProcess(3))  # type: ignore[arg-type]

@@ -11,8 +11,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from serve_app.app import replica_options
-from serve_app.config import AppConfig, AutoscalingConfig, ModelConfig, NcclConfig, RouterConfig
+from serve_app.config import AppConfig, AutoscalingConfig, ModelConfig, RouterConfig
 from serve_app.engine.fake import FakeEngine
 from serve_app.observability import InMemoryMetricsBackend, ServeAppMetrics
 from serve_app.router.client import LocalReplicaClient
@@ -113,13 +112,7 @@ async def test_models_lists_a_model_scaled_to_zero_without_waking_it() -> None:
     assert client.calls == ["/v1/models"], "only the warm model's server is asked for its cards"
 
 
-def test_scale_to_zero_config_is_accepted_by_ray_and_bounded() -> None:
-    from ray.serve.config import AutoscalingConfig as RayAutoscalingConfig
-
-    options = replica_options(ModelConfig(id="cold", autoscaling=TO_ZERO), RouterConfig(), NcclConfig())
-    ray_config = RayAutoscalingConfig(**options["autoscaling_config"])
-    assert (ray_config.min_replicas, ray_config.max_replicas) == (0, 2)
-    assert ray_config.policy.policy_kwargs["min_replicas"] == 0  # our policy decides the cold start
+def test_scale_to_zero_bounds() -> None:
     with pytest.raises(ValidationError, match="initial_replicas"):
         AutoscalingConfig(min_replicas=0, max_replicas=1, initial_replicas=2)
     with pytest.raises(ValidationError):

@@ -1,4 +1,5 @@
-"""Model shapes for the capacity planner: named presets and parsing of a Hugging Face config.json.
+"""Model shapes, a fact about a model used by placement and the planners: named presets and
+parsing of a Hugging Face config.json.
 
 Pure (stdlib only). The presets are the published shapes of each model's config.json, so that
 ``serve-app plan --model llama-2-7b`` needs no files.
@@ -10,8 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from serve_app.errors import ServeAppError
 
-class UnknownModelError(ValueError):
+
+class UnknownModelError(ServeAppError, ValueError):
     pass
 
 

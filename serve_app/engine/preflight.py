@@ -28,9 +28,11 @@ from datetime import timedelta
 from typing import Any
 
 from serve_app.core.collective_check import PROCESS_EXITED, CheckResult, RankReport, diagnose
+from serve_app.errors import ServeAppError
+from serve_app.ports import free_port
 
 PREFLIGHT_RPC_METHOD = "serve_app_preflight_all_reduce"
-WORKER_EXTENSION = "serve_app.replica.preflight.PreflightWorkerExtension"
+WORKER_EXTENSION = "serve_app.engine.preflight.PreflightWorkerExtension"
 # Extra time allowed for collective_rpc itself beyond the in-worker timeout (queueing, pickling).
 _RPC_MARGIN_S = 30.0
 _REPORT_SLACK_S = 10.0
@@ -38,7 +40,7 @@ _REPORT_SLACK_S = 10.0
 _NEXT_STEP = {"started": "rendezvous", "registered": "connect", "joined": "all_reduce"}
 
 
-class PreflightError(RuntimeError):
+class PreflightError(ServeAppError, RuntimeError):
     """The replica's ranks cannot all-reduce; the message names the rank(s) and the likely cause."""
 
 
@@ -50,12 +52,6 @@ class RankLaunch:
     world_size: int
     master_addr: str
     master_port: int
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def local_launch_plan(

@@ -1,0 +1,74 @@
+"""What serve_app hands Ray, Ray Serve's own validators accept: every shipped serve config against
+Ray Serve's schema, each model's placement (strategy, bundles, actor fits bundle 0) and the
+scale-to-zero autoscaling options. Starts nothing; in this tier because it imports Ray (the same
+configs' schema and placement checks without Ray are in tests/unit/test_serve_configs.py and
+tests/unit/test_placement.py)."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pytest
+from ray.serve._private.config import ReplicaConfig
+from ray.serve.config import AutoscalingConfig as RayAutoscalingConfig
+from ray.serve.schema import ServeDeploySchema
+
+from serve_app.app import build_app, replica_options, router_actor_options
+from serve_app.config import AppConfig, AutoscalingConfig, ModelConfig, RouterConfig, load_config
+from serve_app.config_nccl import NcclConfig
+from serve_app.core.placement import load_model_shape, plan_replica_placement
+from tests.unit.test_serve_configs import IDS, SERVE_CONFIGS
+
+
+def ray_accepts(m: ModelConfig, options: dict[str, Any]) -> ReplicaConfig:
+    """Ray Serve's own validation of the options: strategy name, bundle shapes, actor fits bundle 0."""
+    actor = {"num_cpus": m.ray_actor_options.num_cpus, "num_gpus": m.ray_actor_options.num_gpus}
+    return ReplicaConfig.create(object, ray_actor_options=actor, **options)
+
+
+@pytest.mark.parametrize(("name", "doc"), SERVE_CONFIGS, ids=IDS)
+def test_matches_ray_serve_schema(name: str, doc: dict[str, Any]) -> None:
+    schema = ServeDeploySchema.model_validate(doc)
+    assert schema.applications
+
+
+@pytest.mark.parametrize(("name", "doc"), SERVE_CONFIGS, ids=IDS)
+def test_every_shipped_placement_is_accepted_by_ray(name: str, doc: dict[str, Any]) -> None:
+    for app in doc["applications"]:
+        for model in load_config(app["args"]).models:
+            placement = plan_replica_placement(model, load_model_shape(model))
+            ray_accepts(model, placement.deployment_options())
+
+
+@pytest.mark.parametrize(
+    ("fields", "strategy"),
+    [
+        ({"shape_preset": "llama-2-13b", "tensor_parallel_size": 4, "placement": {"gpus_per_node": 4}}, "STRICT_PACK"),
+        ({"shape_preset": "llama-2-70b", "tensor_parallel_size": 8, "pipeline_parallel_size": 2}, "PACK"),
+    ],
+)
+def test_multi_gpu_placements_are_accepted_by_ray(fields: dict[str, Any], strategy: str) -> None:
+    m = ModelConfig.model_validate({"id": "m", "source": "/nonexistent/model"} | fields)
+    options = plan_replica_placement(m, load_model_shape(m)).deployment_options()
+    assert ray_accepts(m, options).placement_group_strategy == strategy
+
+
+def test_scale_to_zero_config_is_accepted_by_ray() -> None:
+    to_zero = AutoscalingConfig(min_replicas=0, max_replicas=2)
+    options = replica_options(ModelConfig(id="cold", autoscaling=to_zero), RouterConfig(), NcclConfig())
+    ray_config = RayAutoscalingConfig(**options["autoscaling_config"])
+    assert (ray_config.min_replicas, ray_config.max_replicas) == (0, 2)
+    assert ray_config.policy.policy_kwargs["min_replicas"] == 0  # our policy decides the cold start
+
+
+def test_build_app_annotation_is_the_config_model() -> None:
+    # Ray Serve validates a config file's args against this annotation before calling build_app.
+    assert inspect.signature(build_app).parameters["args"].annotation in (AppConfig, "AppConfig")
+
+
+def test_router_resources_pin_the_router_replicas() -> None:
+    minimal = {"models": [{"id": "m"}]}
+    pinned = load_config(minimal | {"router": {"resources": {"router_node": 0.01}}})
+    assert router_actor_options(pinned.router, {})["resources"] == {"router_node": 0.01}
+    assert "resources" not in router_actor_options(load_config(minimal).router, {})
