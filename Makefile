@@ -11,7 +11,7 @@ TEST_STAMP := $(VENV)/.installed-test
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 TORCH_PIP_ARGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
-PYTEST := $(PY) -m pytest -q -rs -p no:cacheprovider
+PYTEST := $(PY) -m pytest -q -rs -p no:cacheprovider --durations=30
 
 .PHONY: install install-test install-prometheus quant-env serve test test-unit test-integration soak lint format check clean
 

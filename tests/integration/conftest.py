@@ -45,6 +45,41 @@ class RunningApp:
 SHIPPED_DOOR_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
 
 
+MODEL_REPLICAS_STOP_TIMEOUT_S = 120
+
+
+def model_replica_processes() -> list[str]:
+    """Ray's worker processes hosting a Serve replica other than the router (its title names it)."""
+    import psutil
+
+    titles = []
+    for proc in psutil.process_iter(["cmdline"]):
+        title = " ".join(proc.info["cmdline"] or []).strip()
+        # "ray::ServeReplica:<app>:<deployment>[.<method running>]"
+        deployment = title.split(":")[-1] if title.startswith("ray::ServeReplica:") else "router"
+        if deployment != "router" and not deployment.startswith("router."):
+            titles.append(title)
+    return titles
+
+
+def stop_serve_and_ray() -> None:
+    """Every app deleted, its model replicas stopped gracefully (each engine shuts its own
+    processes down), then Ray. Not serve.shutdown(): it also waits out the router's direct-ingress
+    drain period (30 s in Ray 2.60), which exists for load balancers still sending to it; nothing
+    sends here, and ray.shutdown() ends the router at once."""
+    import ray
+    from ray import serve
+    from ray.serve.context import _disconnect
+
+    for name in serve.status().applications:
+        serve.delete(name, _blocking=False)
+    deadline = time.monotonic() + MODEL_REPLICAS_STOP_TIMEOUT_S
+    while model_replica_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    _disconnect()  # forget this session's Serve controller (what serve.shutdown() ends with)
+    ray.shutdown()
+
+
 @contextmanager
 def running_serve(
     door_env: dict[str, str] | None = None, **ray_init_options: Any
@@ -84,8 +119,7 @@ def running_serve(
     try:
         yield start
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        stop_serve_and_ray()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
