@@ -277,3 +277,19 @@ def test_kuberay_ray_containers_start_behind_the_shipped_door(name: str, manifes
     for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
         env = {e["name"]: e.get("value") for e in group["template"]["spec"]["containers"][0].get("env", [])}
         assert env.get(SHIPPED_DOOR) == "1", (name, group.get("groupName", "head"))
+
+
+def test_kuberay_gcs_fault_tolerance_uses_the_shipped_redis() -> None:
+    """Every Ray manifest keeps its GCS state in the Redis of redis.yaml, its password from the
+    Secret that Redis reads (never a literal), and only Ray pods reach that Redis."""
+    docs = {d["kind"]: d for d in yaml.safe_load_all((CLUSTER / "kuberay" / "redis.yaml").read_text()) if d}
+    service, deployment, policy = docs["Service"], docs["Deployment"], docs["NetworkPolicy"]
+    address = f"{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    (env,) = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    for name, manifest in ray_manifests():
+        options = cluster_spec(manifest)["gcsFaultToleranceOptions"]
+        assert options["redisAddress"] == address, name
+        assert options["redisPassword"] == {"valueFrom": env["valueFrom"]}, name
+    assert policy["spec"]["podSelector"] == deployment["spec"]["selector"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchExpressions": [{"key": "ray.io/node-type", "operator": "Exists"}]}}]
