@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from serve_app.bench.readiness import wait_until_ok
@@ -50,8 +52,6 @@ MODEL_REPLICAS_STOP_TIMEOUT_S = 120
 
 def model_replica_processes() -> list[str]:
     """Ray's worker processes hosting a Serve replica other than the router (its title names it)."""
-    import psutil
-
     titles = []
     for proc in psutil.process_iter(["cmdline"]):
         title = " ".join(proc.info["cmdline"] or []).strip()
@@ -60,6 +60,18 @@ def model_replica_processes() -> list[str]:
         if deployment != "router" and not deployment.startswith("router."):
             titles.append(title)
     return titles
+
+
+def haproxy_processes() -> list[psutil.Process]:
+    """The HAProxy binaries Ray Serve's HAProxy manager actors started (their children)."""
+    managers = [
+        p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].startswith("ray::HAProxyManager")
+    ]
+    children = []
+    for manager in managers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            children += manager.children(recursive=True)
+    return children
 
 
 def stop_serve_and_ray() -> None:
@@ -76,8 +88,13 @@ def stop_serve_and_ray() -> None:
     deadline = time.monotonic() + MODEL_REPLICAS_STOP_TIMEOUT_S
     while model_replica_processes() and time.monotonic() < deadline:
         time.sleep(0.5)
+    haproxies = haproxy_processes()  # the door's binary outlives its Ray actor unless stopped
     _disconnect()  # forget this session's Serve controller (what serve.shutdown() ends with)
     ray.shutdown()
+    for proc in haproxies:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    psutil.wait_procs(haproxies, timeout=10)
 
 
 @contextmanager
