@@ -28,7 +28,7 @@ from serve_app.app import replica_deployment_name
 from serve_app.bench.readiness import wait_until_ok
 from serve_app.config import AppConfig, load_config
 from serve_app.observability import metrics as m
-from serve_app.observability.dashboards import adapters, all_dashboards
+from serve_app.observability.dashboards import _flow_control_row, adapters, all_dashboards
 from serve_app.observability.render import render_from_prometheus, substitute_variables
 from serve_app.ports import free_port
 from tests.integration.conftest import MetricsServe, RunningApp, local_config
@@ -41,8 +41,12 @@ MODEL = "smollm2-135m-instruct"
 _NO_ADAPTERS = "this scenario's model serves no LoRA adapters (tests/integration/test_lora.py scrapes them)"
 EXEMPT_PANELS = {
     **{("serve-app-adapters", p.title): _NO_ADAPTERS for p in adapters().panels},
+    **{("serve-app-router", p.title): "this scenario configures no tenants" for p in _flow_control_row()},
 }
-EXEMPT_METRICS = {s.name for s in m.METRICS if s.name.startswith("serve_app_adapter_")}
+# This scenario configures no tenants, so the flow-control series are never recorded
+# (tests/integration/test_flow_control.py runs flow control on the real stack).
+FLOW_CONTROL_METRICS = {s.name for s in m.METRICS if s.name.startswith(("serve_app_tenant_", "serve_app_flow_queue_"))}
+EXEMPT_METRICS = {s.name for s in m.METRICS if s.name.startswith("serve_app_adapter_")} | FLOW_CONTROL_METRICS
 # One rate window over the whole test: the app serves traffic for well under this.
 RATE_WINDOW_S = 300
 SERIES_TIMEOUT_S = 60
