@@ -28,7 +28,7 @@ $(STAMP): requirements/cpu.txt requirements/cpu-nodeps.txt requirements/models.t
 
 $(TEST_STAMP): $(STAMP) requirements/test.txt requirements/eval.txt
 	$(PIP) install -r requirements/test.txt
-	# lm-eval in a venv of its own (tests/integration/test_lm_eval.py; scripts/setup_eval_env.sh says why)
+	# lm-eval in a venv of its own (tests/conformance/test_lm_eval.py; scripts/setup_eval_env.sh says why)
 	PYTHON=$(PYTHON) scripts/setup_eval_env.sh
 	touch $@
 

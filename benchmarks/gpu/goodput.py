@@ -6,6 +6,8 @@ machine (servers outlive a call: they run in sessions of their own):
     python benchmarks/gpu/goodput.py profile --out $OUT   # 8B shape: bf16, fp8, fp8-fp8kv profiled; plan; stack
                                                           # (--gate-reports DIR: an earlier gate run's reports)
     python benchmarks/gpu/goodput.py serve --out $OUT --profile P --gate-reports G  # plain + stack, no profiling
+    python benchmarks/gpu/goodput.py profile-variant --out $OUT --profile P --variant fp8-fp8kv
+                                                          # one variant alone, added to profile P (then serve)
     python benchmarks/gpu/goodput.py ladder  --out $OUT --runs 0:fixed,0:spread   # (round:lengths)s
 
 Accuracy evidence comes from the real SmolLM2 (``gate``), speed evidence from the 8B shape with
@@ -135,6 +137,19 @@ def profile(out: Path, timeout_s: float) -> None:
     plan_and_start_stack(out, {"engines_ready_s": engines_s, "plain_kv_cache_bytes": kv_bytes, "gpu_bytes": total})
 
 
+def profile_variant(out: Path, earlier_profile: Path, variant: str, timeout_s: float) -> None:
+    """One variant profiled alone, in the same KV budget as the profile phase's engines, and added
+    to an earlier profile: that phase's three engines do not fit one device call."""
+    flags = dict(GATE_VARIANTS)[variant]
+    compare.stop_servers()
+    compare.prepare_models()
+    kv_bytes = int(BUDGET_FRACTION * _gpu_memory_bytes() - (BF16_WEIGHTS_GIB + ACTIVATIONS_GIB) * GIB)
+    data = json.loads(earlier_profile.read_text())
+    data["variants"][variant] = _profile_alone(variant, ["--dtype", "bfloat16", *flags], kv_bytes, timeout_s)
+    (STATE / "profile.json").write_text(json.dumps(data, indent=1))
+    shutil.copy(STATE / "profile.json", out / "profile.json")
+
+
 def serve(out: Path, earlier_profile: Path, timeout_s: float) -> None:
     """Plain bf16 for the ladder, then the stack planned on an earlier profile (the profile phase
     skipped to save device time): that profile's engines ran vLLM's defaults, whose
@@ -232,18 +247,21 @@ def run_rate(url: str, rate: float, seed: int, spread: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("phase", choices=["gate", "profile", "serve", "ladder"])
+    parser.add_argument("phase", choices=["gate", "profile", "profile-variant", "serve", "ladder"])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/out")))
     parser.add_argument("--timeout", type=float, default=400)
     parser.add_argument("--runs", default="0:fixed", help="ladder: round:lengths pairs, lengths fixed or spread")
     parser.add_argument("--gate-reports", type=Path, help="profile, serve: earlier gate reports (no gate phase)")
-    parser.add_argument("--profile", type=Path, help="serve: an earlier profile.json (no profile phase)")
+    parser.add_argument("--profile", type=Path, help="serve, profile-variant: an earlier profile.json")
+    parser.add_argument("--variant", choices=[v for v, _ in GATE_VARIANTS], help="profile-variant: which one")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     STATE.mkdir(exist_ok=True)
     try:
         if args.phase == "gate":
             gate(args.out)
+        elif args.phase == "profile-variant":
+            profile_variant(args.out, args.profile, args.variant, args.timeout)
         elif args.phase in ("profile", "serve"):
             if args.gate_reports:
                 shutil.copytree(args.gate_reports, STATE / "gate", dirs_exist_ok=True)

@@ -26,6 +26,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -103,6 +104,17 @@ def stop_group(process: subprocess.Popen[bytes], sig: int = signal.SIGINT) -> bo
     return True
 
 
+def default_sigint() -> None:
+    """A terminal's foreground job takes Ctrl-C; a pytest started in the background (``cmd &``)
+    ignores SIGINT and its children would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def haproxy_binaries() -> list[psutil.Process]:
+    """Ray Serve's HAProxy processes (the door on :8000), wherever their parent went."""
+    return [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].endswith("/bin/haproxy")]
+
+
 def force_ray_stop(env: dict[str, str]) -> None:
     """Cleanup after a failure, so that later tests find the ports free."""
     ray = Path(sys.executable).parent / "ray"
@@ -125,6 +137,7 @@ def background(blocks: list[Block], env: dict[str, str], logs: Path, stopped: li
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=default_sigint,
             )
             stack.callback(lambda p=process: stopped.append(stop_group(p)))
             paths.append(path)
@@ -172,10 +185,14 @@ def run_section(title: str, env: dict[str, str], logs: Path) -> tuple[list[Block
     try:
         with background(servers, env, logs, stopped) as server_logs:
             outputs = run_in_one_shell(commands, env, server_logs)
+        left = [p.info["cmdline"] for p in haproxy_binaries()]
     finally:
         # Whatever a failed block, or a `ray stop` that gave up waiting, left: later tests need the ports.
         force_ray_stop(env)
+        for process in haproxy_binaries():
+            process.kill()
     assert all(stopped), f"'{title}': a server did not stop on Ctrl-C's SIGINT within {STOP_TIMEOUT_S} s"
+    assert not left, f"'{title}': HAProxy still runs after the section stopped Serve: {left}"
     print(
         f"\nREADME '{title}': {len(commands)} blocks and {len(servers)} server(s) in {time.monotonic() - started:.0f} s"
     )

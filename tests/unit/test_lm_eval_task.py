@@ -1,5 +1,5 @@
 """The shipped lm-eval tasks (serve_app/data/lm_eval) and the command lines built for them; lm-eval
-itself runs in tests/integration/test_lm_eval.py."""
+itself runs in tests/conformance/test_lm_eval.py."""
 
 from __future__ import annotations
 

@@ -5,8 +5,10 @@ through this stack as on plain vLLM.
   ``echo: true``, ``logprobs: 1``, ``max_tokens: 1``) on /v1/completions;
 * ``serve_app_facts_qa`` with ``local-chat-completions``: greedy replies on /v1/chat/completions.
 
-Each server runs alone (plain vLLM first, then the stack), lm-eval sends one request at a time, and
-both run the same vLLM engine in fp32, so greedy scores must be equal. lm-eval runs as a subprocess
+The servers are the conformance suite's (``sides``: plain vLLM with configs/local.yaml's flags, and
+the stack with configs/local.yaml's chat model), started once for the package. lm-eval runs against
+both at the same time, one request at a time each, and both run the same vLLM engine in fp32, so
+greedy scores must be equal. lm-eval runs as a subprocess
 from its own venv (scripts/setup_eval_env.sh, run by make install-test); without it the tests are
 skipped, and fail under CI=true.
 """
@@ -16,14 +18,13 @@ from __future__ import annotations
 import math
 import os
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from benchmarks.seed_table import MODEL_ID, VLLM_ENV, plain_vllm_command, stop
-from benchmarks.seed_table import wait_ready as wait_process_ready
-from serve_app.ports import free_port
+from benchmarks.seed_table import MODEL_ID
 from serve_app.quantize.lm_eval_task import (
     MC_TASK,
     QA_TASK,
@@ -33,11 +34,10 @@ from serve_app.quantize.lm_eval_task import (
     read_samples,
     read_scores,
 )
-from tests.integration.conftest import local_config, running_serve
+from tests.conformance.conftest import Sides
 
 pytestmark = pytest.mark.integration
 
-VLLM_START_TIMEOUT_S = 420
 LM_EVAL_TIMEOUT_S = 900
 # Per-item loglikelihoods may differ by fp32 noise at most; the closest call between two choices in
 # the task is far wider than this, so the chosen answers (and the scores) must match exactly.
@@ -91,34 +91,28 @@ def run_lm_eval(task: str, base_url: str, out: Path, tokenizer: Path, python: st
 
 
 def run_all_tasks(base_url: str, out: Path, tokenizer: Path, python: str) -> ServerResults:
+    out.mkdir(parents=True, exist_ok=True)
     return {task: run_lm_eval(task, base_url, out, tokenizer, python) for task in TASKS}
 
 
-@pytest.fixture(scope="module")
-def plain_vllm_results(tmp_path_factory, model_dir: Path, lm_eval_python_path: str) -> ServerResults:
-    """Both tasks against vLLM's own OpenAI server, started here and stopped before the stack starts."""
-    port = free_port()
-    command = [*plain_vllm_command(model_dir, port), "--host", "127.0.0.1", "--seed", "0"]
-    log = tmp_path_factory.mktemp("plain-vllm") / "server.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            command, env=os.environ | VLLM_ENV, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        base_url = f"http://127.0.0.1:{port}"
-        wait_process_ready(proc, f"{base_url}/health", VLLM_START_TIMEOUT_S)
-        return run_all_tasks(base_url, log.parent, model_dir, lm_eval_python_path)
-    finally:
-        stop(proc)
+@dataclass(frozen=True)
+class BothResults:
+    plain: ServerResults
+    stack: ServerResults
 
 
 @pytest.fixture(scope="module")
-def stack_results(tmp_path_factory, plain_vllm_results, model_dir: Path, lm_eval_python_path: str) -> ServerResults:
-    """Both tasks against this stack (configs/local.yaml: one replica, fp32, eager)."""
-    out = tmp_path_factory.mktemp("stack")
-    with running_serve() as start:
-        app = start(local_config())
-        return run_all_tasks(app.base_url, out, model_dir, lm_eval_python_path)
+def results(
+    sides: Sides, tmp_path_factory: pytest.TempPathFactory, model_dir: Path, lm_eval_python_path: str
+) -> BothResults:
+    """Both tasks against plain vLLM and against the stack, the two sides at once."""
+    if not sides.target.is_stack:
+        pytest.skip("lm-eval compares the stack with plain vLLM (--conformance-stack=plain runs none)")
+    out = tmp_path_factory.mktemp("lm-eval")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        plain = pool.submit(run_all_tasks, sides.reference.chat_url, out / "plain", model_dir, lm_eval_python_path)
+        stack = pool.submit(run_all_tasks, sides.target.chat_url, out / "stack", model_dir, lm_eval_python_path)
+        return BothResults(plain.result(), stack.result())
 
 
 def checked_pair(plain: ServerResults, stack: ServerResults, task: str) -> tuple[LmEvalResult, LmEvalResult]:
@@ -132,8 +126,8 @@ def loglikelihoods(result: LmEvalResult) -> list[list[float]]:
     return [[float(resp[0][0]) for resp in s["resps"]] for s in read_samples(result.output_path, result.task)]
 
 
-def test_multiple_choice_matches_plain_vllm(plain_vllm_results: ServerResults, stack_results: ServerResults):
-    plain, stack = checked_pair(plain_vllm_results, stack_results, MC_TASK)
+def test_multiple_choice_matches_plain_vllm(results: BothResults) -> None:
+    plain, stack = checked_pair(results.plain, results.stack, MC_TASK)
     plain_ll, stack_ll = loglikelihoods(plain), loglikelihoods(stack)
     assert len(plain_ll) == len(stack_ll)
     differing = [
@@ -147,8 +141,8 @@ def test_multiple_choice_matches_plain_vllm(plain_vllm_results: ServerResults, s
     assert stack_scores == plain_scores
 
 
-def test_generation_matches_plain_vllm(plain_vllm_results: ServerResults, stack_results: ServerResults):
-    plain, stack = checked_pair(plain_vllm_results, stack_results, QA_TASK)
+def test_generation_matches_plain_vllm(results: BothResults) -> None:
+    plain, stack = checked_pair(results.plain, results.stack, QA_TASK)
     plain_scores, stack_scores = read_scores(plain.output_path, QA_TASK), read_scores(stack.output_path, QA_TASK)
     assert "contains" in plain_scores
     replies = {
