@@ -23,7 +23,7 @@ import fcntl
 import logging
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO
@@ -31,6 +31,8 @@ from typing import IO
 logger = logging.getLogger("serve_app.engine")
 
 POLL_S = 0.5
+Clock = Callable[[], float]  # monotonic seconds
+Sleep = Callable[[float], None]  # blocks the calling (worker) thread
 
 
 def shared_gpu_ids(num_gpus: float, gpus_per_replica: int, assigned: Sequence[object]) -> list[str]:
@@ -49,28 +51,28 @@ def _try_lock(handle: IO[bytes]) -> bool:
     return True
 
 
-def _lock_until(path: Path, deadline: float, owner: str) -> IO[bytes] | None:
+def _lock_until(path: Path, deadline: float, owner: str, clock: Clock, sleep: Sleep) -> IO[bytes] | None:
     """The locked file, or None when ``deadline`` passed first."""
     handle = path.open("ab")
     announced = False
     while not _try_lock(handle):
-        if time.monotonic() >= deadline:
+        if clock() >= deadline:
             handle.close()
             return None
         if not announced:
             logger.info("%s: waiting for %s (another engine is starting on that GPU)", owner, path)
             announced = True
-        time.sleep(POLL_S)
+        sleep(POLL_S)
     return handle
 
 
-def _acquire(paths: list[Path], timeout_s: float, owner: str) -> list[IO[bytes]]:
+def _acquire(paths: list[Path], timeout_s: float, owner: str, clock: Clock, sleep: Sleep) -> list[IO[bytes]]:
     """Lock every path in order (sorted ids: two replicas never wait on each other crosswise)."""
     held: list[IO[bytes]] = []
-    deadline = time.monotonic() + timeout_s
+    deadline = clock() + timeout_s
     try:
         for path in paths:
-            handle = _lock_until(path, deadline, owner)
+            handle = _lock_until(path, deadline, owner, clock, sleep)
             if handle is None:
                 logger.warning("%s: %s still held after %.0f s; starting the engine anyway", owner, path, timeout_s)
             else:
@@ -89,7 +91,12 @@ def _release(held: list[IO[bytes]]) -> None:
 
 @asynccontextmanager
 async def gpu_start_lock(
-    gpu_ids: Sequence[str], owner: str, timeout_s: float = 1800.0, lock_dir: Path | None = None
+    gpu_ids: Sequence[str],
+    owner: str,
+    timeout_s: float = 1800.0,
+    lock_dir: Path | None = None,
+    clock: Clock = time.monotonic,
+    sleep: Sleep = time.sleep,
 ) -> AsyncIterator[None]:
     """Hold every GPU's start lock for the body; no-op without GPU ids."""
     if not gpu_ids:
@@ -97,14 +104,14 @@ async def gpu_start_lock(
         return
     folder = lock_dir or Path(tempfile.gettempdir()) / "serve-app-gpu-start"
     paths = [folder / f"gpu-{gpu}.lock" for gpu in sorted(gpu_ids)]
-    started = time.monotonic()
+    started = clock()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        held = await asyncio.to_thread(_acquire, paths, timeout_s, owner)
+        held = await asyncio.to_thread(_acquire, paths, timeout_s, owner, clock, sleep)
     except OSError as err:  # e.g. a read-only temp dir: the lock is a precaution, not a precondition
         logger.warning("%s: no GPU start lock (%s); starting the engine without it", owner, err)
         held = []
-    waited = time.monotonic() - started
+    waited = clock() - started
     if waited > 1:
         logger.info("%s: waited %.1f s for GPU(s) %s", owner, waited, ",".join(gpu_ids))
     try:

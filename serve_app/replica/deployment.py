@@ -77,10 +77,12 @@ class LLMReplica:
         drain_timeout_s: float = 60.0,
         export_metrics: bool = False,
         json_logs: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if json_logs:
             install_json_logging()  # serve_app.observability.logs says why not Ray Serve's JSON encoding
         self.model = model
+        self.clock = clock  # monotonic seconds: progress (check_health) and request logs
         self.metrics = ServeAppMetrics.for_ray() if export_metrics else ServeAppMetrics.disabled()
         self.replica_name = _replica_name() if export_metrics else "local"  # cancel calls target it
         self.drain_timeout_s = drain_timeout_s
@@ -90,17 +92,17 @@ class LLMReplica:
         self._shutting_down = False
         self._idle = asyncio.Event()
         self._idle.set()
-        self._last_progress = time.monotonic()  # the last bytes out of the server (see check_health)
+        self._last_progress = self.clock()  # the last bytes out of the server (see check_health)
         self._engine_failed = False  # set when check_health fails: nothing left to drain
         path = await asyncio.to_thread(resolve_model_path, model, cache_dir)
         # Static LoRA adapters resolved to local folders and checked before the engine starts.
         local = await asyncio.to_thread(with_local_adapters, model, path, Path(cache_dir) if cache_dir else None)
         self.engine: Engine = (engine_factory or vllm_engine_factory)(local, path)
-        started = time.monotonic()
+        started = self.clock()
         await self.engine.start()
         self.routes = ServerRoutes.of(self.engine.app)
         self.adapters = ReplicaAdapters(local, path, self.engine.app, self.metrics)
-        logger.info("model %s ready in %.1f s from %s", model.id, time.monotonic() - started, path)
+        logger.info("model %s ready in %.1f s from %s", model.id, self.clock() - started, path)
 
     async def stream(self, requests: list[RelayRequest]) -> AsyncIterator[BatchOpened | list[Event]]:
         """Answer a router batch: every request runs concurrently in the server (the engine batches
@@ -145,11 +147,11 @@ class LLMReplica:
         return len(running)
 
     async def _serve(self, index: int, request: RelayRequest, emit: Callable[[Event], None]) -> None:
-        log = ReplicaRequestLog(request.request_id, request.path, self.model.id, self.replica_name, time.monotonic())
+        log = ReplicaRequestLog(request.request_id, request.path, self.model.id, self.replica_name, self.clock())
 
         def emit_and_note(event: Event) -> None:
             if isinstance(event, ResponseBody):
-                self._last_progress = time.monotonic()
+                self._last_progress = self.clock()
             emit(event)
 
         sink = ResponseSink(index, request, emit_and_note)
@@ -164,7 +166,7 @@ class LLMReplica:
             log.status, log.error = (499 if left else sink.status), sink.error
             log.prompt_tokens, log.completion_tokens = sink.prompt_tokens, sink.completion_tokens
             log.finish_reason = sink.finish_reason
-            log.write(logger, time.monotonic())
+            log.write(logger, self.clock())
 
     async def _answer(self, request: RelayRequest, sink: ResponseSink) -> None:
         if self._shutting_down or self._engine_failed or not await self._engine_alive():
@@ -177,7 +179,7 @@ class LLMReplica:
             await self.routes.refuse(sink, request.method, request.path)
             return
         if not self._inflight:
-            self._last_progress = time.monotonic()  # an idle engine owes no progress until now
+            self._last_progress = self.clock()  # an idle engine owes no progress until now
         self._inflight[request.request_id] = request.cost_hint
         self._idle.clear()
         call = AsgiCall(self.engine.app, request, sink)
@@ -258,7 +260,7 @@ class LLMReplica:
                 return
             stall_s = self.model.engine_stall_timeout_s
             if self._inflight:
-                silent_s = time.monotonic() - self._last_progress
+                silent_s = self.clock() - self._last_progress
                 if silent_s > stall_s:
                     raise EngineDeadError(f"engine made no progress for {silent_s:.0f} s ({len(self._inflight)} reqs)")
             elif self.model.task == "generate":

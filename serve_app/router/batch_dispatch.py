@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
 from serve_app.config import ModelConfig
@@ -27,19 +27,26 @@ logger = logging.getLogger("serve_app.router")
 @dataclass
 class _Job:
     request: RelayRequest
+    submitted_at: float
     out: asyncio.Queue[list[Event] | None] = field(default_factory=asyncio.Queue)
-    submitted_at: float = field(default_factory=time.monotonic)
     dispatched: bool = False
     abandoned: bool = False  # its client went away
     ended: bool = False  # its ResponseEnd came (and is queued in ``out``)
 
 
 class BatchDispatcher:
-    def __init__(self, client: ReplicaClient, model: ModelConfig, metrics: ServeAppMetrics) -> None:
+    def __init__(
+        self,
+        client: ReplicaClient,
+        model: ModelConfig,
+        metrics: ServeAppMetrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.client = client
         self.metrics = metrics
         self.model_id = model.id
-        self._batcher: AsyncBatcher[_Job] = AsyncBatcher.from_config(self._dispatch, model.batching)
+        self.clock = clock  # monotonic seconds: batch deadlines and queue waits
+        self._batcher: AsyncBatcher[_Job] = AsyncBatcher.from_config(self._dispatch, model.batching, clock)
         self._cancels: set[asyncio.Task[None]] = set()
 
     @property
@@ -48,7 +55,7 @@ class BatchDispatcher:
 
     async def stream(self, request: RelayRequest) -> AsyncGenerator[list[Event], None]:
         """This request's events, ending with its own ``ResponseEnd``."""
-        job = _Job(request)
+        job = _Job(request, self.clock())
         await self._batcher.submit(job, cost=request.cost_hint)
         try:
             while (events := await job.out.get()) is not None:
@@ -102,7 +109,7 @@ class BatchDispatcher:
             job.out.put_nowait(own)
 
     def _record_dispatch(self, batch_size: int, submitted_at: list[float]) -> None:
-        now = time.monotonic()
+        now = self.clock()
         self.metrics.router_batch(self.model_id, batch_size)
         for at in submitted_at:
             self.metrics.queue_wait(self.model_id, max(0.0, now - at))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from starlette.responses import Response, StreamingResponse
@@ -55,16 +55,22 @@ def _ended_early(end: ResponseEnd) -> OpenAIError:
 
 class Relay:
     def __init__(
-        self, config: AppConfig, client: ReplicaClient, metrics: ServeAppMetrics, replica_name: str = "local"
+        self,
+        config: AppConfig,
+        client: ReplicaClient,
+        metrics: ServeAppMetrics,
+        replica_name: str = "local",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
+        self.clock = clock  # monotonic seconds: deadlines, queue waits, token timings
         self.client = client
         self.metrics = metrics
         self.replica_name = replica_name  # this router replica: the label of its admission gauges
         self.flow: FlowGate | None = None  # flow control (tenants, quotas, classes) when configured
         self.admission = AdmissionController.from_config(config.router)
         self._batchers = {
-            m.id: BatchDispatcher(client, m, metrics) for m in config.models if m.batching.max_batch_size > 1
+            m.id: BatchDispatcher(client, m, metrics, clock) for m in config.models if m.batching.max_batch_size > 1
         }
 
     def admit(self, cost: int) -> AdmissionTicket:
@@ -95,7 +101,7 @@ class Relay:
         if batcher:
             return batcher.stream(request)  # the dispatcher records batch size and queue wait at dispatch
         self.metrics.router_batch(model.id, 1)
-        self.metrics.queue_wait(model.id, time.monotonic() - admitted_at)
+        self.metrics.queue_wait(model.id, self.clock() - admitted_at)
         return self.client.stream(model.id, [request])
 
     async def forward(
@@ -103,7 +109,7 @@ class Relay:
     ) -> Response:
         """The response, once its first bytes are here (or it failed before them). With flow
         control and a ``caller``, the request first passes its quotas and admission queue."""
-        deadline = time.monotonic() + self.config.router.request_timeout_s
+        deadline = self.clock() + self.config.router.request_timeout_s
         flow_pass = None
         if self.flow is not None and caller is not None:
             flow_pass = await self.flow.enter(caller, request.cost_hint, self.config.router.request_timeout_s)
@@ -112,7 +118,7 @@ class Relay:
         except BaseException:
             self._leave(flow_pass, ResponseEnd(0))
             raise
-        admitted_at = time.monotonic()
+        admitted_at = self.clock()
         source = self._source(model, request, admitted_at)
         try:
             head = await self._head(source, deadline)
@@ -137,7 +143,7 @@ class Relay:
         head = _Head()
         while True:
             try:
-                events = await asyncio.wait_for(anext(source), timeout=max(0.0, deadline - time.monotonic()))
+                events = await asyncio.wait_for(anext(source), timeout=max(0.0, deadline - self.clock()))
             except TimeoutError:
                 raise OpenAIError(504, "the request timed out before the first byte", code="timeout") from None
             except StopAsyncIteration:
@@ -167,12 +173,12 @@ class Relay:
     ) -> AsyncIterator[bytes]:
         end = ResponseEnd(0, error="the client left before the end")
         streamed = sse_events(first := b"".join(head.bodies))
-        timer.on_tokens(streamed, time.monotonic())
+        timer.on_tokens(streamed, self.clock())
         try:
             yield first
             while True:
                 try:
-                    events = await asyncio.wait_for(anext(source), timeout=max(0.0, deadline - time.monotonic()))
+                    events = await asyncio.wait_for(anext(source), timeout=max(0.0, deadline - self.clock()))
                 except TimeoutError:
                     end = ResponseEnd(0, error="the request timed out", status=504)
                     break
@@ -182,7 +188,7 @@ class Relay:
                 data = b"".join(e.data for e in events if isinstance(e, ResponseBody))
                 if data:
                     streamed += sse_events(data)
-                    timer.on_tokens(streamed, time.monotonic())
+                    timer.on_tokens(streamed, self.clock())
                     yield data
                 ends = [e for e in events if isinstance(e, ResponseEnd)]
                 if ends:

@@ -31,10 +31,17 @@ RequestFinished = Callable[[str, str, int, float], None]
 
 
 class RequestIdentity:
-    def __init__(self, app: Any, on_finished: RequestFinished, log_prompts: bool) -> None:
+    def __init__(
+        self,
+        app: Any,
+        on_finished: RequestFinished,
+        log_prompts: bool,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.app = app
         self.on_finished = on_finished
         self.log_prompts = log_prompts
+        self.clock = clock  # monotonic seconds: the request's latency
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -48,7 +55,7 @@ class RequestIdentity:
         state = scope.setdefault("state", {})
         state["request_id"] = rid
         state["log"] = log = RequestLog(rid, scope.get("method", ""), include_text=self.log_prompts)
-        started = time.monotonic()
+        started = self.clock()
         status = 500
         done = False
 
@@ -60,7 +67,7 @@ class RequestIdentity:
             # At the last byte of the answer: for a stream, when it ends, not when its headers go.
             route = state.get("route") or getattr(scope.get("route"), "path", "unmatched")
             model = state.get("model", "none")
-            latency_s = time.monotonic() - started
+            latency_s = self.clock() - started
             self.on_finished(route, model, status, latency_s)
             log.model = None if model == "none" else model
             log.write(request_logger, route, status, latency_s, quiet=route in PROBE_ROUTES)

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,6 +21,7 @@ from serve_app.router.flow_gate import build_flow_gate
 from serve_app.router.ingress import build_fastapi
 from serve_app.router.readiness import Readiness
 from serve_app.router.relay import Relay
+from tests.unit.virtual_time import VirtualTimeLoop
 
 # The unit tier imports none of these (tests/unit/test_unit_tier.py checks every module's imports;
 # the fixture below catches one made inside a test). Tests that need them live in tests/integration.
@@ -34,19 +36,29 @@ def _imports_nothing_heavy() -> Iterator[None]:
     assert not loaded, f"this unit test imported {loaded}; tests that need them belong in tests/integration"
 
 
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    """Async unit tests run on the virtual-time loop (tests/unit/virtual_time.py): their timers fire
+    at once and in order. A test marked ``real_time`` runs on asyncio's own loop."""
+    if item.get_closest_marker("real_time") is not None:
+        return {"real_time": asyncio.new_event_loop}
+    return {"virtual_time": VirtualTimeLoop}
+
+
 # Replicas made by make_replica_async in a test's own event loop, for stop_replicas to shut down.
 _started: list[LLMReplica] = []
 
 
-async def _new_replica(model: ModelConfig, engine: FakeEngine) -> LLMReplica:
+async def _new_replica(
+    model: ModelConfig, engine: FakeEngine, clock: Callable[[], float] = time.monotonic
+) -> LLMReplica:
     replica = LLMReplica.__new__(LLMReplica)
-    await LLMReplica.__init__(replica, model, None, engine_factory=lambda _m, _p: engine)  # type: ignore[misc]
+    await LLMReplica.__init__(replica, model, None, engine_factory=lambda _m, _p: engine, clock=clock)  # type: ignore[misc]
     return replica
 
 
 async def make_replica_async(model: ModelConfig, engine: FakeEngine) -> LLMReplica:
-    """A replica in the running loop; the ``stop_replicas`` fixture shuts it down after the test."""
-    _started.append(replica := await _new_replica(model, engine))
+    """A replica in the running loop, on its clock; the ``stop_replicas`` fixture shuts it down after the test."""
+    _started.append(replica := await _new_replica(model, engine, asyncio.get_running_loop().time))
     return replica
 
 
@@ -81,11 +93,19 @@ def build_app(
     metrics: ServeAppMetrics | None = None,
     replica_name: str = "local",
 ) -> FastAPI:
-    """The router's HTTP app as its deployment builds it, over ``replica_client``."""
-    relay = Relay(config, replica_client, metrics or ServeAppMetrics.disabled(), replica_name)
+    """The router's HTTP app as its deployment builds it, over ``replica_client``; in a running
+    loop (an async test), on that loop's clock."""
+    relay = Relay(config, replica_client, metrics or ServeAppMetrics.disabled(), replica_name, _loop_clock())
     if config.flow_control is not None:  # the quota bank in this process instead of a Ray actor
         relay.flow = build_flow_gate(config, LocalBank(), relay.metrics, replica_name)
     return build_fastapi(config, relay, Readiness(config, replica_client))
+
+
+def _loop_clock() -> Callable[[], float]:
+    try:
+        return asyncio.get_running_loop().time
+    except RuntimeError:  # no loop yet: a TestClient's app, on its own (real-time) loop
+        return time.monotonic
 
 
 @contextmanager

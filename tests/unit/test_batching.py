@@ -7,6 +7,7 @@ import pytest
 
 from serve_app.config import BatchingConfig
 from serve_app.core.batching import AsyncBatcher, BatchQueue
+from tests.unit.virtual_time import advance, loop_clock
 
 
 class FakeClock:
@@ -145,7 +146,7 @@ class Recorder:
 
 async def test_async_zero_timeout_dispatches_each_request_at_once() -> None:
     sink = Recorder()
-    batcher: AsyncBatcher[str] = AsyncBatcher(sink, max_batch_size=8, batch_timeout_s=0.0)
+    batcher: AsyncBatcher[str] = AsyncBatcher(sink, max_batch_size=8, batch_timeout_s=0.0, clock=loop_clock())
     await batcher.submit("a", 1)
     await batcher.submit("b", 1)
     assert batcher.queued == 0
@@ -161,13 +162,15 @@ async def test_async_at_once_when_idle_sends_a_lone_request_now_and_batches_unde
         batches.append(batch)
         await release.wait()
 
-    batcher: AsyncBatcher[str] = AsyncBatcher(slow_sink, max_batch_size=8, batch_timeout_s=30.0, at_once_when_idle=True)
+    batcher: AsyncBatcher[str] = AsyncBatcher(
+        slow_sink, max_batch_size=8, batch_timeout_s=30.0, at_once_when_idle=True, clock=loop_clock()
+    )
     await batcher.submit("alone", 1)
     await asyncio.sleep(0)
     assert batches == [["alone"]], "nothing in flight: no waiting for the 30 s timeout"
     await batcher.submit("b", 1)
     await batcher.submit("c", 1)
-    await asyncio.sleep(0.01)
+    await advance(0.01)
     assert batches == [["alone"]] and batcher.queued == 2, "with a batch in flight, requests wait and batch"
     release.set()
     await batcher.close()
@@ -176,7 +179,7 @@ async def test_async_at_once_when_idle_sends_a_lone_request_now_and_batches_unde
 
 async def test_async_full_batch_does_not_wait_for_timeout() -> None:
     sink = Recorder()
-    batcher: AsyncBatcher[str] = AsyncBatcher(sink, max_batch_size=2, batch_timeout_s=30.0)
+    batcher: AsyncBatcher[str] = AsyncBatcher(sink, max_batch_size=2, batch_timeout_s=30.0, clock=loop_clock())
     await batcher.submit("a", 1)
     await batcher.submit("b", 1)
     await asyncio.wait_for(sink.wait_for(1), timeout=1.0)
@@ -186,7 +189,7 @@ async def test_async_full_batch_does_not_wait_for_timeout() -> None:
 
 async def test_async_timeout_closes_a_partial_batch() -> None:
     sink = Recorder()
-    batcher: AsyncBatcher[str] = AsyncBatcher(sink, max_batch_size=10, batch_timeout_s=0.02)
+    batcher: AsyncBatcher[str] = AsyncBatcher(sink, max_batch_size=10, batch_timeout_s=0.02, clock=loop_clock())
     await batcher.submit("a", 1)
     await batcher.submit("b", 1)
     assert sink.batches == [] and batcher.queued == 2
@@ -198,7 +201,7 @@ async def test_async_timeout_closes_a_partial_batch() -> None:
 
 async def test_async_failing_dispatch_does_not_affect_other_batches() -> None:
     sink = Recorder(fail_on="bad")
-    batcher: AsyncBatcher[str] = AsyncBatcher(sink, max_batch_size=1, batch_timeout_s=0.0)
+    batcher: AsyncBatcher[str] = AsyncBatcher(sink, max_batch_size=1, batch_timeout_s=0.0, clock=loop_clock())
     for item in ("a", "bad", "c"):
         await batcher.submit(item, 1)
     with pytest.raises(ValueError):
@@ -211,7 +214,9 @@ async def test_async_failing_dispatch_does_not_affect_other_batches() -> None:
 
 async def test_async_close_flushes_pending_and_refuses_more() -> None:
     sink = Recorder()
-    batcher: AsyncBatcher[str] = AsyncBatcher(sink, max_batch_size=10, batch_timeout_s=60.0, length_bins=[100])
+    batcher: AsyncBatcher[str] = AsyncBatcher(
+        sink, max_batch_size=10, batch_timeout_s=60.0, length_bins=[100], clock=loop_clock()
+    )
     await batcher.submit("s1", 10)
     await batcher.submit("l1", 500)
     await batcher.submit("s2", 10)
@@ -230,7 +235,7 @@ async def test_async_dispatch_runs_outside_every_submitters_context() -> None:
     async def dispatch(batch: list[str]) -> None:
         seen.append(request_id.get())
 
-    batcher: AsyncBatcher[str] = AsyncBatcher(dispatch, max_batch_size=2, batch_timeout_s=0.01)
+    batcher: AsyncBatcher[str] = AsyncBatcher(dispatch, max_batch_size=2, batch_timeout_s=0.01, clock=loop_clock())
 
     async def submit_as(item: str) -> None:
         request_id.set(item)
@@ -238,6 +243,6 @@ async def test_async_dispatch_runs_outside_every_submitters_context() -> None:
 
     for items in (["a", "b"], ["c"]):  # closes on size, then on the timer
         await asyncio.gather(*(submit_as(i) for i in items))
-    await asyncio.sleep(0.05)
+    await advance(0.05)
     await batcher.close()
     assert seen == [None, None]

@@ -1,13 +1,13 @@
 """ClusterQuota (serve_app.router.cluster_quota): the sync loop's staleness bound, Retry-After,
-and the fallback share when the bank is unreachable; the bank in process, real asyncio timing."""
+and the fallback share when the bank is unreachable; the bank in process, on the virtual-time loop."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 
 from serve_app.core.quota import Charge, QuotaBank, QuotaLedger, QuotaLimits
 from serve_app.router.cluster_quota import ClusterQuota, LocalBank, QuotaRefusal
+from tests.unit.virtual_time import advance
 
 SYNC_S = 0.02
 LIMITS = {"t": QuotaLimits(tokens_per_minute=1000)}
@@ -23,7 +23,7 @@ async def test_usage_reaches_the_bank_within_one_sync_interval() -> None:
     charge = await r1.admit("t", 300)
     assert isinstance(charge, Charge)
     r1.settle(charge, 120)
-    await asyncio.sleep(SYNC_S * 2.5)  # one interval, plus the loop's own scheduling
+    await advance(SYNC_S * 2.5)  # one interval, plus the loop's own scheduling
     assert bank.used(("t", "tokens", 0)) == 120
     assert (await r1.usage())["t"]["tokens"] == 120
 
@@ -34,7 +34,7 @@ async def test_an_idle_lease_returns_within_one_sync_interval() -> None:
     assert isinstance(await r1.admit("t", 100), Charge)  # r1 holds a lease beyond its 100
     refused = await r2.admit("t", 800)
     assert isinstance(refused, QuotaRefusal) and refused.retry_after_s == 1  # held elsewhere: soon
-    await asyncio.sleep(SYNC_S * 3.5)  # r1 used it in its first interval, left it idle in the next
+    await advance(SYNC_S * 3.5)  # r1 used it in its first interval, left it idle in the next
     assert isinstance(await r2.admit("t", 800), Charge)
     exhausted = await r2.admit("t", 200)
     assert isinstance(exhausted, QuotaRefusal) and exhausted.retry_after_s == 59  # to the window's end

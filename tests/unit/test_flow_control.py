@@ -8,16 +8,19 @@ import hashlib
 import time
 from typing import Any
 
+import httpx
 import pytest
 
 from serve_app.config import AppConfig, ModelConfig
 from serve_app.config_tenants import FlowControlConfig
 from serve_app.engine.fake import FakeEngine
 from serve_app.observability import InMemoryMetricsBackend, ServeAppMetrics
+from serve_app.router.client import LocalReplicaClient
 from serve_app.router.cluster_quota import LocalBank
 from serve_app.router.errors import OpenAIError
 from serve_app.router.flow_gate import FlowGate, build_flow_gate
-from tests.unit.conftest import app_client
+from tests.unit.conftest import app_client, build_app, make_replica_async
+from tests.unit.virtual_time import advance
 
 KEYS = {"a": "sk-tenant-a-0123456789abcdef", "b": "sk-tenant-b-0123456789abcdef", "ops": "sk-admin-0123456789abcdef"}
 CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 5}
@@ -65,16 +68,21 @@ def test_quota_429_fast_with_retry_after_and_other_tenant_unaffected() -> None:
     assert backend.counter("serve_app_tenant_tokens", tenant="b", kind="completion") > 0
 
 
-def test_usage_endpoint_is_admin_only_and_counts_actual_tokens() -> None:
-    with app_client(flow_config(), FakeEngine(max_model_len=64)) as client:
-        answer = client.post("/v1/chat/completions", json=CHAT, headers=bearer("b")).json()
-        time.sleep(0.1)  # a few sync intervals
-        assert client.get("/admin/usage", headers=bearer("b")).status_code == 403
-        usage = client.get("/admin/usage/b", headers=bearer("ops")).json()["tenants"]["b"]
+@pytest.mark.usefixtures("stop_replicas")
+async def test_usage_endpoint_is_admin_only_and_counts_actual_tokens() -> None:
+    config = flow_config()
+    replicas = {"fake": await make_replica_async(config.models[0], FakeEngine(max_model_len=64))}
+    app = build_app(config, LocalReplicaClient(replicas))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        answer = (await client.post("/v1/chat/completions", json=CHAT, headers=bearer("b"))).json()
+        await advance(0.1)  # a few sync intervals, on the loop's clock
+        assert (await client.get("/admin/usage", headers=bearer("b"))).status_code == 403
+        usage = (await client.get("/admin/usage/b", headers=bearer("ops"))).json()["tenants"]["b"]
         assert usage["tokens_per_minute"] == {"used": sum(answer["usage"].values()), "limit": 10_000}
         assert usage["requests_per_minute"]["used"] == 1 and usage["keys"] == ["key-" + digest(KEYS["b"])[:12]]
-        assert set(client.get("/admin/usage", headers=bearer("ops")).json()["tenants"]) == {"a", "b", "ops", "default"}
-        assert client.get("/admin/usage/nobody", headers=bearer("ops")).status_code == 404
+        tenants = (await client.get("/admin/usage", headers=bearer("ops"))).json()["tenants"]
+        assert set(tenants) == {"a", "b", "ops", "default"}
+        assert (await client.get("/admin/usage/nobody", headers=bearer("ops"))).status_code == 404
 
 
 def gate(**flow: Any) -> FlowGate:

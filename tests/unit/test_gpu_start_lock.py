@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import logging
-import time
 from pathlib import Path
 
 import pytest
@@ -35,27 +34,60 @@ def test_only_a_fraction_of_a_gpu_is_shared(
     assert shared_gpu_ids(num_gpus, gpus_per_replica, assigned) == expected
 
 
-async def _start(tmp_path: Path, gpus: list[str], hold_s: float, log: list[tuple[str, str, float]], name: str) -> None:
-    async with gpu_start_lock(gpus, owner=name, lock_dir=tmp_path):
-        log.append((name, "in", time.monotonic()))
-        await asyncio.sleep(hold_s)
-        log.append((name, "out", time.monotonic()))
+class FakeClock:
+    """Monotonic seconds that move only when the lock's poll "sleeps" (in its worker thread)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
 
 
+def _held_elsewhere(path: Path) -> bool:
+    """Whether another open file holds ``path``'s flock (a new open conflicts even in this process)."""
+    with path.open("ab") as probe:
+        try:
+            fcntl.flock(probe.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(probe.fileno(), fcntl.LOCK_UN)
+        return False
+
+
+async def _start(tmp_path: Path, log: list[tuple[str, str]], name: str) -> None:
+    async with gpu_start_lock(["0"], owner=name, lock_dir=tmp_path):
+        log.append((name, "in"))
+        assert _held_elsewhere(tmp_path / "gpu-0.lock")
+        # Real time, not a fake clock: the other starts poll an OS file lock from worker threads,
+        # and only a hold of a few poll intervals gives them the chance to barge in.
+        await asyncio.sleep(5 * lock_module.POLL_S)
+        log.append((name, "out"))
+
+
+@pytest.mark.real_time  # asyncio.to_thread: the virtual-time loop would not wait for the threads
 async def test_starts_on_one_gpu_do_not_overlap(tmp_path: Path) -> None:
-    log: list[tuple[str, str, float]] = []
-    await asyncio.gather(*(_start(tmp_path, ["0"], 0.1, log, f"engine-{i}") for i in range(3)))
-    events = [(name, what) for name, what, _ in sorted(log, key=lambda e: e[2])]
+    log: list[tuple[str, str]] = []
+    await asyncio.gather(*(_start(tmp_path, log, f"engine-{i}") for i in range(3)))
     # in/out pairs never interleave: each start runs alone
-    for i in range(0, len(events), 2):
-        assert events[i][1] == "in" and events[i + 1] == (events[i][0], "out")
+    assert len(log) == 6
+    for i in range(0, len(log), 2):
+        assert log[i][1] == "in" and log[i + 1] == (log[i][0], "out")
 
 
+@pytest.mark.real_time
 async def test_starts_on_different_gpus_overlap(tmp_path: Path) -> None:
-    log: list[tuple[str, str, float]] = []
-    started = time.monotonic()
-    await asyncio.gather(_start(tmp_path, ["0"], 0.2, log, "a"), _start(tmp_path, ["1"], 0.2, log, "b"))
-    assert time.monotonic() - started < 0.35  # run together, not 0.4 s one after the other
+    inside = {"a": asyncio.Event(), "b": asyncio.Event()}
+
+    async def start(gpu: str, me: str, other: str) -> None:
+        async with gpu_start_lock([gpu], owner=me, lock_dir=tmp_path):
+            inside[me].set()
+            await inside[other].wait()  # both inside at once: hangs (and times out) if they were serialised
+
+    await asyncio.wait_for(asyncio.gather(start("0", "a", "b"), start("1", "b", "a")), timeout=5)
 
 
 async def test_no_gpu_takes_no_lock(tmp_path: Path) -> None:
@@ -64,24 +96,32 @@ async def test_no_gpu_takes_no_lock(tmp_path: Path) -> None:
     assert not _files(tmp_path)
 
 
-async def test_a_failed_start_releases_the_lock(tmp_path: Path) -> None:
+@pytest.mark.real_time
+async def test_a_failed_start_releases_the_lock(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(RuntimeError):
         async with gpu_start_lock(["0"], owner="a", lock_dir=tmp_path):
             raise RuntimeError("engine core initialization failed")
-    started = time.monotonic()
-    async with gpu_start_lock(["0"], owner="b", lock_dir=tmp_path, timeout_s=5):
-        pass
-    assert time.monotonic() - started < 1
+    assert not _held_elsewhere(tmp_path / "gpu-0.lock")
+    clock = FakeClock()
+    with caplog.at_level(logging.INFO, logger="serve_app.engine"):
+        async with gpu_start_lock(["0"], owner="b", lock_dir=tmp_path, timeout_s=5, clock=clock, sleep=clock.sleep):
+            assert _held_elsewhere(tmp_path / "gpu-0.lock")
+    assert clock.now == 1_000.0 and "waiting for" not in caplog.text, "taken at once, without a poll"
 
 
+@pytest.mark.real_time
 async def test_a_hung_holder_does_not_block_forever(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "gpu-0.lock").touch()
+    clock = FakeClock()
     with (tmp_path / "gpu-0.lock").open("ab") as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)
         with caplog.at_level(logging.INFO, logger="serve_app.engine"):
-            async with gpu_start_lock(["0"], owner="late", lock_dir=tmp_path, timeout_s=0.1):
+            async with gpu_start_lock(
+                ["0"], owner="late", lock_dir=tmp_path, timeout_s=60, clock=clock, sleep=clock.sleep
+            ):
                 pass
     assert "waiting for" in caplog.text and "starting the engine anyway" in caplog.text
+    assert clock.now >= 1_060.0, "gave up at the timeout on its clock, after polling"
 
 
 async def test_a_lock_that_cannot_be_made_does_not_stop_the_start(

@@ -26,6 +26,11 @@ from serve_app.bench.settings import LoadPlan, Target
 from serve_app.bench.sse import SseParser
 from serve_app.bench.stats import summarize
 
+# Real time, not the virtual-time loop (tests/unit/virtual_time.py): the load generator is timed
+# over a real TCP connection, and a loop that moved its clock on while bytes were in flight would
+# time out or mis-time them. The fake server's delays below are therefore real sleeps, kept short.
+pytestmark = pytest.mark.real_time
+
 FIRST_TOKEN_S = 0.15
 GAP_S = 0.05
 TOKENS = 5

@@ -29,19 +29,36 @@ class _Flaky(BaseHTTPRequestHandler):
 def flaky_url() -> Iterator[str]:
     _Flaky.calls = 0
     server = HTTPServer(("127.0.0.1", 0), _Flaky)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # A short poll interval: shutdown() waits for serve_forever's next poll (0.5 s by default).
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}/ready"
     server.shutdown()
 
 
+class FakeClock:
+    """Monotonic seconds that move only when the poll loop "sleeps"."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def test_polls_until_200(flaky_url: str) -> None:
-    assert wait_until_ok(flaky_url, 5, period_s=0.01) >= 0
+    clock = FakeClock()
+    assert wait_until_ok(flaky_url, 5, period_s=1.0, clock=clock, sleep=clock.sleep) == 2.0  # two polls of 503
     assert _Flaky.calls == 3
 
 
 def test_times_out_naming_the_last_answer(flaky_url: str) -> None:
+    clock = FakeClock()
     with pytest.raises(TimeoutError, match="503: warming up"):
-        wait_until_ok(flaky_url, 0.005, period_s=0.01)
+        wait_until_ok(flaky_url, 1.5, period_s=1.0, clock=clock, sleep=clock.sleep)
+    assert _Flaky.calls == 2 and clock.now == 2.0, "gave up once the timeout had passed on its clock"
 
 
 class _ExitedProcess:

@@ -14,8 +14,9 @@ from serve_app.engine.fake import FakeEngine
 from serve_app.engine.types import EngineDeadError
 from serve_app.replica.contract import Event, RelayRequest, ResponseBody, ResponseEnd
 from tests.unit.conftest import make_replica_async
+from tests.unit.virtual_time import advance
 
-STALL_S = 0.1  # every sleep below is a small multiple of it
+STALL_S = 0.1  # every advance() below is a small multiple of it (loop time: no real wait)
 
 
 pytestmark = pytest.mark.usefixtures("stop_replicas")
@@ -58,9 +59,9 @@ async def test_requests_in_flight_without_progress_fail_the_check_and_are_failed
     engine = FakeEngine(token_delay_s=10)
     replica = await make_replica_async(model(), engine)
     answer = asyncio.create_task(events_of(replica.stream([request()])))
-    await asyncio.sleep(0.01)
+    await advance(0.01)
     await replica.check_health()  # in flight, but not yet silent for the stall timeout
-    await asyncio.sleep(2 * STALL_S)
+    await advance(2 * STALL_S)
     with pytest.raises(EngineDeadError, match="no progress"):
         await replica.check_health()
     events = await asyncio.wait_for(answer, timeout=1.0)  # what waits on a hung engine ends, not hangs
@@ -101,7 +102,7 @@ async def test_a_replica_whose_engine_failed_stops_without_draining() -> None:
     replica = await make_replica_async(model(), FakeEngine(token_delay_s=10))
     replica.drain_timeout_s = 30.0
     pending = asyncio.create_task(events_of(replica.stream([request(stream=False)])))
-    await asyncio.sleep(2 * STALL_S)
+    await advance(2 * STALL_S)
     with pytest.raises(EngineDeadError):
         await replica.check_health()
     await asyncio.wait_for(replica.__del__(), timeout=1.0)  # not the 30 s drain: nothing will finish
@@ -113,9 +114,9 @@ async def test_shutdown_lets_requests_in_flight_finish_and_refuses_new_ones() ->
     replica = await make_replica_async(model(), engine)
     replica.drain_timeout_s = 1.0
     running = asyncio.create_task(events_of(replica.stream([request()])))
-    await asyncio.sleep(0.01)
+    await advance(0.01)
     drained = asyncio.create_task(replica.__del__())
-    await asyncio.sleep(0.01)
+    await advance(0.01)
     refused = end_of(await events_of(replica.stream([request(rid="late")])))
     assert (refused.status, refused.error) == (503, "replica is shutting down")
     assert engine.started, "the engine stops only once the request in flight is done"
@@ -131,7 +132,7 @@ async def test_the_drain_is_bounded() -> None:
     replica.drain_timeout_s = 0.05
     stream = replica.stream([request()])
     pending = asyncio.create_task(anext(stream))
-    await asyncio.sleep(0.01)
+    await advance(0.01)
     await asyncio.wait_for(replica.__del__(), timeout=1.0)
     assert not engine.started
     pending.cancel()

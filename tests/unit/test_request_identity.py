@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 import pytest
 
 from serve_app.router.request_identity import RequestIdentity
+from tests.unit.virtual_time import advance, loop_clock
 
 
 class StreamingApp:
@@ -25,7 +24,7 @@ class StreamingApp:
             raise RuntimeError("boom")
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
         for i in range(self.parts):
-            await asyncio.sleep(self.delay_s)
+            await advance(self.delay_s)  # the loop's clock moves on; no real wait
             await send({"type": "http.response.body", "body": b"x", "more_body": i < self.parts - 1})
 
 
@@ -40,8 +39,9 @@ async def _run(app: StreamingApp, scope: dict[str, Any]) -> tuple[list, list]:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    middleware = RequestIdentity(app, on_finished=lambda *a: finished.append((*a, time.monotonic())), log_prompts=False)
-    started = time.monotonic()
+    clock = loop_clock()
+    middleware = RequestIdentity(app, lambda *a: finished.append((*a, clock())), log_prompts=False, clock=clock)
+    started = clock()
     try:
         await middleware(scope, None, send)
     finally:
@@ -55,7 +55,7 @@ async def test_a_stream_is_counted_once_at_its_last_byte_and_gets_an_id() -> Non
     assert len(finished) == 1
     route, model, status, latency_s, at = finished[0]
     assert (route, model, status) == ("unmatched", "m", 200)
-    assert latency_s >= 0.06 and at >= 0.06, "timed to the end of the stream, not its headers"
+    assert latency_s == pytest.approx(0.06) and at == pytest.approx(0.06), "timed to the stream's end, not its headers"
     rid = app.seen_state["request_id"]
     assert len(rid) == 32 and app.seen_state["log"].request_id == rid
     assert (b"x-request-id", rid.encode()) in sent[0]["headers"]

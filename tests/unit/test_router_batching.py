@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,6 +21,7 @@ from serve_app.replica.contract import Event, RelayRequest, ResponseBody, Respon
 from serve_app.router.batch_dispatch import BatchDispatcher
 from serve_app.router.client import LocalReplicaClient, lost
 from tests.unit.conftest import build_app, engine_for, make_replica_async
+from tests.unit.virtual_time import advance, loop_clock
 
 pytestmark = pytest.mark.usefixtures("stop_replicas")
 
@@ -165,7 +165,7 @@ async def test_no_first_byte_before_the_deadline_is_504_and_frees_everything(bat
         for body in (completion("slow"), completion("slow", stream=True)):
             resp = await asyncio.wait_for(http.post("/v1/completions", json=body), timeout=2)
             assert resp.status_code == 504 and resp.json()["error"]["code"] == "timeout"
-    await asyncio.sleep(0.01)
+    await advance(0.01)
     assert not engine.running and len(engine.aborted) == 2, "the replica's requests are aborted"
     assert store.gauge("serve_app_router_queue_depth", replica="router-1") == 0
 
@@ -178,7 +178,7 @@ async def test_a_stream_past_its_deadline_ends_with_an_error_event() -> None:
     events = [line[6:] for line in resp.text.splitlines() if line.startswith("data: ")]
     assert resp.status_code == 200 and 1 <= len(events) - 2 < 30
     assert json.loads(events[-2])["error"]["message"] == "the request timed out" and events[-1] == "[DONE]"
-    await asyncio.sleep(0.01)
+    await advance(0.01)
     assert not engine.running
 
 
@@ -234,9 +234,10 @@ def _end(events: list[Event]) -> ResponseEnd:
 
 
 async def _timed(stream: AsyncIterator[list[Event]]) -> tuple[list[Event], float]:
-    started = time.monotonic()
+    clock = loop_clock()
+    started = clock()
     events = await _collect(stream)
-    return events, time.monotonic() - started
+    return events, clock() - started
 
 
 async def test_a_short_request_ends_with_its_own_answer_while_a_long_one_in_its_batch_runs_on() -> None:
@@ -251,7 +252,7 @@ async def test_a_short_request_ends_with_its_own_answer_while_a_long_one_in_its_
     assert not long_task.done() and len(engine.running) == 1, "the long request runs on"
     long_task.cancel()
     await asyncio.gather(long_task, return_exceptions=True)
-    await asyncio.sleep(0.01)
+    await advance(0.01)
     assert not engine.running and len(engine.aborted) == 1
     await dispatcher.close()
 
@@ -262,7 +263,7 @@ async def test_a_client_leaving_a_running_batch_cancels_only_its_own_request() -
     leaver = dispatcher.stream(_request("leave", 20, stream=True))
     await anext(leaver)
     await leaver.aclose()  # the client goes away after its first token
-    await asyncio.sleep(0.05)
+    await advance(0.05)
     assert (len(engine.running), len(engine.aborted)) == (2, 1), "only the leaver's engine request is aborted"
     answers = await asyncio.gather(*stayers)
     await dispatcher.close()
@@ -276,7 +277,7 @@ async def test_a_client_leaving_a_running_batch_cancels_only_its_own_request() -
 async def test_a_client_leaving_while_queued_is_never_dispatched() -> None:
     engine, client, dispatcher = await _dispatcher(0.001, max_batch_size=4)
     waiting = asyncio.create_task(anext(dispatcher.stream(_request("leave", 3))))
-    await asyncio.sleep(0.01)  # queued: the batch closes after 50 ms
+    await advance(0.01)  # queued: the batch closes after 50 ms
     waiting.cancel()
     await asyncio.gather(waiting, return_exceptions=True)
     events = await _collect(dispatcher.stream(_request("stay", 3)))
@@ -294,7 +295,7 @@ async def test_admission_queue_gauges_follow_admission_and_release() -> None:
         while not request.done():
             depths.append(store.gauge("serve_app_router_queue_depth", replica="router-1"))
             tokens.append(store.gauge("serve_app_router_queued_tokens", replica="router-1"))
-            await asyncio.sleep(0.01)
+            await advance(0.01)
         assert request.result().status_code == 200
     assert 1 in depths, "the gauge must show the request while it is admitted"
     assert max(t or 0 for t in tokens) >= 8  # the estimate: prompt tokens + max_tokens
@@ -371,7 +372,7 @@ class IdKeyedAssignmentClient(CountingClient):
             await asyncio.Event().wait()
         self.pending.add(call_id)
         try:
-            await asyncio.sleep(0.02)  # assignment and the call take a while: batches overlap
+            await advance(0.02)  # assignment and the call take a while: batches overlap
         finally:
             self.pending.discard(call_id)
         async for events in super().stream(model, requests):
@@ -391,7 +392,7 @@ async def test_batched_calls_under_load_do_not_carry_any_requests_context() -> N
         return resp.status_code
 
     async def client_loop(first: int, count: int, start_after_s: float) -> list[int]:
-        await asyncio.sleep(start_after_s)  # staggered clients: batches close on the timer and overlap
+        await advance(start_after_s)  # staggered clients: batches close on the timer and overlap
         return [await embed_as(i) for i in range(first, first + count)]
 
     async with http:

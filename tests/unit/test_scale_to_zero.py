@@ -16,6 +16,7 @@ from serve_app.engine.fake import FakeEngine
 from serve_app.observability import InMemoryMetricsBackend, ServeAppMetrics
 from serve_app.router.client import LocalReplicaClient
 from tests.unit.conftest import build_app, engine_for, make_replica_async
+from tests.unit.virtual_time import advance
 
 pytestmark = pytest.mark.usefixtures("stop_replicas")
 
@@ -63,7 +64,7 @@ async def test_a_request_is_held_until_the_first_replica_starts() -> None:
     http, client, store = await make_app()
     async with http:
         request = asyncio.create_task(http.post("/v1/completions", json=completion()))
-        await asyncio.sleep(0.1)
+        await advance(0.1)
         assert not request.done(), "the request must wait for a replica, not fail"
         assert store.gauge("serve_app_router_queue_depth", replica="router-1") == 1  # held under admission
         client.started.set()
@@ -84,7 +85,7 @@ async def test_holding_is_bounded_by_admission() -> None:
     http, client, _ = await make_app(router=RouterConfig(max_queued_requests=2, retry_after_s=7))
     async with http:
         held = [asyncio.create_task(http.post("/v1/completions", json=completion())) for _ in range(2)]
-        await asyncio.sleep(0.1)
+        await advance(0.1)
         overflow = await http.post("/v1/completions", json=completion())
         client.started.set()
         answers = await asyncio.wait_for(asyncio.gather(*held), timeout=5)
