@@ -33,6 +33,7 @@ def flaky_url() -> Iterator[str]:
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}/ready"
     server.shutdown()
+    server.server_close()  # its listening socket (left open, it is a ResourceWarning: an error here)
 
 
 class FakeClock:

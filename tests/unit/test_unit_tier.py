@@ -1,13 +1,17 @@
 """The unit tier is a unit tier: importing every module of it imports neither Ray, torch nor vLLM
-(checked in a fresh interpreter, so that nothing this process already loaded hides an import)."""
+(checked in a fresh interpreter, so that nothing this process already loaded hides an import),
+and a warning fails the test that raised it (tests/unit/conftest.py)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
-from tests.unit.conftest import HEAVY_MODULES
+import pytest
+
+from tests.unit.conftest import HEAVY_MODULES, WARNINGS_ALLOWED, unit_warning_filters
 
 UNIT_DIR = Path(__file__).resolve().parent
 REPO = UNIT_DIR.parents[1]
@@ -20,6 +24,24 @@ def test_importing_every_unit_test_module_imports_nothing_heavy() -> None:
         f"for name in {modules!r}: importlib.import_module(name)\n"
         f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    # A warning at import time is an error too (the marks below cover only what runs in a test).
+    filters = [arg for entry in unit_warning_filters() for arg in ("-W", entry)]
+    done = subprocess.run([sys.executable, *filters, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]", "move tests that need these to tests/integration"
+
+
+def test_a_warning_in_a_unit_test_is_an_error(request: pytest.FixtureRequest) -> None:
+    marks = [m.args for m in request.node.iter_markers("filterwarnings")]
+    assert marks and marks[0][0] == "error", marks
+    with pytest.raises(DeprecationWarning, match="a third-party deprecation"):
+        warnings.warn_explicit("a third-party deprecation", DeprecationWarning, "somelib.py", 1, module="somelib")
+    with pytest.raises(ResourceWarning):
+        warnings.warn("an unclosed socket", ResourceWarning, stacklevel=1)
+
+
+def test_each_allowed_warning_is_named_and_justified() -> None:
+    for entry, why in WARNINGS_ALLOWED:
+        action, message, category, module = (entry.split(":") + [""] * 4)[:4]
+        assert action == "ignore" and message and category and module, f"name message, class and module: {entry}"
+        assert len(why.split()) >= 3, f"say why {entry} cannot be fixed"
