@@ -42,3 +42,11 @@ async def test_io_that_is_ready_is_read_before_a_pending_timeout_expires() -> No
         writer.close()
         await writer.wait_closed()
         theirs.close()
+
+
+async def test_a_timeout_waits_in_real_time_for_work_in_a_thread() -> None:
+    clock, real_started = loop_clock(), time.monotonic()
+    started = clock()
+    done = await asyncio.wait_for(asyncio.to_thread(time.sleep, 0.05), timeout=1.0)
+    assert done is None and time.monotonic() - real_started >= 0.05
+    assert clock() - started < 1.0, "the timeout did not expire while the thread ran"
