@@ -197,11 +197,17 @@ def _quota_error(refusal: QuotaRefusal) -> OpenAIError:
     return OpenAIError(429, message, code="quota_exceeded", headers={"Retry-After": str(refusal.retry_after_s)})
 
 
-def build_flow_gate(config: AppConfig, bank: Bank, metrics: ServeAppMetrics, replica_name: str) -> FlowGate:
+def build_flow_gate(
+    config: AppConfig,
+    bank: Bank,
+    metrics: ServeAppMetrics,
+    replica_name: str,
+    clock: Callable[[], float] = time.monotonic,
+) -> FlowGate:
     flow = config.flow_control
     assert flow is not None
     tenants = TenantDirectory(flow)
     ledger = QuotaLedger(quota_limits(tenants.limits), flow.minute_s, flow.day_s)
     routers = config.router.num_replicas
     quota = ClusterQuota(ledger, bank, replica_name, flow.sync_interval_s, routers)
-    return FlowGate(flow, quota, metrics, replica_name, routers)
+    return FlowGate(flow, quota, metrics, replica_name, routers, clock)

@@ -118,13 +118,16 @@ def build_app(
 ) -> FastAPI:
     """The router's HTTP app as its deployment builds it, over ``replica_client``; in a running
     loop (an async test), on that loop's clock."""
-    relay = Relay(config, replica_client, metrics or ServeAppMetrics.disabled(), replica_name, _loop_clock())
+    relay = Relay(
+        config, replica_client, metrics or ServeAppMetrics.disabled(), replica_name, loop_clock_or_monotonic()
+    )
     if config.flow_control is not None:  # the quota bank in this process instead of a Ray actor
-        relay.flow = build_flow_gate(config, LocalBank(), relay.metrics, replica_name)
+        relay.flow = build_flow_gate(config, LocalBank(), relay.metrics, replica_name, relay.clock)
     return build_fastapi(config, relay, Readiness(config, replica_client))
 
 
-def _loop_clock() -> Callable[[], float]:
+def loop_clock_or_monotonic() -> Callable[[], float]:
+    """The running loop's clock (an async test's virtual time), else time.monotonic."""
     try:
         return asyncio.get_running_loop().time
     except RuntimeError:  # no loop yet: a TestClient's app, on its own (real-time) loop

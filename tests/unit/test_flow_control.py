@@ -19,7 +19,7 @@ from serve_app.router.client import LocalReplicaClient
 from serve_app.router.cluster_quota import LocalBank
 from serve_app.router.errors import OpenAIError
 from serve_app.router.flow_gate import FlowGate, build_flow_gate
-from tests.unit.conftest import app_client, build_app, make_replica_async
+from tests.unit.conftest import app_client, build_app, loop_clock_or_monotonic, make_replica_async
 from tests.unit.virtual_time import advance
 
 KEYS = {"a": "sk-tenant-a-0123456789abcdef", "b": "sk-tenant-b-0123456789abcdef", "ops": "sk-admin-0123456789abcdef"}
@@ -86,7 +86,9 @@ async def test_usage_endpoint_is_admin_only_and_counts_actual_tokens() -> None:
 
 
 def gate(**flow: Any) -> FlowGate:
-    return build_flow_gate(flow_config(**flow), LocalBank(), ServeAppMetrics(InMemoryMetricsBackend()), "r1")
+    """A flow gate; in an async test, on its (virtual-time) loop's clock."""
+    metrics = ServeAppMetrics(InMemoryMetricsBackend())
+    return build_flow_gate(flow_config(**flow), LocalBank(), metrics, "r1", loop_clock_or_monotonic())
 
 
 async def test_interactive_goes_first_and_batch_is_shed_when_full() -> None:
@@ -110,10 +112,11 @@ async def test_a_waiter_past_its_deadline_never_starts() -> None:
     flow = gate(max_in_flight=1, max_waiting=4, interactive={"max_wait_s": 0.05})
     caller = flow.tenants.caller(None, None)
     running = await flow.enter(caller, 5, 10)
-    started = time.perf_counter()
+    started = flow.clock()
     with pytest.raises(OpenAIError) as late:
         await flow.enter(caller, 5, 10)
-    assert late.value.status == 503 and late.value.code == "deadline" and time.perf_counter() - started < 0.5
+    assert late.value.status == 503 and late.value.code == "deadline"
+    assert flow.clock() - started == pytest.approx(0.05), "refused at its class's max_wait_s, on the loop's clock"
     flow.leave(running, 1, 1)
     assert flow.queue.in_flight == 0 and flow.queue.waiting == 0
 
