@@ -1,16 +1,17 @@
 """Overload ladder on CPU: the stack with flow control against plain vLLM at the same offered loads.
 
-    python -m benchmarks.overload_ladder --step-s 15 --capacity 4.5 \
-        --out benchmarks/results/flow-control/overload-ladder.json
+    python -m benchmarks.overload_ladder --step-s 15 --max-in-flight 16 \
+        --out benchmarks/results/flow-control/overload-ladder-engine-capacity.json
 
-Capacity C is ``--capacity`` or else measured on the stack first (completed requests per second
-of a closed loop at ``max_in_flight`` concurrency; on a shared machine one stall can spoil it).
-Then each server gets open-loop arrivals (evenly spaced) at 0.5, 1, 2, 3 and 5 x C for
-``--step-s`` seconds each: the stack (one router, one vLLM replica; flow control with
-``max_in_flight`` 4, ``max_waiting`` 4, a queue deadline of the SLO) and plain vLLM's own OpenAI
-server (same engine settings), which queues everything. Per load: goodput (answers within the SLO
-per second), the rejected count (429/503) and the rejection latency, timeouts (no answer within
-the client's timeout) and lost requests (neither an answer nor a refusal nor a timeout).
+Capacity C is ``--capacity``, or else measured on plain vLLM first (``--capacity-on plain``, the
+default) or on the stack: completed requests per second of a closed loop at ``--max-in-flight``
+concurrency (on a shared machine one stall can spoil it). Then each server gets open-loop arrivals
+(evenly spaced) at 0.5, 1, 2, 3 and 5 x C for ``--step-s`` seconds each: plain vLLM's own OpenAI
+server (same engine settings), which queues everything, and the stack (one router, one vLLM
+replica; flow control with ``--max-in-flight``, ``--max-waiting``, a queue deadline of the SLO).
+Per load: goodput (answers within the SLO per second), the rejected count (429/503) and the
+rejection latency, timeouts (no answer within the client's timeout) and lost requests (neither an
+answer nor a refusal nor a timeout).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import os
 import socket
 import subprocess
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,6 @@ BODY = {"model": MODEL_ID, "prompt": "Write a short story about a lighthouse kee
 MULTIPLES = (0.5, 1.0, 2.0, 3.0, 5.0)
 SLO_S = 4.0  # end-to-end latency of a good answer
 CLIENT_TIMEOUT_S = 30.0
-MAX_IN_FLIGHT = 4
 
 
 def free_port() -> int:
@@ -43,11 +44,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def stack_config() -> dict[str, Any]:
+def stack_config(max_in_flight: int, max_waiting: int) -> dict[str, Any]:
     model = {"id": MODEL_ID, "source": f"embedded:{MODEL_ID}", "dtype": "float32", "enforce_eager": True}
     model |= {"max_model_len": 2048, "readiness_expect": "Paris"}
     model["ray_actor_options"] = {"num_cpus": 1, "env_vars": VLLM_ENV}
-    flow = {"max_in_flight": MAX_IN_FLIGHT, "max_waiting": 4, "interactive": {"max_wait_s": SLO_S}}
+    flow = {"max_in_flight": max_in_flight, "max_waiting": max_waiting, "interactive": {"max_wait_s": SLO_S}}
     return {"models": [model], "flow_control": flow}
 
 
@@ -93,7 +94,7 @@ def summarize(records: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     return out
 
 
-async def capacity(url: str, seconds: float) -> float:
+async def capacity(url: str, seconds: float, concurrency: int) -> float:
     done = 0
     stop_at = time.monotonic() + seconds
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
@@ -104,7 +105,7 @@ async def capacity(url: str, seconds: float) -> float:
                 done += (await one(client))["status"] == 200
 
         started = time.monotonic()
-        await asyncio.gather(*(worker() for _ in range(MAX_IN_FLIGHT)))
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
         return done / (time.monotonic() - started)
 
 
@@ -116,7 +117,17 @@ def ladder(url: str, rate: float, step_s: float) -> dict[str, Any]:
     return out
 
 
-def run_stack(step_s: float, given_capacity: float | None) -> tuple[float, dict[str, Any]]:
+@dataclass(frozen=True)
+class Settings:
+    step_s: float
+    max_in_flight: int
+    max_waiting: int
+    capacity: float | None  # requests/s called 1x; None: measured
+    capacity_on: str  # "plain" or "stack": where it is measured
+
+
+def run_stack(settings: Settings) -> tuple[float | None, dict[str, Any]]:
+    """The stack's ladder at ``settings.capacity`` (measured here first when it is None)."""
     import ray
     from ray import serve
 
@@ -128,26 +139,29 @@ def run_stack(step_s: float, given_capacity: float | None) -> tuple[float, dict[
     ray.init(address="local", num_cpus=8, include_dashboard=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(load_config(stack_config())), name="serve-app", route_prefix="/", blocking=False)
+        config = load_config(stack_config(settings.max_in_flight, settings.max_waiting))
+        serve.run(build_app(config), name="serve-app", route_prefix="/", blocking=False)
         url = f"http://127.0.0.1:{port}"
         wait_until_ok(f"{url}/ready", 600, period_s=2, request_timeout_s=60)
-        asyncio.run(capacity(url, 5))  # warm-up
-        rate = given_capacity or asyncio.run(capacity(url, step_s))
-        return rate, ladder(url, rate, step_s)
+        asyncio.run(capacity(url, 5, settings.max_in_flight))  # warm-up
+        rate = settings.capacity or asyncio.run(capacity(url, settings.step_s, settings.max_in_flight))
+        return rate, ladder(url, rate, settings.step_s)
     finally:
         serve.shutdown()
         ray.shutdown()
 
 
-def run_vllm(rate: float, step_s: float) -> dict[str, Any]:
+def run_vllm(settings: Settings) -> tuple[float | None, dict[str, Any]]:
+    """Plain vLLM's ladder at ``settings.capacity`` (measured here first when it is None)."""
     port = free_port()
     env = os.environ | VLLM_ENV
     proc = subprocess.Popen(plain_vllm_command(fp32_model(), port), env=env, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(proc, f"{url}/v1/models", 600)
-        asyncio.run(capacity(url, 5))  # warm-up
-        return ladder(url, rate, step_s)
+        asyncio.run(capacity(url, 5, settings.max_in_flight))  # warm-up
+        rate = settings.capacity or asyncio.run(capacity(url, settings.step_s, settings.max_in_flight))
+        return rate, ladder(url, rate, settings.step_s)
     finally:
         stop(proc)
 
@@ -156,13 +170,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--step-s", type=float, default=15.0)
     parser.add_argument("--capacity", type=float, default=None, help="requests/s to call 1x (default: measure it)")
+    parser.add_argument("--capacity-on", choices=["plain", "stack"], default="plain")
+    parser.add_argument("--max-in-flight", type=int, default=16, help="the stack's flow_control.max_in_flight")
+    parser.add_argument("--max-waiting", type=int, default=None, help="flow_control.max_waiting (default: the cap)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/flow-control/overload-ladder.json"))
     args = parser.parse_args()
-    rate, stack = run_stack(args.step_s, args.capacity)
-    results = {"capacity_requests_per_s": rate, "stack": stack, "plain_vllm": run_vllm(rate, args.step_s)}
+    cap = args.max_in_flight
+    settings = Settings(args.step_s, cap, args.max_waiting or cap, args.capacity, args.capacity_on)
+    first, second = (run_vllm, run_stack) if settings.capacity_on == "plain" else (run_stack, run_vllm)
+    rate, first_ladder = first(settings)
+    _, second_ladder = second(replace(settings, capacity=rate))
+    ladders = {first.__name__: first_ladder, second.__name__: second_ladder}
+    results: dict[str, Any] = {"capacity_requests_per_s": rate}
+    results |= {"stack": ladders["run_stack"], "plain_vllm": ladders["run_vllm"]}
     results["settings"] = {"step_s": args.step_s, "slo_s": SLO_S, "client_timeout_s": CLIENT_TIMEOUT_S}
-    results["settings"]["capacity_given"] = args.capacity is not None
-    results["settings"] |= {"body": BODY, "stack_config": stack_config()}
+    results["settings"] |= {"capacity_given": args.capacity is not None, "capacity_on": settings.capacity_on}
+    results["settings"] |= {"body": BODY, "stack_config": stack_config(cap, settings.max_waiting)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps({k: v for k, v in results.items() if k != "settings"}, indent=2))

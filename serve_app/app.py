@@ -89,7 +89,7 @@ def replica_options(
         "name": replica_deployment_name(model),
         "ray_actor_options": ray_actor_options,
         "max_ongoing_requests": model.max_ongoing_requests,
-        "health_check_period_s": 10,
+        "health_check_period_s": model.health_check_period_s,
         "health_check_timeout_s": 30,
         "graceful_shutdown_wait_loop_s": 2,
         "graceful_shutdown_timeout_s": 120,

@@ -179,6 +179,9 @@ class ModelConfig(StrictModel):
     # one token in this time (idle), fails Serve's health check and is replaced: a hung engine
     # (a step that never returns) does not fail vLLM's own check, which only sees a dead one.
     engine_stall_timeout_s: float = Field(60.0, gt=0)
+    # How often Serve runs that health check; a replica is replaced after 3 failures in a row, so a
+    # hung engine is found within about engine_stall_timeout_s + 3 periods.
+    health_check_period_s: float = Field(10.0, gt=0)
     # Serve a quantized checkpoint even without a passing evaluation report (see serve_app.quantize.gate).
     allow_ungated: bool = False
 

