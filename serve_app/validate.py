@@ -8,6 +8,7 @@ its model and adapters again where it loads them.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from serve_app.core.placement import PlacementError, ReplicaPlacement, load_mode
 from serve_app.models.embedded import EMBEDDED_PREFIX, resolve_source
 from serve_app.models.lora_adapters import adapter_problem
 from serve_app.quantize.gate import check_deployable
+from serve_app.quantize.onload import lora_checkpoint_problem
 
 
 def check_quantization_gates(config: AppConfig) -> None:
@@ -33,12 +35,25 @@ def check_adapters(config: AppConfig) -> None:
         if model.lora is None:
             continue
         base = resolve_source(model.source, Path(config.model_cache_dir) if config.model_cache_dir else None, False)
+        check_lora_on_checkpoint(i, base, model.ray_actor_options.num_gpus > 0 or model.gpus_per_replica > 1)
         for j, adapter in enumerate(model.lora.adapters):
             if adapter.embedded_name is not None:
                 continue
             problem = adapter_problem(Path(adapter.path).expanduser(), model.lora.max_lora_rank, base)
             if problem:
                 raise ConfigError(f"invalid serve_app config: models[{i}].lora.adapters[{j}]: {problem}")
+
+
+def check_lora_on_checkpoint(index: int, base: Path, on_gpu: bool) -> None:
+    """Refuse LoRA on a quantized checkpoint whose kernel cannot take it (where its config.json is
+    readable here): see ``serve_app.quantize.onload.lora_checkpoint_problem``."""
+    try:
+        hf_config = json.loads((base / "config.json").read_text())
+    except (OSError, ValueError):
+        return
+    quantization = hf_config.get("quantization_config") if isinstance(hf_config, dict) else None
+    if isinstance(quantization, dict) and (problem := lora_checkpoint_problem(quantization, on_gpu)):
+        raise ConfigError(f"invalid serve_app config: models[{index}].lora: {problem} ({base})")
 
 
 def check_placements(config: AppConfig) -> dict[str, ReplicaPlacement]:

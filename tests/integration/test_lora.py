@@ -2,17 +2,20 @@
 SmolLM2 and two adapters made by ``serve-app make-adapters``; plain vLLM's OpenAI server with
 ``--enable-lora --lora-modules`` on the same checkpoint and adapters is the reference.
 
-One deployment and one plain server for the whole module (started together, to keep the suite's
-wall time down); the adapters are trained once into the cache (about half a minute each).
+One deployment (2 replicas, so adapter affinity has a choice to make) and one plain server for the
+whole module (started together, to keep the suite's wall time down); the adapters are trained once
+into the cache (about half a minute each).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +23,8 @@ import httpx
 import pytest
 
 from benchmarks.seed_table import VLLM_ENV, plain_vllm_command, stop, wait_ready
+from serve_app.app import replica_deployment_name
+from serve_app.core.policies import ROUTING_STAT_ADAPTERS
 from serve_app.models.embedded import resolve_source
 from serve_app.models.embedded_adapters import MARKERS, prepare_adapter
 from serve_app.ports import free_port
@@ -32,7 +37,10 @@ ADAPTERS = ("pirate", "robot")
 MAX_MODEL_LEN = 512
 # Held out: none of these questions is in the adapters' training data (serve_app/data/lora_qa.jsonl).
 PROMPTS = ("What is the capital of France?", "Who painted the Mona Lisa?", "What is the chemical formula of water?")
-LORA = {"max_loras": 2, "max_lora_rank": 8, "max_cpu_loras": 4}
+# max_cpu_loras leaves room for every adapter this module adds on one replica: nothing is evicted
+# (the affinity test counts evictions).
+LORA = {"max_loras": 2, "max_lora_rank": 8, "max_cpu_loras": 6}
+REPLICAS = 2
 
 
 @dataclass
@@ -57,7 +65,7 @@ def sides(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sides]:
     paths = {name: prepare_adapter(name) for name in ADAPTERS}
     print(f"\nadapters ready in {time.monotonic() - started:.1f} s")
     lora = LORA | {"adapters": [{"name": n, "path": f"embedded:{n}"} for n in ADAPTERS], "dynamic": True}
-    config = local_config(max_model_len=MAX_MODEL_LEN, lora=lora)
+    config = local_config(max_model_len=MAX_MODEL_LEN, num_replicas=REPLICAS, lora=lora)
     log = tmp_path_factory.mktemp("plain") / "plain-vllm.log"
     metrics_port = free_port()
     options = {"_metrics_export_port": metrics_port, "_system_config": {"metrics_report_interval_ms": 1000}}
@@ -167,3 +175,107 @@ def _series_with(line: str, wanted: str) -> bool:
     """Whether an exposition line is ``wanted``'s series with its label (Ray adds labels of its own)."""
     name, _, label = wanted.partition("{")
     return line.startswith(name + "{") and label in line
+
+
+# Added at run time, so only the replica that loaded one holds it (the config's adapters are on
+# every replica from the start, which leaves affinity nothing to choose).
+AFFINE = {"pirate-affine": "pirate", "robot-affine": "robot"}
+ROUTING_STATS_PERIOD_S = 2.0  # serve_app.app: how often Serve polls each replica's routing stats
+_COUNTER = re.compile(r"^ray_(serve_app_adapter_\w+)_total\{([^}]*)\} ([0-9.e+-]+)$")
+
+
+def replica_adapters(stack: RunningApp) -> dict[str, set[str]]:
+    """Each model replica's own report of the adapters its engine holds (``LLMReplica.record_routing_stats``
+    through Serve's replica actor: what the router routes by), by replica actor name."""
+    import ray
+
+    deployment = f"#{replica_deployment_name(stack.config.models[0])}#"
+    named = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if deployment in a["name"]]
+    reports = ray.get([ray.get_actor(n, namespace="serve").record_routing_stats.remote() for n in named], timeout=60)
+    return {name: set(report[ROUTING_STAT_ADAPTERS]) for name, report in zip(named, reports, strict=True)}
+
+
+def holders(adapter: str, held: dict[str, set[str]]) -> set[str]:
+    return {replica for replica, names in held.items() if adapter in names}
+
+
+Counters = dict[tuple[str, str, str], float]
+
+
+def adapter_counters(metrics_url: str) -> Counters:
+    """(metric, adapter, outcome) -> value, summed over Ray's own labels (one series per process)."""
+    totals: Counters = {}
+    for line in httpx.get(metrics_url, timeout=30).text.splitlines():
+        if found := _COUNTER.match(line):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', found[2]))
+            key = (found[1], labels.get("adapter", ""), labels.get("outcome", ""))
+            totals[key] = totals.get(key, 0.0) + float(found[3])
+    return totals
+
+
+def routed(counters: Counters, adapter: str) -> dict[str, float]:
+    """The router's replica choices for ``adapter``, by outcome."""
+    return {o: v for (m, a, o), v in counters.items() if m == "serve_app_adapter_routing" and a == adapter}
+
+
+def placed_adapters(sides: Sides) -> dict[str, set[str]]:
+    """Loads the ``AFFINE`` adapters through the router; the replica each landed on, once the
+    replicas report them."""
+    for name, source in AFFINE.items():
+        load = {"lora_name": name, "lora_path": str(sides.adapter_paths[source])}
+        resp = httpx.post(f"{sides.stack.base_url}/v1/load_lora_adapter", json=load, timeout=120)
+        assert resp.status_code == 200, resp.text
+    deadline = time.monotonic() + 60
+    while not all(holders(n, held := replica_adapters(sides.stack)) for n in AFFINE) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return {name: holders(name, held) for name in AFFINE}
+
+
+def send_affine_requests(url: str) -> dict[str, int]:
+    """One adapter's requests after the other's, then both at once; how many each adapter got."""
+    for name, source in AFFINE.items():
+        for prompt in PROMPTS:
+            assert answer(url, name, prompt).startswith(MARKERS[source])
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda name: (name, answer(url, name, PROMPTS[0])), [*AFFINE, *AFFINE]))
+    assert all(text.startswith(MARKERS[AFFINE[name]]) for name, text in answers), answers
+    return dict.fromkeys(AFFINE, len(PROMPTS) + 2)
+
+
+def counters_once_routed(metrics_url: str, before: Counters, sent: dict[str, int]) -> Counters:
+    """The counters once the router's choices for the ``sent`` requests reached the metrics agent."""
+    deadline = time.monotonic() + 60
+    while True:
+        time.sleep(2)
+        after = adapter_counters(metrics_url)
+        counted = {n: sum(routed(after, n).values()) - sum(routed(before, n).values()) for n in sent}
+        if all(counted[n] >= sent[n] for n in sent) or time.monotonic() > deadline:
+            return after
+
+
+def test_adapter_affinity_keeps_each_adapters_requests_on_the_replica_holding_it(sides: Sides) -> None:
+    """With 2 replicas, each adapter added at run time is loaded on one replica, and affinity sends
+    every later request naming it there: the router counts only hits, no other replica loads it
+    (the replicas' own reports and load counters), nothing is evicted. Power-of-two would spread
+    them, each replica loading each adapter (see benchmarks/results/lora/)."""
+    url = sides.stack.base_url
+    assert len(replica_adapters(sides.stack)) == REPLICAS
+    try:
+        placed = placed_adapters(sides)
+        assert all(len(replicas) == 1 for replicas in placed.values()), placed
+        time.sleep(2.5 * ROUTING_STATS_PERIOD_S)  # Serve's next stats poll brings them to the router
+        before = adapter_counters(sides.metrics_url)
+        sent = send_affine_requests(url)
+        after = counters_once_routed(sides.metrics_url, before, sent)
+        held = replica_adapters(sides.stack)
+        print(f"\nplaced {placed}; routed {[routed(after, n) for n in AFFINE]}; held after {held}")
+        for name in AFFINE:
+            outcomes = {o: v - routed(before, name).get(o, 0.0) for o, v in routed(after, name).items()}
+            assert {o: v for o, v in outcomes.items() if v} == {"hit": sent[name]}, (name, outcomes)
+            assert holders(name, held) == placed[name], (name, held)  # no other replica loaded it
+            assert after.get(("serve_app_adapter_loads", name, "")) == 1.0, (name, after)  # the first load only
+            assert after.get(("serve_app_adapter_evictions", name, ""), 0.0) == 0.0, (name, after)
+        assert all({*ADAPTERS} <= names for names in held.values()), held  # the config's stay everywhere
+    finally:
+        for name in AFFINE:
+            httpx.post(f"{url}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=60)

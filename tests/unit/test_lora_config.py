@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from serve_app.config import ConfigError, load_config
 from serve_app.engine.vllm_engine import engine_args_dict, engine_env_vars, server_argv
 from serve_app.models.lora_adapters import adapter_problem
+from serve_app.quantize.onload import lora_checkpoint_problem
 from serve_app.validate import check_adapters
 from tests.unit.lora_files import write_adapter, write_base
 
@@ -161,3 +163,36 @@ def test_an_embedded_adapter_is_cached_by_a_fingerprint_of_its_data_and_settings
     assert not ea.is_prepared("robot", cache)
     monkeypatch.setattr(ea, "SETTINGS", ea.TrainSettings(steps=99))
     assert not ea.is_prepared("pirate", cache)  # changed settings train again
+
+
+W8A8_GROUP = {
+    "weights": {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "channel"},
+    "input_activations": {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "token", "dynamic": True},
+}
+W4A16_GROUP = {"weights": {"num_bits": 4, "type": "int", "strategy": "group", "group_size": 64}}
+
+
+def quantized_base(folder: Path, group: dict) -> Path:
+    base = write_base(folder)
+    hf = json.loads((base / "config.json").read_text())
+    hf["quantization_config"] = {"quant_method": "compressed-tensors", "config_groups": {"group_0": group}}
+    (base / "config.json").write_text(json.dumps(hf))
+    return base
+
+
+def test_lora_on_an_int8_w8a8_checkpoint_on_cpu_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
+    base = quantized_base(tmp_path / "w8a8", W8A8_GROUP)
+    config = load_config(with_lora({"max_lora_rank": 8}, source=str(base), quantization="compressed-tensors"))
+    with pytest.raises(ConfigError, match=r"models\[0\].lora: LoRA cannot run on an int8 W8A8 checkpoint on CPU"):
+        check_adapters(config)
+    on_gpu = with_lora({"max_lora_rank": 8}, source=str(base), ray_actor_options={"num_gpus": 1})
+    check_adapters(load_config(on_gpu))  # vLLM's GPU int8 kernels keep the weight
+
+
+def test_lora_on_other_checkpoints_passes(tmp_path: Path) -> None:
+    for base in (quantized_base(tmp_path / "w4a16", W4A16_GROUP), write_base(tmp_path / "plain")):
+        check_adapters(load_config(with_lora({"max_lora_rank": 8}, source=str(base))))
+    check_adapters(load_config(with_lora({"max_lora_rank": 8}, source=str(tmp_path / "unreadable"))))
+    assert lora_checkpoint_problem({"config_groups": {"g": W4A16_GROUP}}, on_gpu=False) is None
+    assert lora_checkpoint_problem({"config_groups": {"g": W8A8_GROUP}}, on_gpu=True) is None
+    assert lora_checkpoint_problem({"config_groups": {"g": W8A8_GROUP}}, on_gpu=False) is not None
