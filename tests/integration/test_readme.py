@@ -77,8 +77,12 @@ def bash_blocks(markdown: str, title: str) -> list[Block]:
 
 
 def clean_env(home: Path) -> dict[str, str]:
-    """A login-like environment: PATH and a locale, a fresh HOME, nothing of Ray's or a venv's."""
+    """A login-like environment: PATH and a locale, a fresh HOME, nothing of Ray's or a venv's. The
+    caches are this user's (XDG_CACHE_HOME), where `make test` prepared the model: the README's
+    `serve-app prepare-model` finds it there, as on a user's second run, instead of converting it
+    once more per section."""
     env = {"PATH": os.environ["PATH"], "HOME": str(home), "LANG": os.environ.get("LANG", "C.UTF-8")}
+    env["XDG_CACHE_HOME"] = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     assert not any(k.startswith("RAY_") for k in env)
     return env
 
