@@ -102,7 +102,10 @@ async def capacity(url: str, seconds: float, concurrency: int) -> float:
         async def worker() -> None:
             nonlocal done
             while time.monotonic() < stop_at:
-                done += (await one(client))["status"] == 200
+                # Awaited before the add: `done += await ...` would read `done` before the await
+                # and lose the other workers' updates.
+                ok = (await one(client))["status"] == 200
+                done += ok
 
         started = time.monotonic()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
