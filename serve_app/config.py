@@ -227,8 +227,7 @@ class ModelConfig(StrictModel):
         setting = QuantizationSetting(
             quantization=self.quantization,
             dtype=self.dtype,
-            # a multi-GPU replica's GPUs sit in its placement group, not on the actor
-            num_gpus=self.ray_actor_options.num_gpus if self.gpus_per_replica == 1 else float(self.gpus_per_replica),
+            num_gpus=self.replica_gpus,
             source=self.source,
         )
         problem = quantization_problem(setting)
@@ -245,6 +244,12 @@ class ModelConfig(StrictModel):
     @property
     def gpus_per_replica(self) -> int:
         return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    @property
+    def replica_gpus(self) -> float:
+        """The GPUs one replica uses: the actor's own, or for a multi-GPU replica its placement
+        group's (they are not on the actor)."""
+        return self.ray_actor_options.num_gpus if self.gpus_per_replica == 1 else float(self.gpus_per_replica)
 
 
 class RouterConfig(StrictModel):

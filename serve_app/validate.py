@@ -35,7 +35,7 @@ def check_adapters(config: AppConfig) -> None:
         if model.lora is None:
             continue
         base = resolve_source(model.source, Path(config.model_cache_dir) if config.model_cache_dir else None, False)
-        check_lora_on_checkpoint(i, base, model.ray_actor_options.num_gpus > 0 or model.gpus_per_replica > 1)
+        check_lora_on_checkpoint(i, base, model.replica_gpus > 0)
         for j, adapter in enumerate(model.lora.adapters):
             if adapter.embedded_name is not None:
                 continue
