@@ -119,7 +119,7 @@ def profile(out: Path, timeout_s: float) -> None:
     compare.stop_servers()
     compare.prepare_models()
     total = _gpu_memory_bytes()
-    kv_bytes = int(BUDGET_FRACTION * total - (BF16_WEIGHTS_GIB + ACTIVATIONS_GIB) * GIB)
+    kv_bytes = _plain_kv_bytes(total)
     bf16_log = Path("/tmp/plain.log")
     bf16 = _plain(8100, ["--dtype", "bfloat16", "--kv-cache-memory-bytes", str(kv_bytes)], str(bf16_log))
     fp8_log = Path("/tmp/plain-fp8.log")
@@ -143,7 +143,7 @@ def profile_variant(out: Path, earlier_profile: Path, variant: str, timeout_s: f
     flags = dict(GATE_VARIANTS)[variant]
     compare.stop_servers()
     compare.prepare_models()
-    kv_bytes = int(BUDGET_FRACTION * _gpu_memory_bytes() - (BF16_WEIGHTS_GIB + ACTIVATIONS_GIB) * GIB)
+    kv_bytes = _plain_kv_bytes(_gpu_memory_bytes())
     data = json.loads(earlier_profile.read_text())
     data["variants"][variant] = _profile_alone(variant, ["--dtype", "bfloat16", *flags], kv_bytes, timeout_s)
     (STATE / "profile.json").write_text(json.dumps(data, indent=1))
@@ -157,7 +157,7 @@ def serve(out: Path, earlier_profile: Path, timeout_s: float) -> None:
     compare.stop_servers()
     compare.prepare_models()
     total = _gpu_memory_bytes()
-    kv_bytes = int(BUDGET_FRACTION * total - (BF16_WEIGHTS_GIB + ACTIVATIONS_GIB) * GIB)
+    kv_bytes = _plain_kv_bytes(total)
     log = Path("/tmp/plain.log")
     started = time.monotonic()
     bf16 = _plain(8100, ["--dtype", "bfloat16", "--kv-cache-memory-bytes", str(kv_bytes)], str(log))
@@ -195,6 +195,11 @@ def write_stack_config(planned: Path, out: Path) -> None:
         model.setdefault("engine_options", {})["load_format"] = "dummy"
     header = "".join(line + "\n" for line in planned.read_text().splitlines() if line.startswith("#"))
     out.write_text(header + "# + engine_options.load_format: dummy (goodput.py)\n" + yaml.safe_dump(config))
+
+
+def _plain_kv_bytes(gpu_bytes: int) -> int:
+    """Plain vLLM's KV cache in the shared budget (see BF16_WEIGHTS_GIB)."""
+    return int(BUDGET_FRACTION * gpu_bytes - (BF16_WEIGHTS_GIB + ACTIVATIONS_GIB) * GIB)
 
 
 def _gpu_memory_bytes() -> int:
