@@ -129,6 +129,13 @@ class Settings:
     capacity_on: str  # "plain" or "stack": where it is measured
 
 
+def warm_measure_ladder(url: str, settings: Settings) -> tuple[float, dict[str, Any]]:
+    """A warm-up, the capacity (unless given), then the ladder at it, on one server."""
+    asyncio.run(capacity(url, 5, settings.max_in_flight))
+    rate = settings.capacity or asyncio.run(capacity(url, settings.step_s, settings.max_in_flight))
+    return rate, ladder(url, rate, settings.step_s)
+
+
 def run_stack(settings: Settings) -> tuple[float | None, dict[str, Any]]:
     """The stack's ladder at ``settings.capacity`` (measured here first when it is None)."""
     import ray
@@ -146,9 +153,7 @@ def run_stack(settings: Settings) -> tuple[float | None, dict[str, Any]]:
         serve.run(build_app(config), name="serve-app", route_prefix="/", blocking=False)
         url = f"http://127.0.0.1:{port}"
         wait_until_ok(f"{url}/ready", 600, period_s=2, request_timeout_s=60)
-        asyncio.run(capacity(url, 5, settings.max_in_flight))  # warm-up
-        rate = settings.capacity or asyncio.run(capacity(url, settings.step_s, settings.max_in_flight))
-        return rate, ladder(url, rate, settings.step_s)
+        return warm_measure_ladder(url, settings)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -162,9 +167,7 @@ def run_vllm(settings: Settings) -> tuple[float | None, dict[str, Any]]:
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(proc, f"{url}/v1/models", 600)
-        asyncio.run(capacity(url, 5, settings.max_in_flight))  # warm-up
-        rate = settings.capacity or asyncio.run(capacity(url, settings.step_s, settings.max_in_flight))
-        return rate, ladder(url, rate, settings.step_s)
+        return warm_measure_ladder(url, settings)
     finally:
         stop(proc)
 
