@@ -260,6 +260,10 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="serve, profile-variant: an earlier profile.json")
     parser.add_argument("--variant", choices=[v for v, _ in GATE_VARIANTS], help="profile-variant: which one")
     args = parser.parse_args()
+    if args.phase in ("serve", "profile-variant") and args.profile is None:
+        parser.error(f"{args.phase} needs --profile (an earlier profile.json)")
+    if args.phase == "profile-variant" and args.variant is None:
+        parser.error("profile-variant needs --variant")
     args.out.mkdir(parents=True, exist_ok=True)
     STATE.mkdir(exist_ok=True)
     try:
