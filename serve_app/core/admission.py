@@ -31,22 +31,6 @@ class Rejection:
         return "the server's queued token budget is exhausted; retry later"
 
 
-@dataclass(frozen=True)
-class Deadline:
-    """An absolute point on a monotonic clock by which a request must finish."""
-
-    at: float
-
-    @classmethod
-    def after(cls, timeout_s: float, now: float) -> Deadline:
-        return cls(now + timeout_s)
-
-    def remaining(self, now: float) -> float:
-        return max(0.0, self.at - now)
-
-    def expired(self, now: float) -> bool:
-        return now >= self.at
-
 
 class AdmissionTicket:
     """Held while a request occupies the budgets; :meth:`release` is idempotent."""
@@ -80,7 +64,6 @@ class AdmissionController:
         max_queued_tokens: int,
         overflow_status: int = 429,
         retry_after_s: int = 1,
-        request_timeout_s: float = 600.0,
     ) -> None:
         if max_queued_requests < 1 or max_queued_tokens < 1:
             raise ValueError("admission budgets must be >= 1")
@@ -90,7 +73,6 @@ class AdmissionController:
         self.max_queued_tokens = max_queued_tokens
         self.overflow_status = overflow_status
         self.retry_after_s = retry_after_s
-        self.request_timeout_s = request_timeout_s
         self.queued_requests = 0
         self.queued_tokens = 0
         # Counters for metrics (exported by the router as serve_app_admission_*).
@@ -105,7 +87,6 @@ class AdmissionController:
             config.max_queued_tokens,
             config.overflow_status,
             config.retry_after_s,
-            config.request_timeout_s,
         )
 
     def try_admit(self, cost: int) -> AdmissionTicket | Rejection:
@@ -124,9 +105,6 @@ class AdmissionController:
         self.queued_tokens += cost
         self.admitted_total += 1
         return AdmissionTicket(self, cost)
-
-    def deadline(self, now: float) -> Deadline:
-        return Deadline.after(self.request_timeout_s, now)
 
     def _overflow_reason(self, cost: int) -> RejectReason | None:
         if self.queued_requests >= self.max_queued_requests:

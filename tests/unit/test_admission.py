@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from serve_app.config import RouterConfig
-from serve_app.core.admission import AdmissionController, AdmissionTicket, Deadline, Rejection
+from serve_app.core.admission import AdmissionController, AdmissionTicket, Rejection
 
 
 def admit(controller: AdmissionController, cost: int) -> AdmissionTicket:
@@ -80,12 +80,3 @@ def test_counters_for_metrics() -> None:
     assert controller.released_total == 1
     assert dict(controller.rejected_total) == {"token_budget": 1, "queue_full": 2}
 
-
-def test_deadline_from_request_timeout() -> None:
-    controller = AdmissionController.from_config(RouterConfig(request_timeout_s=30))
-    deadline = controller.deadline(now=100.0)
-    assert deadline == Deadline(130.0)
-    assert not deadline.expired(129.9)
-    assert deadline.expired(130.0)
-    assert deadline.remaining(120.0) == pytest.approx(10.0)
-    assert deadline.remaining(200.0) == 0.0
