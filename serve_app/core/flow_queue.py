@@ -7,6 +7,12 @@ arrival order within a tenant. A tenant that becomes backlogged starts no lower 
 attained service of the class's backlogged tenants, so an idle spell earns no burst. When the
 queue is full, an arrival of a higher class sheds the lowest class's most served tenant's newest
 waiter; any other arrival is refused. A waiter past its deadline is dropped, never started.
+
+An arrival that would wait past its deadline is refused at once ("late") rather than dropped
+when the deadline comes: its wait is estimated from the queue ahead of it and the interval
+between slot releases measured while requests were waiting (the queue's service rate when
+saturated; a class capped below ``max_in_flight`` gets its share of the slots). Until such an
+interval has been measured, nothing is refused as late.
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-Outcome = Literal["started", "queued", "refused"]
+Outcome = Literal["started", "queued", "refused", "late"]
+
+# Weight of the newest release interval in its moving average: about the last ten releases count.
+RELEASE_INTERVAL_WEIGHT = 0.2
 
 
 @dataclass(eq=False)
@@ -57,6 +66,8 @@ class FlowQueue:
         self.attained: dict[str, float] = {}
         self._classes = [_Class() for _ in range(classes)]
         self._seq = itertools.count()
+        self.release_interval_s: float | None = None  # moving average while saturated
+        self._last_saturated_release: float | None = None
 
     @property
     def waiting(self) -> int:
@@ -65,12 +76,17 @@ class FlowQueue:
     def waiting_in(self, priority: int) -> int:
         return len(self._classes[priority])
 
-    def arrive(self, waiter: Waiter) -> Arrival:
+    def arrive(self, waiter: Waiter, now: float | None = None) -> Arrival:
+        """Start, queue or refuse ``waiter``; with ``now``, refuse it as late if its estimated
+        wait ends past its deadline."""
         waiter.seq = next(self._seq)
         ahead = sum(len(c) for c in self._classes[: waiter.priority + 1])
         if self._can_start(waiter.priority) and ahead == 0:
             self._start(waiter)
             return Arrival("started")
+        wait_s = self.expected_wait_s(waiter.priority, ahead)
+        if now is not None and wait_s is not None and now + wait_s > waiter.deadline:
+            return Arrival("late")
         shed: tuple[Waiter, ...] = ()
         if self.waiting >= self.max_waiting:
             victim = self._shed_candidate()
@@ -81,8 +97,20 @@ class FlowQueue:
         self._enqueue(waiter)
         return Arrival("queued", shed)
 
-    def finish(self, waiter: Waiter, actual_cost: int) -> None:
-        """A started request ended: its slot frees and its attained service is settled."""
+    def expected_wait_s(self, priority: int, ahead: int) -> float | None:
+        """Seconds until a request of ``priority`` with ``ahead`` waiters before it would start, at
+        the measured saturated release rate (None: not measured yet)."""
+        if self.release_interval_s is None:
+            return None
+        cap = self.class_caps[priority]
+        share = 1.0 if cap is None else min(1.0, cap / self.max_in_flight)
+        return (ahead + 1) * self.release_interval_s / share
+
+    def finish(self, waiter: Waiter, actual_cost: int, now: float | None = None) -> None:
+        """A started request ended: its slot frees and its attained service is settled; with
+        ``now``, a release while requests wait also updates the measured release interval."""
+        if now is not None:
+            self._measure_release(now)
         self.in_flight -= 1
         self.in_flight_by_class[waiter.priority] -= 1
         self.attained[waiter.tenant] = self.attained.get(waiter.tenant, 0.0) + actual_cost - waiter.cost
@@ -114,6 +142,17 @@ class FlowQueue:
         if not queue:
             del self._classes[waiter.priority].by_tenant[waiter.tenant]
         return True
+
+    def _measure_release(self, now: float) -> None:
+        if not self.waiting:  # slots may sit idle until the next release: not the service rate
+            self._last_saturated_release = None
+            return
+        if self._last_saturated_release is not None:
+            interval = max(0.0, now - self._last_saturated_release)
+            old = self.release_interval_s
+            weight = RELEASE_INTERVAL_WEIGHT
+            self.release_interval_s = interval if old is None else (1 - weight) * old + weight * interval
+        self._last_saturated_release = now
 
     def _start(self, waiter: Waiter) -> None:
         waiter.started = True

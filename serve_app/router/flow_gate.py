@@ -1,6 +1,7 @@
 """Flow control on one router replica: who is calling (tenant, class), their concurrency and
-cluster-wide quotas (429), and the priority admission queue (503 when shed, full or past the
-deadline). Every refusal is an OpenAI error with Retry-After, decided without waiting on an engine.
+cluster-wide quotas (429), and the priority admission queue (503 when shed, full, past the
+deadline or sure to pass it: "late"). Every refusal is an OpenAI error with Retry-After, decided
+without waiting on an engine.
 """
 
 from __future__ import annotations
@@ -95,12 +96,16 @@ class FlowGate:
         queue_wait_s = min(self.flow.class_queue(caller.priority_name).max_wait_s, timeout_s)
         now = self.clock()
         waiter = Waiter(caller.tenant, caller.priority, cost, now + queue_wait_s)
-        arrival = self.queue.arrive(waiter)
+        arrival = self.queue.arrive(waiter, now)
         for victim in arrival.shed:
             self._refuse_waiter(victim, "shed")
         if arrival.outcome == "refused":
             self._cancel(charge)
             raise self._capacity(caller, "queue_full", "the server is at capacity and its queue is full")
+        if arrival.outcome == "late":
+            self._cancel(charge)
+            message = f"the server is at capacity: this request would wait more than {queue_wait_s:g} s to start"
+            raise self._capacity(caller, "late", message)
         self._active[caller.tenant] = self._active.get(caller.tenant, 0) + 1
         flow_pass = FlowPass(caller, waiter, charge)
         if arrival.outcome == "queued":
@@ -120,7 +125,7 @@ class FlowGate:
             self.quota.settle(flow_pass.charge, actual)
         self.metrics.tenant_tokens(flow_pass.caller.tenant, prompt_tokens, completion_tokens)
         self._active[flow_pass.caller.tenant] -= 1
-        self.queue.finish(flow_pass.waiter, actual)
+        self.queue.finish(flow_pass.waiter, actual, self.clock())
         self._pump()
 
     def _check_concurrency(self, caller: Caller) -> None:

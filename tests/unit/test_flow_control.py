@@ -121,6 +121,27 @@ async def test_a_waiter_past_its_deadline_never_starts() -> None:
     assert flow.queue.in_flight == 0 and flow.queue.waiting == 0
 
 
+async def test_an_arrival_sure_to_miss_its_deadline_is_refused_at_once_with_retry_after() -> None:
+    flow = gate(max_in_flight=1, max_waiting=8, interactive={"max_wait_s": 2.5})
+    caller = flow.tenants.caller(None, None)
+    running = await flow.enter(caller, 5, 10)
+    waiters = [asyncio.create_task(flow.enter(caller, 5, 10)) for _ in range(2)]
+    for _ in range(2):  # each request holds the slot 1 s while another waits: 1 s per release
+        await asyncio.sleep(1.0)
+        flow.leave(running, 1, 1)
+        running = await waiters.pop(0)
+        waiters.append(asyncio.create_task(flow.enter(caller, 5, 10)))
+        await asyncio.sleep(0)
+    assert flow.queue.release_interval_s == pytest.approx(1.0)
+    asked = flow.clock()
+    with pytest.raises(OpenAIError) as late:  # two waiters ahead: ~3 s to start, past max_wait_s
+        await flow.enter(caller, 5, 10)
+    assert late.value.status == 503 and late.value.code == "late" and late.value.headers["Retry-After"] == "1"
+    assert flow.clock() == asked, "refused on arrival, not at the deadline"
+    for waiter in waiters:
+        waiter.cancel()
+
+
 async def test_concurrency_limit_is_a_429() -> None:
     flow = gate(default={"max_concurrent": 1})
     caller = flow.tenants.caller(None, None)

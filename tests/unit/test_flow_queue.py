@@ -102,3 +102,54 @@ def test_a_class_cap_keeps_slots_free_for_a_higher_class() -> None:
     assert queue.next_ready(1.0) == ([], [])  # the batch waiter still may not start
     queue.finish(first, 10)
     assert queue.next_ready(1.0)[0] == [second]
+
+
+def _saturate(queue: FlowQueue, interval_s: float, releases: int) -> float:
+    """Keep one waiter queued while ``releases`` requests finish ``interval_s`` apart; the time after."""
+    now = 0.0
+    running = [w("a") for _ in range(queue.max_in_flight)]
+    for waiter in running:
+        queue.arrive(waiter, now)
+    queue.arrive(w("a", deadline=1e9), now)
+    for _ in range(releases):
+        now += interval_s
+        queue.finish(running.pop(0), 10, now)
+        started, _ = queue.next_ready(now)
+        running += started
+        queue.arrive(w("a", deadline=1e9), now)
+    return now
+
+
+def test_no_late_refusal_before_a_release_rate_is_measured() -> None:
+    queue = FlowQueue(max_in_flight=1, max_waiting=10)
+    queue.arrive(w("a"), now=0.0)
+    assert queue.expected_wait_s(INTERACTIVE, ahead=0) is None
+    assert queue.arrive(w("a", deadline=0.001), now=0.0).outcome == "queued"
+
+
+def test_an_arrival_that_would_wait_past_its_deadline_is_refused_at_once() -> None:
+    queue = FlowQueue(max_in_flight=2, max_waiting=100)
+    now = _saturate(queue, interval_s=0.5, releases=6)
+    assert queue.release_interval_s == 0.5
+    ahead = queue.waiting  # one waiter queued
+    assert queue.expected_wait_s(INTERACTIVE, ahead) == (ahead + 1) * 0.5
+    assert queue.arrive(w("b", deadline=now + 0.9), now).outcome == "late"
+    assert queue.arrive(w("b", deadline=now + 1.1), now).outcome == "queued"
+
+
+def test_idle_gaps_do_not_count_as_service_time() -> None:
+    queue = FlowQueue(max_in_flight=1, max_waiting=10)
+    first, second = w("a"), w("a")
+    queue.arrive(first, 0.0)
+    queue.finish(first, 10, 50.0)  # nothing waited: an idle slot, not the service rate
+    queue.arrive(second, 60.0)
+    queue.finish(second, 10, 100.0)
+    assert queue.release_interval_s is None
+
+
+def test_a_capped_class_waits_for_its_share_of_the_slots() -> None:
+    queue = FlowQueue(max_in_flight=4, max_waiting=100, class_caps=(None, 2))
+    _saturate(queue, interval_s=1.0, releases=4)
+    interval = queue.release_interval_s
+    assert interval is not None
+    assert queue.expected_wait_s(BATCH, ahead=0) == 2 * queue.expected_wait_s(INTERACTIVE, ahead=0)
