@@ -122,6 +122,22 @@ class RoutingCore:
             self.on_adapter_routed(adapter, outcome)
         return chosen
 
+    def choose_for_call(
+        self,
+        replica_ids: Sequence[str],
+        routing_stats: Sequence[Mapping[str, Any] | None],
+        queue_lens: Sequence[int | None],
+        args: Sequence[Any],
+    ) -> str:
+        """:meth:`choose` for a handle call, read from its positional arguments."""
+        key, cost = routing_key_and_cost(args)
+        return self.choose(replica_ids, routing_stats, queue_lens, key, cost, routing_adapter(args))
+
+    def routed(self, replica_id: str, request_id: str, args: Sequence[Any]) -> None:
+        """A replica accepted a handle call (Ray's ``on_request_routed``)."""
+        _, cost = routing_key_and_cost(args)
+        self.started(replica_id, request_id, cost)
+
     def started(self, replica_id: str, request_id: str, cost: int) -> None:
         self._tokens.setdefault((replica_id, request_id), []).append(self.work.start(replica_id, cost))
 

@@ -42,6 +42,12 @@ class UnloadAdapter(BaseModel):
     lora_name: str = Field(..., min_length=1, max_length=128)
 
 
+def load_request(request_id: str, name: str, path: str) -> RelayRequest:
+    """The load relayed to a replica: vLLM's body, which the replica checks and hands to vLLM."""
+    load = {"lora_name": name, "lora_path": path}
+    return RelayRequest(request_id, LOAD_PATH, json.dumps(load).encode())
+
+
 def install_adapter_routes(app: FastAPI, models: ModelDirectory, relay: Relay) -> None:
     adapters = models.adapters
 
@@ -55,9 +61,7 @@ def install_adapter_routes(app: FastAPI, models: ModelDirectory, relay: Relay) -
             raise OpenAIError(refusal.status, refusal.message, param="lora_name", code=refusal.code)
         # Not marked as naming the adapter: replica choice and its metrics take only names the app
         # serves (a load may still fail); the replica reads the name and path from the body.
-        load = {"lora_name": name, "lora_path": path}
-        forwarded = RelayRequest(str(request.state.request_id), LOAD_PATH, json.dumps(load).encode())
-        answer = await relay.forward(model, forwarded, request.state.log)
+        answer = await relay.forward(model, load_request(str(request.state.request_id), name, path), request.state.log)
         if answer.status_code == 200 and adapters.refuse_load(name, path, model.id) is None:
             adapters.add(name, path, model.id)
         return answer
