@@ -32,7 +32,11 @@ class ReplicaLoad:
     replica_id: str
     outstanding_tokens: int = 0
     outstanding_requests: int = 0
-    adapters: frozenset[str] = frozenset()
+    adapters: frozenset[str] = frozenset()  # as the replica reported them
+    recent_adapters: frozenset[str] = frozenset()  # sent there by this router since (not reported yet)
+
+    def holds(self, adapter: str) -> bool:
+        return adapter in self.adapters or adapter in self.recent_adapters
 
 
 class RoutingPolicy(Protocol):
@@ -127,10 +131,11 @@ class AdapterAffinityPolicy:
     """A request naming a LoRA adapter goes to the least loaded replica that holds it (its engine
     has it loaded: no load from disk, and its adapters stay few), spilling like the prefix policy.
 
-    Holding an adapter is known from replica stats. No holder (a new or evicted adapter): the
-    replica holding the fewest adapters, ties broken by rendezvous hashing of the adapter's name,
-    so adapters spread evenly (a replica's adapter cache is bounded: one that gets more adapters
-    than it holds evicts and reloads them) and every router places it on the same replica. Either
+    Holding an adapter is known from replica stats and from where this router just sent it. No
+    holder (a new or evicted adapter): the replica reporting the fewest adapters, ties broken by
+    rendezvous hashing of the adapter's name, so adapters spread evenly (a replica's adapter cache
+    is bounded: one that gets more adapters than it holds evicts and reloads them) and every router
+    places it on the same replica (they share the reports, not what each just sent). Either
     way, a chosen replica loaded past ``load_factor`` x the mean (plus the request's own cost)
     spills to power-of-two.
     """
@@ -145,7 +150,7 @@ class AdapterAffinityPolicy:
     def choose_for(self, candidates: Sequence[ReplicaLoad], adapter: str, cost: int) -> tuple[str, str]:
         """(replica id, outcome): ``hit`` (a holder), ``placed`` (none held it), ``spill`` (too loaded)."""
         _require(candidates)
-        holders = [c for c in candidates if adapter in c.adapters]
+        holders = [c for c in candidates if c.holds(adapter)]
         if holders:
             chosen, outcome = min(holders, key=lambda c: (c.outstanding_tokens, c.outstanding_requests)), "hit"
         else:
@@ -220,8 +225,9 @@ class OutstandingWork:
             self.finish(token)
         return len(dropped)
 
-    def load(self, replica_id: str) -> ReplicaLoad:
-        return ReplicaLoad(replica_id, self._tokens.get(replica_id, 0), self._requests.get(replica_id, 0))
+    def load(self, replica_id: str, recent_adapters: frozenset[str] = frozenset()) -> ReplicaLoad:
+        tokens, requests = self._tokens.get(replica_id, 0), self._requests.get(replica_id, 0)
+        return ReplicaLoad(replica_id, tokens, requests, recent_adapters=recent_adapters)
 
     def loads(self, replica_ids: Iterable[str]) -> list[ReplicaLoad]:
         return [self.load(rid) for rid in replica_ids]

@@ -2,10 +2,16 @@
 estimates, and :class:`RoutingCore`, the policy plus outstanding-work bookkeeping that
 ``serve_app.router.replica_router.PolicyRequestRouter`` (Ray Serve's ``RequestRouter``) drives.
 See that module's docstring for where each load figure comes from.
+
+Which LoRA adapters a replica holds comes from its routing stats, polled every couple of seconds,
+and from :class:`RecentAdapters`: where this router sent an adapter (its load, or a request naming
+it) since then. Without the latter, requests right after a run-time load were placed as if no
+replica held the adapter, and another replica loaded it too.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -24,6 +30,9 @@ from serve_app.core.policies import (
 )
 
 DEFAULT_COST = 1
+# How long a router counts a replica it sent an adapter to as holding it: a few routing-stats
+# periods (serve_app.app polls them every 2 s), by when the replica's own report says so.
+RECENT_ADAPTER_S = 10.0
 
 
 def routing_key_and_cost(args: Sequence[Any]) -> tuple[str, int]:
@@ -42,6 +51,15 @@ def routing_adapter(args: Sequence[Any]) -> str:
     if isinstance(first, list | tuple) and first:
         first = first[0]
     adapter = getattr(first, "adapter", "")
+    return adapter if isinstance(adapter, str) else ""
+
+
+def loading_adapter(args: Sequence[Any]) -> str:
+    """The adapter a relayed ``/v1/load_lora_adapter`` loads ("" for any other call)."""
+    first = args[0] if args else None
+    if isinstance(first, list | tuple) and first:
+        first = first[0]
+    adapter = getattr(first, "loads_adapter", "")
     return adapter if isinstance(adapter, str) else ""
 
 
@@ -71,7 +89,42 @@ def estimate_load(
         _stat(routing_stats, ROUTING_STAT_OUTSTANDING_TOKENS),
         round((queue_len or 0) * mean_cost),
     )
-    return ReplicaLoad(local.replica_id, tokens, requests, _adapters(routing_stats))
+    return ReplicaLoad(local.replica_id, tokens, requests, _adapters(routing_stats), local.recent_adapters)
+
+
+class RecentAdapters:
+    """Where this router sent each adapter in the last ``keep_s`` seconds: that replica holds it
+    once the call is served (a load, or vLLM loading it for a request), before its routing stats
+    can say so. Only this router knows; placing an adapter no replica holds reads the stats alone,
+    so every router still places it on the same replica."""
+
+    def __init__(self, keep_s: float = RECENT_ADAPTER_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.keep_s = keep_s
+        self._clock = clock
+        self._until: dict[str, dict[str, float]] = {}  # replica id -> adapter -> when to forget it
+
+    def sent(self, replica_id: str, adapter: str) -> None:
+        self._forget_old()
+        self._until.setdefault(replica_id, {})[adapter] = self._clock() + self.keep_s
+
+    def on(self, replica_id: str) -> frozenset[str]:
+        now = self._clock()
+        return frozenset(a for a, until in self._until.get(replica_id, {}).items() if until > now)
+
+    def forget_replica(self, replica_id: str) -> None:
+        self._until.pop(replica_id, None)
+
+    def size(self) -> int:
+        self._forget_old()
+        return sum(len(adapters) for adapters in self._until.values())
+
+    def _forget_old(self) -> None:
+        now = self._clock()
+        for replica_id, adapters in list(self._until.items()):
+            for adapter in [a for a, until in adapters.items() if until <= now]:
+                del adapters[adapter]
+            if not adapters:
+                del self._until[replica_id]
 
 
 class RoutingCore:
@@ -82,22 +135,27 @@ class RoutingCore:
         policy: RoutingPolicy,
         affinity: AdapterAffinityPolicy | None = None,
         on_adapter_routed: Callable[[str, str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy
         self.affinity = affinity  # for requests naming a LoRA adapter; None: they route by ``policy``
         self.on_adapter_routed = on_adapter_routed  # (adapter, outcome), e.g. a metric
         self.work = OutstandingWork()
+        self.recent = RecentAdapters(clock=clock)
         # (replica id, internal request id) -> tokens; a list because Ray may reuse an internal
         # request id across dependent calls.
         self._tokens: dict[tuple[str, str], list[WorkToken]] = {}
 
     @classmethod
     def from_kwargs(
-        cls, router_kwargs: Mapping[str, Any], on_adapter_routed: Callable[[str, str], None] | None = None
+        cls,
+        router_kwargs: Mapping[str, Any],
+        on_adapter_routed: Callable[[str, str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> RoutingCore:
         config = RouterConfig.model_validate(dict(router_kwargs))
         affinity = AdapterAffinityPolicy(config.adapter_load_factor, PowerOfTwoPolicy())
-        return cls(make_policy(config), affinity if config.adapter_affinity else None, on_adapter_routed)
+        return cls(make_policy(config), affinity if config.adapter_affinity else None, on_adapter_routed, clock)
 
     def choose(
         self,
@@ -107,10 +165,12 @@ class RoutingCore:
         routing_key: str,
         cost: int,
         adapter: str = "",
+        counted: bool = True,
     ) -> str:
+        """The replica for a call; ``adapter``: the one it names (or loads: then not ``counted``)."""
         mean_cost = self.work.mean_cost() or float(cost)
         loads = [
-            estimate_load(self.work.load(rid), stats, qlen, mean_cost)
+            estimate_load(self.work.load(rid, self.recent.on(rid)), stats, qlen, mean_cost)
             for rid, stats, qlen in zip(replica_ids, routing_stats, queue_lens, strict=True)
         ]
         if adapter and self.affinity is not None:
@@ -118,9 +178,29 @@ class RoutingCore:
         else:
             chosen = self.policy.choose(loads, routing_key, cost)
             outcome = "hit" if any(load.replica_id == chosen and adapter in load.adapters for load in loads) else "miss"
-        if adapter and self.on_adapter_routed is not None:
+        if adapter and counted and self.on_adapter_routed is not None:
             self.on_adapter_routed(adapter, outcome)
         return chosen
+
+    def choose_for_call(
+        self,
+        replica_ids: Sequence[str],
+        routing_stats: Sequence[Mapping[str, Any] | None],
+        queue_lens: Sequence[int | None],
+        args: Sequence[Any],
+    ) -> str:
+        """:meth:`choose` for a handle call, read from its positional arguments."""
+        key, cost = routing_key_and_cost(args)
+        if loading := loading_adapter(args):
+            return self.choose(replica_ids, routing_stats, queue_lens, key, cost, loading, counted=False)
+        return self.choose(replica_ids, routing_stats, queue_lens, key, cost, routing_adapter(args))
+
+    def routed(self, replica_id: str, request_id: str, args: Sequence[Any]) -> None:
+        """A replica accepted a handle call (Ray's ``on_request_routed``)."""
+        _, cost = routing_key_and_cost(args)
+        self.started(replica_id, request_id, cost)
+        if adapter := loading_adapter(args) or routing_adapter(args):
+            self.recent.sent(replica_id, adapter)
 
     def started(self, replica_id: str, request_id: str, cost: int) -> None:
         self._tokens.setdefault((replica_id, request_id), []).append(self.work.start(replica_id, cost))
@@ -136,5 +216,6 @@ class RoutingCore:
 
     def forget_replica(self, replica_id: str) -> None:
         self.work.forget_replica(replica_id)
+        self.recent.forget_replica(replica_id)
         for key in [k for k in self._tokens if k[0] == replica_id]:
             del self._tokens[key]

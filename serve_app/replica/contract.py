@@ -31,6 +31,10 @@ class RelayRequest:
     # adapter added at run time, ``adapter_path`` is where a replica that lacks it loads it from.
     adapter: str = ""
     adapter_path: str = ""
+    # Set on a relayed /v1/load_lora_adapter: the adapter it loads. Replica choice places the load
+    # where it would place a request naming that adapter, without counting it as one (the name is
+    # not served until the load succeeds).
+    loads_adapter: str = ""
 
 
 @dataclass(frozen=True, slots=True)

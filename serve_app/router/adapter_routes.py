@@ -1,10 +1,12 @@
 """``POST /v1/load_lora_adapter`` and ``/v1/unload_lora_adapter`` on the router: vLLM's routes and
 bodies, for a model whose ``lora.dynamic`` is on, behind the same API keys as every other route.
 
-A load is relayed to one replica of the base, where vLLM's own ``/v1/load_lora_adapter`` loads it
-(after the replica checked the folder, its rank and its shapes: a bad adapter is a 400, never a
-broken replica); once vLLM answered 200 the router records the name, and every later request
-naming it carries its path, so a replica that lacks it loads it first (``serve_app.replica.adapters``).
+A load is relayed to one replica of the base: the one adapter affinity places the adapter on, which
+the router then remembers (``serve_app.core.replica_choice``), so the requests after it go there.
+vLLM's own ``/v1/load_lora_adapter`` loads it (after the replica checked the folder, its rank and its
+shapes: a bad adapter is a 400, never a broken replica); once vLLM answered 200 the router records the
+name, and every later request naming it carries its path, so a replica that lacks it loads it first
+(``serve_app.replica.adapters``).
 An unload forgets the name here: requests naming it get a 404 at once.
 """
 
@@ -42,6 +44,12 @@ class UnloadAdapter(BaseModel):
     lora_name: str = Field(..., min_length=1, max_length=128)
 
 
+def load_request(request_id: str, name: str, path: str) -> RelayRequest:
+    """The load relayed to a replica: vLLM's body, which the replica checks and hands to vLLM."""
+    load = {"lora_name": name, "lora_path": path}
+    return RelayRequest(request_id, LOAD_PATH, json.dumps(load).encode(), loads_adapter=name)
+
+
 def install_adapter_routes(app: FastAPI, models: ModelDirectory, relay: Relay) -> None:
     adapters = models.adapters
 
@@ -53,11 +61,8 @@ def install_adapter_routes(app: FastAPI, models: ModelDirectory, relay: Relay) -
         refusal = adapters.refuse_load(name, path, model.id)
         if refusal is not None:
             raise OpenAIError(refusal.status, refusal.message, param="lora_name", code=refusal.code)
-        # Not marked as naming the adapter: replica choice and its metrics take only names the app
-        # serves (a load may still fail); the replica reads the name and path from the body.
-        load = {"lora_name": name, "lora_path": path}
-        forwarded = RelayRequest(str(request.state.request_id), LOAD_PATH, json.dumps(load).encode())
-        answer = await relay.forward(model, forwarded, request.state.log)
+        # Placed like the adapter's requests (see load_request), so they find it where it loaded.
+        answer = await relay.forward(model, load_request(str(request.state.request_id), name, path), request.state.log)
         if answer.status_code == 200 and adapters.refuse_load(name, path, model.id) is None:
             adapters.add(name, path, model.id)
         return answer

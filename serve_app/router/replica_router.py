@@ -53,7 +53,7 @@ from ray.serve.request_router import (  # type: ignore[attr-defined]
     RunningReplica,
 )
 
-from serve_app.core.replica_choice import RoutingCore, routing_adapter, routing_key_and_cost, target_replica
+from serve_app.core.replica_choice import RoutingCore, target_replica
 from serve_app.observability.recorder import ServeAppMetrics
 
 logger = logging.getLogger("serve_app.router")
@@ -92,22 +92,18 @@ class PolicyRequestRouter(RequestRouter):
             # nothing left to cancel, and any replica answers (it ignores unknown ids).
             named = [r for r in candidate_replicas if r.replica_id.unique_id == target]
             return [named or candidate_replicas]
-        key, cost = routing_key_and_cost(args)
-        chosen_id = self.core.choose(
+        chosen_id = self.core.choose_for_call(
             [r.replica_id.unique_id for r in candidate_replicas],
             [r.routing_stats for r in candidate_replicas],
             [self.replica_queue_len_cache.get(r.replica_id) for r in candidate_replicas],
-            key,
-            cost,
-            routing_adapter(args),
+            args,
         )
         chosen = [r for r in candidate_replicas if r.replica_id.unique_id == chosen_id]
         rest = [r for r in candidate_replicas if r.replica_id.unique_id != chosen_id]
         return [chosen, rest] if rest else [chosen]
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: ReplicaResult) -> None:
-        _, cost = routing_key_and_cost(pending_request.args)
-        self.core.started(replica_id.unique_id, pending_request.metadata.internal_request_id, cost)
+        self.core.routed(replica_id.unique_id, pending_request.metadata.internal_request_id, pending_request.args)
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
         self.core.finished(replica_id.unique_id, internal_request_id)

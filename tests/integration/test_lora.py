@@ -180,7 +180,6 @@ def _series_with(line: str, wanted: str) -> bool:
 # Added at run time, so only the replica that loaded one holds it (the config's adapters are on
 # every replica from the start, which leaves affinity nothing to choose).
 AFFINE = {"pirate-affine": "pirate", "robot-affine": "robot"}
-ROUTING_STATS_PERIOD_S = 2.0  # serve_app.app: how often Serve polls each replica's routing stats
 _COUNTER = re.compile(r"^ray_(serve_app_adapter_\w+)_total\{([^}]*)\} ([0-9.e+-]+)$")
 
 
@@ -219,12 +218,14 @@ def routed(counters: Counters, adapter: str) -> dict[str, float]:
 
 
 def placed_adapters(sides: Sides) -> dict[str, set[str]]:
-    """Loads the ``AFFINE`` adapters through the router; the replica each landed on, once the
-    replicas report them."""
+    """Loads the ``AFFINE`` adapters through the router, each followed at once by one request naming
+    it (before Serve's next routing-stats poll could tell the router where it loaded); the replica
+    each landed on, once the replicas report them."""
     for name, source in AFFINE.items():
         load = {"lora_name": name, "lora_path": str(sides.adapter_paths[source])}
         resp = httpx.post(f"{sides.stack.base_url}/v1/load_lora_adapter", json=load, timeout=120)
         assert resp.status_code == 200, resp.text
+        assert answer(sides.stack.base_url, name, PROMPTS[0]).startswith(MARKERS[source])
     deadline = time.monotonic() + 60
     while not all(holders(n, held := replica_adapters(sides.stack)) for n in AFFINE) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -255,17 +256,17 @@ def counters_once_routed(metrics_url: str, before: Counters, sent: dict[str, int
 
 def test_adapter_affinity_keeps_each_adapters_requests_on_the_replica_holding_it(sides: Sides) -> None:
     """With 2 replicas, each adapter added at run time is loaded on one replica, and affinity sends
-    every later request naming it there: the router counts only hits, no other replica loads it
-    (the replicas' own reports and load counters), nothing is evicted. Power-of-two would spread
-    them, each replica loading each adapter (see benchmarks/results/lora/)."""
+    every later request naming it there, the first one right after the load included (the router
+    remembers where it sent the load): the router counts only hits, no other replica loads it (the
+    replicas' own reports and load counters), nothing is evicted. Power-of-two would spread them,
+    each replica loading each adapter (see benchmarks/results/lora/)."""
     url = sides.stack.base_url
     assert len(replica_adapters(sides.stack)) == REPLICAS
     try:
+        before = adapter_counters(sides.metrics_url)
         placed = placed_adapters(sides)
         assert all(len(replicas) == 1 for replicas in placed.values()), placed
-        time.sleep(2.5 * ROUTING_STATS_PERIOD_S)  # Serve's next stats poll brings them to the router
-        before = adapter_counters(sides.metrics_url)
-        sent = send_affine_requests(url)
+        sent = {name: count + 1 for name, count in send_affine_requests(url).items()}  # + the one right after
         after = counters_once_routed(sides.metrics_url, before, sent)
         held = replica_adapters(sides.stack)
         print(f"\nplaced {placed}; routed {[routed(after, n) for n in AFFINE]}; held after {held}")
