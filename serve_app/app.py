@@ -55,7 +55,7 @@ def _request_router(router: RouterConfig) -> dict[str, Any]:
     """Replica choice by our policies (pow2 on tokens, prefix affinity, round robin), inside Ray
     Serve's own router so that its replica tracking, back-pressure and retries stay in place."""
     return {
-        "request_router_class": "serve_app.router.replica_router.PolicyRequestRouter",
+        "request_router_class": "serve_app.router.replica_choice.PolicyRequestRouter",
         "request_router_kwargs": router.model_dump(mode="json"),
         "request_routing_stats_period_s": 2.0,
     }

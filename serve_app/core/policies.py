@@ -2,7 +2,7 @@
 
 Policies are pure: they see a snapshot of candidate loads and return one replica id. Load comes
 from :class:`OutstandingWork` (what this router has sent and not seen finish) merged with what
-replicas report (see ``serve_app.router.replica_router``).
+replicas report (see ``serve_app.router.replica_choice``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Replica choice without Ray: a handle call's routing key, cost and adapter, per-replica load
 estimates, and :class:`RoutingCore`, the policy plus outstanding-work bookkeeping that
-``serve_app.router.replica_router.PolicyRequestRouter`` (Ray Serve's ``RequestRouter``) drives.
+``serve_app.router.replica_choice.PolicyRequestRouter`` (Ray Serve's ``RequestRouter``) drives.
 See that module's docstring for where each load figure comes from.
 """
 
