@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from serve_app.config import RouterConfig
+from serve_app.config_router import ReplicaChoiceConfig
 from serve_app.errors import ServeAppError
 
 # Keys of the dict a replica returns from ``record_routing_stats`` (read by the Ray router adapter).
@@ -235,7 +235,7 @@ class OutstandingWork:
         return sum(self._tokens.values()) / len(self._open) if self._open else 0.0
 
 
-def make_policy(config: RouterConfig, rng: random.Random | None = None) -> RoutingPolicy:
+def make_policy(config: ReplicaChoiceConfig, rng: random.Random | None = None) -> RoutingPolicy:
     if config.policy == "pow2":
         return PowerOfTwoPolicy(rng)
     if config.policy == "prefix":

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from serve_app.config import RouterConfig
+from serve_app.config_router import ReplicaChoiceConfig
 from serve_app.core.policies import (
     ROUTING_STAT_ADAPTERS,
     ROUTING_STAT_OUTSTANDING_REQUESTS,
@@ -93,9 +93,9 @@ class RoutingCore:
 
     @classmethod
     def from_kwargs(
-        cls, router_kwargs: Mapping[str, Any], on_adapter_routed: Callable[[str, str], None] | None = None
+        cls, request_router_kwargs: Mapping[str, Any], on_adapter_routed: Callable[[str, str], None] | None = None
     ) -> RoutingCore:
-        config = RouterConfig.model_validate(dict(router_kwargs))
+        config = ReplicaChoiceConfig.model_validate(dict(request_router_kwargs))
         affinity = AdapterAffinityPolicy(config.adapter_load_factor, PowerOfTwoPolicy())
         return cls(make_policy(config), affinity if config.adapter_affinity else None, on_adapter_routed)
 

@@ -21,12 +21,14 @@ Wiring (replica deployment, e.g. in ``serve_app.app.replica_options``)::
 
     options["request_router_config"] = RequestRouterConfig(
         request_router_class="serve_app.router.replica_choice.PolicyRequestRouter",
-        request_router_kwargs=config.router.model_dump(mode="json"),  # a RouterConfig as a dict
+        # only the replica-choice part of ``router:``, as a dict
+        request_router_kwargs=config.router.replica_choice().model_dump(mode="json"),
         request_routing_stats_period_s=2.0,  # how often replicas' record_routing_stats runs
     )
 
 The same works as a dict in a Serve config file (``request_router_config:`` under the
-deployment). ``request_router_kwargs`` must validate as :class:`serve_app.config.RouterConfig`.
+deployment). ``request_router_kwargs`` must validate as
+:class:`serve_app.config_router.ReplicaChoiceConfig`.
 The replica class should define (sync or async, called by the Serve controller)::
 
     def record_routing_stats(self) -> dict[str, Any]:
@@ -68,7 +70,7 @@ class PolicyRequestRouter(RequestRouter):
         self.core = RoutingCore.from_kwargs({})
 
     def initialize_state(self, **kwargs: Any) -> None:
-        """Receives ``RequestRouterConfig.request_router_kwargs``: a RouterConfig as a dict."""
+        """Receives ``RequestRouterConfig.request_router_kwargs``: a ReplicaChoiceConfig as a dict."""
         metrics = ServeAppMetrics.for_ray()
         deployment = self._deployment_id.name
 
