@@ -158,7 +158,7 @@ def deploy(config: AppConfig, name: str, engine_factory: Any, extra_env: dict[st
     env = ray_serve_env_vars(config.server) | (extra_env or {})
     replicas = {
         m.id: serve.deployment(CountingReplica)
-        .options(**replica_options(m, config.router, config.nccl, env))
+        .options(**replica_options(m, config.router.replica_choice(), config.nccl, env))
         .bind(m, config.model_cache_dir, engine_factory=engine_factory, export_metrics=True, json_logs=True)
         for m in config.models
     }

@@ -13,8 +13,9 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from serve_app.config import AppConfig, ModelConfig, RouterConfig, ServerConfig
+from serve_app.config import AppConfig, ModelConfig, ServerConfig
 from serve_app.config_nccl import NcclConfig
+from serve_app.config_router import ReplicaChoiceConfig, RouterDeploymentConfig
 from serve_app.core.placement import load_model_shape, plan_replica_placement
 from serve_app.engine.vllm_engine import engine_env_vars
 from serve_app.replica.deployment import LLMReplica
@@ -51,12 +52,13 @@ def _autoscaling(model: ModelConfig) -> dict[str, Any] | None:
     }
 
 
-def _request_router(router: RouterConfig) -> dict[str, Any]:
+def request_router_config(replica_choice: ReplicaChoiceConfig) -> dict[str, Any]:
     """Replica choice by our policies (pow2 on tokens, prefix affinity, round robin), inside Ray
-    Serve's own router so that its replica tracking, back-pressure and retries stay in place."""
+    Serve's own request router so that its replica tracking, back-pressure and retries stay in
+    place. Only the replica-choice part of ``router:`` travels to it."""
     return {
-        "request_router_class": "serve_app.router.replica_router.PolicyRequestRouter",
-        "request_router_kwargs": router.model_dump(mode="json"),
+        "request_router_class": "serve_app.router.replica_choice.PolicyRequestRouter",
+        "request_router_kwargs": replica_choice.model_dump(mode="json"),
         "request_routing_stats_period_s": 2.0,
     }
 
@@ -70,7 +72,10 @@ def ray_serve_env_vars(server: ServerConfig) -> dict[str, str]:
 
 
 def replica_options(
-    model: ModelConfig, router: RouterConfig, nccl: NcclConfig, serve_env: dict[str, str] | None = None
+    model: ModelConfig,
+    replica_choice: ReplicaChoiceConfig,
+    nccl: NcclConfig,
+    serve_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     actor = model.ray_actor_options
     placement = plan_replica_placement(model, load_model_shape(model))
@@ -93,7 +98,7 @@ def replica_options(
         "health_check_timeout_s": 30,
         "graceful_shutdown_wait_loop_s": 2,
         "graceful_shutdown_timeout_s": 120,
-        "request_router_config": _request_router(router),
+        "request_router_config": request_router_config(replica_choice),
         **placement.deployment_options(),
     }
     autoscaling = _autoscaling(model)
@@ -104,7 +109,7 @@ def replica_options(
     return options
 
 
-def router_actor_options(router: RouterConfig, serve_env: dict[str, str]) -> dict[str, Any]:
+def router_actor_options(router: RouterDeploymentConfig, serve_env: dict[str, str]) -> dict[str, Any]:
     options: dict[str, Any] = {"num_cpus": router.num_cpus, "runtime_env": {"env_vars": serve_env}}
     if router.resources:
         options["resources"] = dict(router.resources)
@@ -117,14 +122,15 @@ def build_app(args: AppConfig) -> Application:
     # serve.deployment() then the class: Ray annotates only that (decorator) form's result.
     replicas = {
         m.id: serve.deployment()(LLMReplica)
-        .options(**replica_options(m, config.router, config.nccl, serve_env))
+        .options(**replica_options(m, config.router.replica_choice(), config.nccl, serve_env))
         .bind(m, config.model_cache_dir, export_metrics=True, json_logs=True)
         for m in config.models
     }
+    size = config.router.deployment()
     router = serve.deployment()(serve.ingress()(RouterDeployment)).options(
         name=ROUTER_DEPLOYMENT,
-        num_replicas=config.router.num_replicas,
-        max_ongoing_requests=config.router.max_ongoing_requests,
-        ray_actor_options=router_actor_options(config.router, serve_env),
+        num_replicas=size.num_replicas,
+        max_ongoing_requests=size.max_ongoing_requests,
+        ray_actor_options=router_actor_options(size, serve_env),
     )
     return router.bind(config, replicas)

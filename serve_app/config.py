@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from serve_app.config_lora import LoraConfig, lora_problem
 from serve_app.config_nccl import NcclConfig
+from serve_app.config_router import RouterConfig
 from serve_app.config_tenants import FlowControlConfig
 from serve_app.errors import ServeAppError
 from serve_app.models.embedded import EMBEDDED_MODELS, EMBEDDED_PREFIX, SMOLLM2_SOURCE
@@ -250,27 +251,6 @@ class ModelConfig(StrictModel):
         """The GPUs one replica uses: the actor's own, or for a multi-GPU replica its placement
         group's (they are not on the actor)."""
         return self.ray_actor_options.num_gpus if self.gpus_per_replica == 1 else float(self.gpus_per_replica)
-
-
-class RouterConfig(StrictModel):
-    policy: Literal["pow2", "prefix", "round_robin"] = "pow2"
-    prefix_chars: int = Field(256, ge=1)
-    prefix_load_factor: float = Field(1.5, ge=1.0)
-    # A request naming a LoRA adapter prefers replicas holding it (serve_app.core.policies
-    # AdapterAffinityPolicy), whatever ``policy`` is; off, adapter requests route by ``policy``.
-    adapter_affinity: bool = True
-    adapter_load_factor: float = Field(1.5, ge=1.0)
-    max_queued_requests: int = Field(1024, ge=1)
-    max_queued_tokens: int = Field(2_000_000, ge=1)
-    overflow_status: Literal[429, 503] = 429
-    retry_after_s: int = Field(1, ge=1)
-    request_timeout_s: float = Field(600.0, gt=0)
-    num_replicas: int = Field(1, ge=1)
-    max_ongoing_requests: int = Field(4096, ge=1)
-    num_cpus: float = Field(0.5, ge=0)
-    # Ray custom resources the router replicas ask for: pins them to the nodes that offer them
-    # (as ``models[].ray_actor_options.resources`` pins a model's replicas).
-    resources: dict[str, float] = Field(default_factory=dict)
 
 
 class ServerConfig(StrictModel):

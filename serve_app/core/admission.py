@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal
 
-from serve_app.config import RouterConfig
+from serve_app.config_router import AdmissionConfig
 
 RejectReason = Literal["queue_full", "token_budget"]
 
@@ -80,7 +80,7 @@ class AdmissionController:
         self.rejected_total: Counter[RejectReason] = Counter()
 
     @classmethod
-    def from_config(cls, config: RouterConfig) -> AdmissionController:
+    def from_config(cls, config: AdmissionConfig) -> AdmissionController:
         return cls(
             config.max_queued_requests,
             config.max_queued_tokens,

@@ -2,7 +2,7 @@
 
 Policies are pure: they see a snapshot of candidate loads and return one replica id. Load comes
 from :class:`OutstandingWork` (what this router has sent and not seen finish) merged with what
-replicas report (see ``serve_app.router.replica_router``).
+replicas report (see ``serve_app.router.replica_choice``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from serve_app.config import RouterConfig
+from serve_app.config_router import ReplicaChoiceConfig
 from serve_app.errors import ServeAppError
 
 # Keys of the dict a replica returns from ``record_routing_stats`` (read by the Ray router adapter).
@@ -241,7 +241,7 @@ class OutstandingWork:
         return sum(self._tokens.values()) / len(self._open) if self._open else 0.0
 
 
-def make_policy(config: RouterConfig, rng: random.Random | None = None) -> RoutingPolicy:
+def make_policy(config: ReplicaChoiceConfig, rng: random.Random | None = None) -> RoutingPolicy:
     if config.policy == "pow2":
         return PowerOfTwoPolicy(rng)
     if config.policy == "prefix":

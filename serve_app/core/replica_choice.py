@@ -1,6 +1,6 @@
 """Replica choice without Ray: a handle call's routing key, cost and adapter, per-replica load
 estimates, and :class:`RoutingCore`, the policy plus outstanding-work bookkeeping that
-``serve_app.router.replica_router.PolicyRequestRouter`` (Ray Serve's ``RequestRouter``) drives.
+``serve_app.router.replica_choice.PolicyRequestRouter`` (Ray Serve's ``RequestRouter``) drives.
 See that module's docstring for where each load figure comes from.
 
 Which LoRA adapters a replica holds comes from its routing stats, polled every couple of seconds,
@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from serve_app.config import RouterConfig
+from serve_app.config_router import ReplicaChoiceConfig
 from serve_app.core.policies import (
     ROUTING_STAT_ADAPTERS,
     ROUTING_STAT_OUTSTANDING_REQUESTS,
@@ -149,11 +149,11 @@ class RoutingCore:
     @classmethod
     def from_kwargs(
         cls,
-        router_kwargs: Mapping[str, Any],
+        request_router_kwargs: Mapping[str, Any],
         on_adapter_routed: Callable[[str, str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> RoutingCore:
-        config = RouterConfig.model_validate(dict(router_kwargs))
+        config = ReplicaChoiceConfig.model_validate(dict(request_router_kwargs))
         affinity = AdapterAffinityPolicy(config.adapter_load_factor, PowerOfTwoPolicy())
         return cls(make_policy(config), affinity if config.adapter_affinity else None, on_adapter_routed, clock)
 

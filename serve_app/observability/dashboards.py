@@ -13,7 +13,7 @@ from serve_app.observability.metrics import MetricSpec
 QUANTILES = (0.5, 0.95, 0.99)
 MODEL_VARIABLE = Variable("model", "Model", q.label_values(m.REQUESTS, "model"))
 DEPLOYMENT_VARIABLE = Variable("deployment", "Deployment", q.label_values(m.REPLICAS, "deployment"))
-# The replica deployments adapter requests were routed to (the replica router knows its deployment).
+# The replica deployments adapter requests were routed to (the request router knows its deployment).
 ADAPTER_DEPLOYMENT_VARIABLE = Variable("deployment", "Deployment", q.label_values(m.ADAPTER_ROUTING, "deployment"))
 OK = 'status_class="2xx"'
 

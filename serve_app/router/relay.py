@@ -68,7 +68,7 @@ class Relay:
         self.metrics = metrics
         self.replica_name = replica_name  # this router replica: the label of its admission gauges
         self.flow: FlowGate | None = None  # flow control (tenants, quotas, classes) when configured
-        self.admission = AdmissionController.from_config(config.router)
+        self.admission = AdmissionController.from_config(config.router.admission())
         self._batchers = {
             m.id: BatchDispatcher(client, m, metrics, clock) for m in config.models if m.batching.max_batch_size > 1
         }

@@ -1,6 +1,6 @@
 """Router batching of generation on the real stack: a batch's chunks come back as one Ray message
 per engine step, greedy answers do not change, and a client leaving a batch has its engine
-request aborted on the batch's replica (``CancelRequests``, routed there by the replica router)
+request aborted on the batch's replica (``CancelRequests``, routed there by the request router)
 while the rest of the batch goes on."""
 
 from __future__ import annotations

@@ -15,9 +15,11 @@ from ray.serve.config import AutoscalingConfig as RayAutoscalingConfig
 from ray.serve.schema import ServeDeploySchema
 
 from serve_app.app import build_app, replica_options, router_actor_options
-from serve_app.config import AppConfig, AutoscalingConfig, ModelConfig, RouterConfig, load_config
+from serve_app.config import AppConfig, AutoscalingConfig, ModelConfig, load_config
 from serve_app.config_nccl import NcclConfig
+from serve_app.config_router import ReplicaChoiceConfig
 from serve_app.core.placement import load_model_shape, plan_replica_placement
+from serve_app.core.replica_choice import RoutingCore
 from tests.unit.test_serve_configs import IDS, SERVE_CONFIGS
 
 
@@ -56,10 +58,25 @@ def test_multi_gpu_placements_are_accepted_by_ray(fields: dict[str, Any], strate
 
 def test_scale_to_zero_config_is_accepted_by_ray() -> None:
     to_zero = AutoscalingConfig(min_replicas=0, max_replicas=2)
-    options = replica_options(ModelConfig(id="cold", autoscaling=to_zero), RouterConfig(), NcclConfig())
+    options = replica_options(ModelConfig(id="cold", autoscaling=to_zero), ReplicaChoiceConfig(), NcclConfig())
     ray_config = RayAutoscalingConfig(**options["autoscaling_config"])
     assert (ray_config.min_replicas, ray_config.max_replicas) == (0, 2)
     assert ray_config.policy.policy_kwargs["min_replicas"] == 0  # our policy decides the cold start
+
+
+@pytest.mark.parametrize(("name", "doc"), SERVE_CONFIGS, ids=IDS)
+def test_request_router_gets_only_replica_choice(name: str, doc: dict[str, Any]) -> None:
+    """build_app hands Ray's request router the replica-choice part of ``router:`` alone, as the
+    deployment config Ray keeps, and the request router's core takes it as it is."""
+    for app_doc in doc["applications"]:
+        config = load_config(app_doc["args"])
+        replicas = build_app(config)._bound_deployment.init_args[1]
+        for model in config.models:
+            ray_config = replicas[model.id]._bound_deployment._deployment_config.request_router_config
+            assert ray_config.request_router_class == "serve_app.router.replica_choice.PolicyRequestRouter"
+            assert ray_config.request_router_kwargs == config.router.replica_choice().model_dump(mode="json")
+            assert set(ray_config.request_router_kwargs) == set(ReplicaChoiceConfig.model_fields)
+            RoutingCore.from_kwargs(ray_config.request_router_kwargs)
 
 
 def test_build_app_annotation_is_the_config_model() -> None:
@@ -70,17 +87,17 @@ def test_build_app_annotation_is_the_config_model() -> None:
 def test_router_resources_pin_the_router_replicas() -> None:
     minimal = {"models": [{"id": "m"}]}
     pinned = load_config(minimal | {"router": {"resources": {"router_node": 0.01}}})
-    assert router_actor_options(pinned.router, {})["resources"] == {"router_node": 0.01}
-    assert "resources" not in router_actor_options(load_config(minimal).router, {})
+    assert router_actor_options(pinned.router.deployment(), {})["resources"] == {"router_node": 0.01}
+    assert "resources" not in router_actor_options(load_config(minimal).router.deployment(), {})
 
 
 def test_health_check_period_reaches_serve() -> None:
     """The model's health-check period becomes Serve's (how soon a hung engine is replaced)."""
     quick = ModelConfig(id="m", health_check_period_s=3)
-    options = replica_options(quick, RouterConfig(), NcclConfig())
+    options = replica_options(quick, ReplicaChoiceConfig(), NcclConfig())
     deployment = DeploymentConfig(
         health_check_period_s=options["health_check_period_s"],
         health_check_timeout_s=options["health_check_timeout_s"],
     )
     assert deployment.health_check_period_s == 3
-    assert replica_options(ModelConfig(id="m"), RouterConfig(), NcclConfig())["health_check_period_s"] == 10
+    assert replica_options(ModelConfig(id="m"), ReplicaChoiceConfig(), NcclConfig())["health_check_period_s"] == 10

@@ -1,4 +1,4 @@
-"""Adapter affinity (serve_app.core.policies.AdapterAffinityPolicy) and its wiring in the replica router."""
+"""Adapter affinity (serve_app.core.policies.AdapterAffinityPolicy) and its wiring in the request router's core."""
 
 from __future__ import annotations
 

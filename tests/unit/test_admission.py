@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app.config import RouterConfig
+from serve_app.config_router import AdmissionConfig
 from serve_app.core.admission import AdmissionController, AdmissionTicket, Rejection
 
 
@@ -22,7 +22,7 @@ def test_queue_full_rejects_with_configured_status_and_retry_after() -> None:
 
 
 def test_overflow_status_503_from_config() -> None:
-    config = RouterConfig(max_queued_requests=1, overflow_status=503, retry_after_s=5)
+    config = AdmissionConfig(max_queued_requests=1, overflow_status=503, retry_after_s=5)
     controller = AdmissionController.from_config(config)
     admit(controller, 1)
     rejection = controller.try_admit(1)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from serve_app.config import RouterConfig
+from serve_app.config_router import ReplicaChoiceConfig
 from serve_app.core.policies import (
     NoCandidatesError,
     OutstandingWork,
@@ -137,8 +137,8 @@ def test_outstanding_work_tracks_and_releases_once() -> None:
 @pytest.mark.parametrize(
     ("name", "kind"), [("pow2", PowerOfTwoPolicy), ("prefix", PrefixAffinityPolicy), ("round_robin", RoundRobinPolicy)]
 )
-def test_make_policy_from_router_config(name: str, kind: type) -> None:
-    policy = make_policy(RouterConfig(policy=name, prefix_chars=32, prefix_load_factor=2.0))
+def test_make_policy_from_replica_choice_config(name: str, kind: type) -> None:
+    policy = make_policy(ReplicaChoiceConfig(policy=name, prefix_chars=32, prefix_load_factor=2.0))
     assert isinstance(policy, kind)
     if isinstance(policy, PrefixAffinityPolicy):
         assert (policy.prefix_chars, policy.load_factor) == (32, 2.0)

@@ -1,4 +1,5 @@
-"""A Ray Serve ``RequestRouter`` that picks replicas with serve_app's pure policies.
+"""Replica choice inside Ray Serve: a ``RequestRouter`` that picks replicas with serve_app's pure
+policies. It runs in every handle the router deployment holds to a model deployment.
 
 Ray Serve keeps doing what it does: replica discovery and health (``update_replicas``), the
 queue-length cache and probes, ``max_ongoing_requests`` back-pressure and retries. This class only
@@ -7,25 +8,27 @@ ranks the candidates Ray hands it: first the replica the configured policy
 takes the one with the shortest queue if the first is full.
 
 Load per replica, in tokens and requests, is the larger of
-  * what this router has sent there and not seen complete (``on_request_routed`` /
-    ``on_request_completed``; fresh, but blind to other routers),
-  * what the replica reports from ``record_routing_stats`` (every router's work, but up to
-    ``request_routing_stats_period_s`` old),
+  * what this request router has sent there and not seen complete (``on_request_routed`` /
+    ``on_request_completed``; fresh, but blind to other router replicas),
+  * what the replica reports from ``record_routing_stats`` (every router replica's work, but up
+    to ``request_routing_stats_period_s`` old),
   * Ray's cached queue length for the replica (requests only; converted to tokens with the mean
-    cost of this router's outstanding requests).
+    cost of this request router's outstanding requests).
 
 Wiring (replica deployment, e.g. in ``serve_app.app.replica_options``)::
 
     from ray.serve.config import RequestRouterConfig
 
     options["request_router_config"] = RequestRouterConfig(
-        request_router_class="serve_app.router.replica_router.PolicyRequestRouter",
-        request_router_kwargs=config.router.model_dump(mode="json"),  # a RouterConfig as a dict
+        request_router_class="serve_app.router.replica_choice.PolicyRequestRouter",
+        # only the replica-choice part of ``router:``, as a dict
+        request_router_kwargs=config.router.replica_choice().model_dump(mode="json"),
         request_routing_stats_period_s=2.0,  # how often replicas' record_routing_stats runs
     )
 
 The same works as a dict in a Serve config file (``request_router_config:`` under the
-deployment). ``request_router_kwargs`` must validate as :class:`serve_app.config.RouterConfig`.
+deployment). ``request_router_kwargs`` must validate as
+:class:`serve_app.config_router.ReplicaChoiceConfig`.
 The replica class should define (sync or async, called by the Serve controller)::
 
     def record_routing_stats(self) -> dict[str, Any]:
@@ -67,7 +70,7 @@ class PolicyRequestRouter(RequestRouter):
         self.core = RoutingCore.from_kwargs({})
 
     def initialize_state(self, **kwargs: Any) -> None:
-        """Receives ``RequestRouterConfig.request_router_kwargs``: a RouterConfig as a dict."""
+        """Receives ``RequestRouterConfig.request_router_kwargs``: a ReplicaChoiceConfig as a dict."""
         metrics = ServeAppMetrics.for_ray()
         deployment = self._deployment_id.name
 
@@ -75,7 +78,7 @@ class PolicyRequestRouter(RequestRouter):
             metrics.adapter_routed(deployment, adapter, outcome)
 
         self.core = RoutingCore.from_kwargs(kwargs, routed)
-        logger.info("replica router for %s uses policy %s", self._deployment_id, type(self.core.policy).__name__)
+        logger.info("request router for %s uses policy %s", self._deployment_id, type(self.core.policy).__name__)
 
     async def choose_replicas(
         self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None

@@ -42,7 +42,7 @@ def _router(**router_kwargs: Any) -> tuple[Any, list[FakeReplica], Callable[[str
     from ray.serve._private.common import DeploymentHandleSource, DeploymentID
     from ray.serve.request_router import ReplicaID
 
-    from serve_app.router.replica_router import PolicyRequestRouter
+    from serve_app.router.replica_choice import PolicyRequestRouter
 
     deployment = DeploymentID(name="llm-test", app_name="app")
     router = PolicyRequestRouter(deployment_id=deployment, handle_source=DeploymentHandleSource.UNKNOWN)
