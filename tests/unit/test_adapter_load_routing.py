@@ -1,6 +1,6 @@
 """Replica choice right after an adapter is loaded at run time, before the replicas' routing stats
 (polled every couple of seconds) report it: the load and the requests after it go through
-``RoutingCore`` as ``serve_app.router.replica_router`` drives it (``choose_for_call``, then
+``RoutingCore`` as ``serve_app.router.replica_choice`` drives it (``choose_for_call``, then
 ``routed`` once a replica accepted the call), over fake replicas whose polled stats stay stale
 until a test polls them, with a fake clock."""
 
