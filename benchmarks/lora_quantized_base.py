@@ -2,8 +2,7 @@
 quantized checkpoint of the embedded SmolLM2, serving the two embedded adapters; records each
 model's greedy answers, or the engine's error (results: benchmarks/results/lora/README.md).
 
-    python -m benchmarks.lora_quantized_base --base w4a16 unquantized --out benchmarks/results/lora/w4a16-base.json
-    python -m benchmarks.lora_quantized_base --base w8a8-int8 --out benchmarks/results/lora/w8a8-base.json
+    python -m benchmarks.lora_quantized_base --out benchmarks/results/lora/quantized-base.json
 
 Bases (each served in turn, ``--dtype bfloat16``):
 
@@ -13,6 +12,8 @@ Bases (each served in turn, ``--dtype bfloat16``):
   W4A16 scheme writes: symmetric int4 in groups of 64 input channels (64 divides SmolLM2's 576 and
   1536; 128 does not divide 576), eight values per int32 along the input dimension, offset by 8.
   vLLM 0.32 runs it on CPU with ``CPUWNA16LinearKernel`` (it keeps ``weight_packed``).
+* ``w4a16-asym``: the same with an asymmetric zero point per group, the layout of ``serve-app
+  quantize --method awq`` (W4A16_ASYM).
 * ``unquantized``: the embedded checkpoint itself, the reference for the adapters' answers.
 
 The quantized checkpoints are made here by round-to-nearest, not by llm-compressor's GPTQ or
@@ -31,6 +32,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -62,25 +64,29 @@ W8A8 = _CT | {
         }
     },
 }
+W4_WEIGHTS = {
+    "num_bits": 4,
+    "type": "int",
+    "symmetric": True,
+    "strategy": "group",
+    "group_size": W4_GROUP_SIZE,
+    "dynamic": False,
+    "actorder": None,
+}
 W4A16 = _CT | {
     "format": "pack-quantized",
     "config_groups": {
         "group_0": {
             "targets": ["Linear"],
-            "weights": {
-                "num_bits": 4,
-                "type": "int",
-                "symmetric": True,
-                "strategy": "group",
-                "group_size": W4_GROUP_SIZE,
-                "dynamic": False,
-                "actorder": None,
-            },
+            "weights": W4_WEIGHTS,
             "input_activations": None,
             "output_activations": None,
             "format": "pack-quantized",
         }
     },
+}
+W4A16_ASYM = W4A16 | {
+    "config_groups": {"group_0": W4A16["config_groups"]["group_0"] | {"weights": W4_WEIGHTS | {"symmetric": False}}}
 }
 Quantizer = Callable[[Any], dict[str, Any]]  # a float weight -> its tensors, by name suffix
 
@@ -93,18 +99,26 @@ def int8_per_channel(weight: Any) -> dict[str, Any]:
     return {"weight": q, "weight_scale": scale.to(torch.bfloat16)}
 
 
-def int4_grouped_packed(weight: Any) -> dict[str, Any]:
-    """compressed-tensors ``pack-quantized``: value ``i`` of each eight at bits ``4*i`` of an int32."""
+def int4_grouped_packed(weight: Any, symmetric: bool = True) -> dict[str, Any]:
+    """compressed-tensors ``pack-quantized``, packed by compressed-tensors' own helper (its int4
+    range -8..7 shifted by 8; an asymmetric zero point packed along the output dimension)."""
     import torch
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
 
     rows, cols = weight.shape
     groups = weight.float().reshape(rows, cols // W4_GROUP_SIZE, W4_GROUP_SIZE)
-    scale = groups.abs().amax(dim=2, keepdim=True).clamp(min=1e-8) / 7
-    q = ((groups / scale).round().clamp(-8, 7) + 8).to(torch.int64).reshape(rows, cols // 8, 8)
-    packed = sum(q[..., i] << (4 * i) for i in range(8))
-    packed = torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
-    shape = torch.tensor([rows, cols], dtype=torch.int64)
-    return {"weight_packed": packed, "weight_scale": scale.squeeze(2).to(torch.bfloat16), "weight_shape": shape}
+    if symmetric:
+        scale = groups.abs().amax(dim=2, keepdim=True).clamp(min=1e-8) / 7
+        zero = torch.zeros_like(scale)
+    else:
+        low, high = groups.amin(dim=2, keepdim=True).clamp(max=0), groups.amax(dim=2, keepdim=True).clamp(min=0)
+        scale = ((high - low) / 15).clamp(min=1e-8)
+        zero = (-8 - low / scale).round().clamp(-8, 7)
+    q = (groups / scale + zero).round().clamp(-8, 7).to(torch.int8).reshape(rows, cols)
+    tensors = {"weight_packed": pack_to_int32(q, 4), "weight_scale": scale.squeeze(2).to(torch.bfloat16)}
+    if not symmetric:
+        tensors["weight_zero_point"] = pack_to_int32(zero.squeeze(2).to(torch.int8), 4, packed_dim=0)
+    return tensors | {"weight_shape": torch.tensor([rows, cols], dtype=torch.int64)}
 
 
 def write_quantized(base: Path, out: Path, quantize: Quantizer, quantization_config: dict[str, Any]) -> None:
@@ -131,6 +145,11 @@ def write_quantized(base: Path, out: Path, quantize: Quantizer, quantization_con
 BASES: dict[str, tuple[str, Quantizer | None, dict[str, Any] | None]] = {
     "w8a8-int8": ("W8A8 int8 RTN per channel, compressed-tensors int-quantized", int8_per_channel, W8A8),
     "w4a16": (f"W4A16 int4 RTN group {W4_GROUP_SIZE}, compressed-tensors pack-quantized", int4_grouped_packed, W4A16),
+    "w4a16-asym": (
+        f"W4A16 int4 RTN asymmetric group {W4_GROUP_SIZE}, compressed-tensors pack-quantized",
+        partial(int4_grouped_packed, symmetric=False),
+        W4A16_ASYM,
+    ),
     "unquantized": ("the embedded checkpoint (fp32 on disk), served in bfloat16", None, None),
 }
 
@@ -206,8 +225,8 @@ def compare(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", nargs="+", choices=tuple(BASES), default=["w4a16", "unquantized"])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/lora/w4a16-base.json"))
+    parser.add_argument("--base", nargs="+", choices=tuple(BASES), default=list(BASES))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/lora/quantized-base.json"))
     args = parser.parse_args()
     import vllm
 
