@@ -31,7 +31,6 @@ class Rejection:
         return "the server's queued token budget is exhausted; retry later"
 
 
-
 class AdmissionTicket:
     """Held while a request occupies the budgets; :meth:`release` is idempotent."""
 

@@ -79,4 +79,3 @@ def test_counters_for_metrics() -> None:
     assert controller.admitted_total == 2
     assert controller.released_total == 1
     assert dict(controller.rejected_total) == {"token_budget": 1, "queue_full": 2}
-
