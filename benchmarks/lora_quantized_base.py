@@ -117,7 +117,7 @@ def int4_grouped_packed(weight: Any, symmetric: bool = True) -> dict[str, Any]:
     q = (groups / scale + zero).round().clamp(-8, 7).to(torch.int8).reshape(rows, cols)
     tensors = {"weight_packed": pack_to_int32(q, 4), "weight_scale": scale.squeeze(2).to(torch.bfloat16)}
     if not symmetric:
-        tensors["weight_zero_point"] = pack_to_int32(zero.squeeze(2).to(torch.int8), 4, packed_dim=0)
+        tensors["weight_zero_point"] = pack_to_int32(zero.squeeze(2).to(torch.int8), 4, packed_dim=0).contiguous()
     return tensors | {"weight_shape": torch.tensor([rows, cols], dtype=torch.int64)}
 
 
