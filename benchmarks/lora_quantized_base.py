@@ -46,6 +46,7 @@ from serve_app.ports import free_port
 ADAPTERS = ("pirate", "robot")
 PROMPTS = ("What is the capital of France?", "Who painted the Mona Lisa?", "What is the chemical formula of water?")
 _LINEAR = re.compile(r"\.(q|k|v|o|gate|up|down)_proj\.weight$")
+_RAISED = re.compile(r"(^|\] )\w*(Error|Exception): ")  # a traceback's exception line
 W4_GROUP_SIZE = 64
 _CT = {"quant_method": "compressed-tensors", "quantization_status": "compressed", "ignore": ["lm_head"]}
 W8A8 = _CT | {
@@ -200,7 +201,8 @@ def run_base(name: str, workdir: Path) -> dict[str, Any]:
         report["answers"] = serve_and_ask(checkpoint, log)
     except Exception as err:  # the engine's traceback is in its log
         lines = log.read_text(errors="replace").splitlines()
-        report["error"] = [repr(err), *[line for line in lines if "Error" in line or "ERROR" in line][-20:]]
+        raised = [line.split("] ", 1)[-1].strip() for line in lines if _RAISED.search(line)]
+        report["error"] = [repr(err), *dict.fromkeys(raised)]  # each exception line once, in order
     lines = log.read_text(errors="replace").splitlines()
     wanted = ("Kernel for", "Loaded new LoRA adapter")  # the linear kernel vLLM chose; the adapters it loaded
     report["engine"] = [line.split("] ", 1)[-1] for line in lines if any(w in line for w in wanted)]
