@@ -81,6 +81,9 @@ def lora_checkpoint_problem(quantization_config: dict[str, Any], on_gpu: bool) -
     in ``vllm/model_executor/kernels/linear/scaled_mm/cpu.py``) packs it into oneDNN and sets
     ``weight`` to None, and the engine then fails to start (measured with ``--enable-lora`` on an
     int8 W8A8 compressed-tensors SmolLM2: ``'NoneType' object has no attribute 'device'``).
+    The CPU int4 W4A16 kernel (``CPUWNA16LinearKernel``, ``.../linear/mixed_precision/cpu.py``)
+    repacks ``weight_packed`` in place and keeps it: measured, adapters serve on a W4A16
+    compressed-tensors SmolLM2 on CPU, so only W8A8 is refused.
     """
     if on_gpu:
         return None

@@ -196,3 +196,22 @@ def test_lora_on_other_checkpoints_passes(tmp_path: Path) -> None:
     assert lora_checkpoint_problem({"config_groups": {"g": W4A16_GROUP}}, on_gpu=False) is None
     assert lora_checkpoint_problem({"config_groups": {"g": W8A8_GROUP}}, on_gpu=True) is None
     assert lora_checkpoint_problem({"config_groups": {"g": W8A8_GROUP}}, on_gpu=False) is not None
+
+
+# The weights group llm-compressor's GPTQ W4A16 scheme writes (pack-quantized, activations left at 16 bits).
+W4A16_PACKED_GROUP = {
+    "targets": ["Linear"],
+    "weights": {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group", "group_size": 64},
+    "input_activations": None,
+    "output_activations": None,
+    "format": "pack-quantized",
+}
+
+
+def test_lora_on_a_w4a16_checkpoint_on_cpu_is_accepted(tmp_path: Path) -> None:
+    # Measured: vLLM 0.32's CPU int4 kernel keeps weight_packed and serves adapters on it
+    # (benchmarks/lora_quantized_base.py, benchmarks/results/lora/README.md).
+    base = quantized_base(tmp_path / "w4a16", W4A16_PACKED_GROUP)
+    lora = {"max_lora_rank": 8}
+    check_adapters(load_config(with_lora(lora, source=str(base), quantization="compressed-tensors", dtype="bfloat16")))
+    assert lora_checkpoint_problem({"config_groups": {"group_0": W4A16_PACKED_GROUP}}, on_gpu=False) is None
