@@ -8,6 +8,10 @@ One app, one router, one vLLM replica of the embedded SmolLM2 (its own local Ray
 measured first: completed requests per second of a closed loop at ``max_in_flight`` concurrency
 (A's request shape). A's tenants have a token quota (``--a-tokens-per-minute``), so the flood
 meets it; "a" is batch, "a-interactive" the same limits in B's class. B sends at 0.25x capacity.
+
+The stack is reached through ``--door``: ``haproxy`` (the default), the door ``make serve`` ships
+(Ray Serve's HAProxy, forwarding to the router replica's direct-ingress port), or ``ray-proxy``,
+Ray Serve's Python proxy. Both start through the integration tests' ``running_serve``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import argparse
 import asyncio
 import hashlib
 import json
-import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -24,18 +27,17 @@ from typing import Any
 
 import httpx
 
+from serve_app.bench.provenance import commit, module_command
+
 MODEL = "smollm2-135m-instruct"
 KEYS = {name: f"sk-bench-{name}-0123456789" for name in ("a", "a-interactive", "b", "probe")}
 A_BODY = {"model": MODEL, "prompt": "Write a short story about a lighthouse keeper.", "max_tokens": 32}
 B_BODY = {"model": MODEL, "messages": [{"role": "user", "content": "What is the capital of France?"}]}
 B_BODY |= {"max_tokens": 16, "stream": True, "temperature": 0}
 MAX_IN_FLIGHT = 4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+REPO = Path(__file__).resolve().parents[1]
+# ``running_serve``'s door_env per --door: None is the shipped door (HAProxy), {} Ray's own proxy.
+DOORS: dict[str, dict[str, str] | None] = {"haproxy": None, "ray-proxy": {}}
 
 
 def tenant(name: str, priority: str, tokens_per_minute: int | None = None) -> dict[str, Any]:
@@ -135,36 +137,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phase-s", type=float, default=30.0)
     parser.add_argument("--a-tokens-per-minute", type=int, default=3000, help="the flooding tenant's quota")
+    parser.add_argument("--door", choices=sorted(DOORS), default="haproxy", help="how clients reach the stack")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/flow-control/noisy-neighbour.json"))
     args = parser.parse_args()
 
-    import ray
-    from ray import serve
-
-    from serve_app.app import build_app
-    from serve_app.bench.readiness import wait_until_ok
     from serve_app.config import load_config
+    from tests.integration.conftest import running_serve
 
-    port = free_port()
-    ray.init(address="local", num_cpus=8, include_dashboard=False)
-    results: dict[str, Any] = {}
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        url = f"http://127.0.0.1:{port}"
-        config = app_config(args.a_tokens_per_minute)
-        serve.run(build_app(load_config(config)), name="serve-app", route_prefix="/", blocking=False)
-        wait_until_ok(f"{url}/ready", 600, period_s=2, request_timeout_s=60)
+    # Read before the run: the tree may change while it runs.
+    results: dict[str, Any] = {"command": module_command("benchmarks.flow_control"), "commit": commit(REPO)}
+    results["door"] = args.door
+    with running_serve(DOORS[args.door], address="local") as start:
+        url = start(load_config(app_config(args.a_tokens_per_minute))).base_url
         asyncio.run(closed_loop(url, 5))  # warm-up
         capacity = asyncio.run(closed_loop(url, args.phase_s / 2))
         results["capacity_requests_per_s"] = capacity
         results["b_alone"] = asyncio.run(phase(url, None, capacity, args.phase_s))
         results["with_classes"] = asyncio.run(phase(url, KEYS["a"], capacity, args.phase_s))
         results["without_classes"] = asyncio.run(phase(url, KEYS["a-interactive"], capacity, args.phase_s))
-    finally:
-        serve.shutdown()
-        ray.shutdown()
     results["settings"] = {"phase_s": args.phase_s, "max_in_flight": MAX_IN_FLIGHT, "a_body": A_BODY, "b_body": B_BODY}
-    results["settings"]["a_tokens_per_minute"] = args.a_tokens_per_minute
+    results["settings"] |= {
+        "a_tokens_per_minute": args.a_tokens_per_minute,
+        "app_config": app_config(args.a_tokens_per_minute),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps({k: v for k, v in results.items() if k != "settings"}, indent=2))

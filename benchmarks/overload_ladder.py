@@ -12,6 +12,9 @@ replica; flow control with ``--max-in-flight``, ``--max-waiting``, a queue deadl
 Per load: goodput (answers within the SLO per second), the rejected count (429/503) and the
 rejection latency, timeouts (no answer within the client's timeout) and lost requests (neither an
 answer nor a refusal nor a timeout).
+
+The stack is reached through ``--door``: ``haproxy`` (the default), the door ``make serve`` ships,
+or ``ray-proxy``, Ray Serve's Python proxy (see benchmarks/flow_control.py).
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, replace
@@ -29,19 +31,15 @@ from typing import Any
 
 import httpx
 
-from benchmarks.flow_control import quantile
+from benchmarks.flow_control import DOORS, REPO, quantile
 from benchmarks.seed_table import MODEL_ID, VLLM_ENV, fp32_model, plain_vllm_command, stop, wait_ready
+from serve_app.bench.provenance import commit, module_command
+from serve_app.ports import free_port
 
 BODY = {"model": MODEL_ID, "prompt": "Write a short story about a lighthouse keeper.", "max_tokens": 32}
 MULTIPLES = (0.5, 1.0, 2.0, 3.0, 5.0)
 SLO_S = 4.0  # end-to-end latency of a good answer
 CLIENT_TIMEOUT_S = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def stack_config(max_in_flight: int, max_waiting: int) -> dict[str, Any]:
@@ -127,6 +125,7 @@ class Settings:
     max_waiting: int
     capacity: float | None  # requests/s called 1x; None: measured
     capacity_on: str  # "plain" or "stack": where it is measured
+    door: str  # a key of DOORS: how clients reach the stack
 
 
 def warm_measure_ladder(url: str, settings: Settings) -> tuple[float, dict[str, Any]]:
@@ -138,25 +137,12 @@ def warm_measure_ladder(url: str, settings: Settings) -> tuple[float, dict[str, 
 
 def run_stack(settings: Settings) -> tuple[float | None, dict[str, Any]]:
     """The stack's ladder at ``settings.capacity`` (measured here first when it is None)."""
-    import ray
-    from ray import serve
-
-    from serve_app.app import build_app
-    from serve_app.bench.readiness import wait_until_ok
     from serve_app.config import load_config
+    from tests.integration.conftest import running_serve
 
-    port = free_port()
-    ray.init(address="local", num_cpus=8, include_dashboard=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        config = load_config(stack_config(settings.max_in_flight, settings.max_waiting))
-        serve.run(build_app(config), name="serve-app", route_prefix="/", blocking=False)
-        url = f"http://127.0.0.1:{port}"
-        wait_until_ok(f"{url}/ready", 600, period_s=2, request_timeout_s=60)
-        return warm_measure_ladder(url, settings)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    with running_serve(DOORS[settings.door], address="local") as start:
+        app = start(load_config(stack_config(settings.max_in_flight, settings.max_waiting)))
+        return warm_measure_ladder(app.base_url, settings)
 
 
 def run_vllm(settings: Settings) -> tuple[float | None, dict[str, Any]]:
@@ -179,15 +165,18 @@ def main() -> None:
     parser.add_argument("--capacity-on", choices=["plain", "stack"], default="plain")
     parser.add_argument("--max-in-flight", type=int, default=16, help="the stack's flow_control.max_in_flight")
     parser.add_argument("--max-waiting", type=int, default=None, help="flow_control.max_waiting (default: the cap)")
+    parser.add_argument("--door", choices=sorted(DOORS), default="haproxy", help="how clients reach the stack")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/flow-control/overload-ladder.json"))
     args = parser.parse_args()
+    # Read before the run: the tree may change while it runs.
+    results: dict[str, Any] = {"command": module_command("benchmarks.overload_ladder"), "commit": commit(REPO)}
     cap = args.max_in_flight
-    settings = Settings(args.step_s, cap, args.max_waiting or cap, args.capacity, args.capacity_on)
+    settings = Settings(args.step_s, cap, args.max_waiting or cap, args.capacity, args.capacity_on, args.door)
     first, second = (run_vllm, run_stack) if settings.capacity_on == "plain" else (run_stack, run_vllm)
     rate, first_ladder = first(settings)
     _, second_ladder = second(replace(settings, capacity=rate))
     ladders = {first.__name__: first_ladder, second.__name__: second_ladder}
-    results: dict[str, Any] = {"capacity_requests_per_s": rate}
+    results |= {"door": args.door, "capacity_requests_per_s": rate}
     results |= {"stack": ladders["run_stack"], "plain_vllm": ladders["run_vllm"]}
     results["settings"] = {"step_s": args.step_s, "slo_s": SLO_S, "client_timeout_s": CLIENT_TIMEOUT_S}
     results["settings"] |= {"capacity_given": args.capacity is not None, "capacity_on": settings.capacity_on}

@@ -6,9 +6,7 @@ runs every scenario with more load; ``--faults-report DIR`` writes faults.json a
 
 from __future__ import annotations
 
-import functools
 import platform
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ import pytest
 
 from serve_app.bench.fault_report import text_table, write_fault_report
 from serve_app.bench.ledger import ScenarioSummary
+from serve_app.bench.provenance import commit
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -76,21 +75,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
         context = {
             "command": " ".join(["pytest", *config.invocation_params.args]),
             "mode": "soak" if config.getoption("soak", default=False) else "quick",
-            "commit": _commit(),
+            "commit": commit(Path(__file__).resolve().parents[2]),
             "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs, Python {sys.version.split()[0]}",
         }
         write_fault_report(_SUMMARIES, Path(out), context)
         terminalreporter.write_line(f"fault report written to {out}")
-
-
-def _commit() -> str:
-    """The checked-out commit, "+dirty" when tracked files differ from it (then the figures are
-    not that commit's alone)."""
-    repo = Path(__file__).resolve().parents[2]
-    run = functools.partial(subprocess.run, cwd=repo, capture_output=True, text=True, check=False)
-    head = run(["git", "rev-parse", "HEAD"]).stdout.strip() or "unknown"
-    dirty = run(["git", "status", "--porcelain", "--untracked-files=no"]).stdout.strip()
-    return f"{head}+dirty" if dirty else head
 
 
 @pytest.fixture(scope="module")
