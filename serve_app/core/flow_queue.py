@@ -9,10 +9,10 @@ queue is full, an arrival of a higher class sheds the lowest class's most served
 waiter; any other arrival is refused. A waiter past its deadline is dropped, never started.
 
 An arrival that would wait past its deadline is refused at once ("late") rather than dropped
-when the deadline comes: its wait is estimated from the queue ahead of it and the interval
-between slot releases measured while requests were waiting (the queue's service rate when
-saturated; a class capped below ``max_in_flight`` gets its share of the slots). Until such an
-interval has been measured, nothing is refused as late.
+when the deadline comes: its wait is estimated from the queue ahead of it and the mean interval
+between the last ``RELEASE_WINDOW`` slot releases measured while requests were waiting (the
+queue's service rate when saturated; a class capped below ``max_in_flight`` gets its share of the
+slots). Until such an interval has been measured, nothing is refused as late.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ from typing import Literal
 
 Outcome = Literal["started", "queued", "refused", "late"]
 
-# Weight of the newest release interval in its moving average: about the last ten releases count.
-RELEASE_INTERVAL_WEIGHT = 0.2
+# Release intervals averaged for the wait estimate. A continuous batch ends requests in bursts (many
+# in one engine step, then none for a while), so a short average swings low after each burst and
+# admits requests that then wait past their deadline; several batches' worth of releases do not.
+RELEASE_WINDOW = 64
 
 
 @dataclass(eq=False)
@@ -66,7 +68,7 @@ class FlowQueue:
         self.attained: dict[str, float] = {}
         self._classes = [_Class() for _ in range(classes)]
         self._seq = itertools.count()
-        self.release_interval_s: float | None = None  # moving average while saturated
+        self._release_intervals: deque[float] = deque(maxlen=RELEASE_WINDOW)  # while saturated
         self._last_saturated_release: float | None = None
 
     @property
@@ -97,14 +99,21 @@ class FlowQueue:
         self._enqueue(waiter)
         return Arrival("queued", shed)
 
+    @property
+    def release_interval_s(self) -> float | None:
+        """Mean seconds between slot releases while requests waited (None: none measured yet)."""
+        intervals = self._release_intervals
+        return sum(intervals) / len(intervals) if intervals else None
+
     def expected_wait_s(self, priority: int, ahead: int) -> float | None:
         """Seconds until a request of ``priority`` with ``ahead`` waiters before it would start, at
         the measured saturated release rate (None: not measured yet)."""
-        if self.release_interval_s is None:
+        interval = self.release_interval_s
+        if interval is None:
             return None
         cap = self.class_caps[priority]
         share = 1.0 if cap is None else min(1.0, cap / self.max_in_flight)
-        return (ahead + 1) * self.release_interval_s / share
+        return (ahead + 1) * interval / share
 
     def finish(self, waiter: Waiter, actual_cost: int, now: float | None = None) -> None:
         """A started request ended: its slot frees and its attained service is settled; with
@@ -148,10 +157,7 @@ class FlowQueue:
             self._last_saturated_release = None
             return
         if self._last_saturated_release is not None:
-            interval = max(0.0, now - self._last_saturated_release)
-            old = self.release_interval_s
-            weight = RELEASE_INTERVAL_WEIGHT
-            self.release_interval_s = interval if old is None else (1 - weight) * old + weight * interval
+            self._release_intervals.append(max(0.0, now - self._last_saturated_release))
         self._last_saturated_release = now
 
     def _start(self, waiter: Waiter) -> None:
