@@ -45,22 +45,23 @@ def routing_key_and_cost(args: Sequence[Any]) -> tuple[str, int]:
     return "", DEFAULT_COST
 
 
-def routing_adapter(args: Sequence[Any]) -> str:
-    """The LoRA adapter a handle call's requests name ("" for the base; a batch names one model)."""
+def _first_request_str(args: Sequence[Any], attribute: str) -> str:
+    """A string attribute of a handle call's (first) request, "" when absent."""
     first = args[0] if args else None
     if isinstance(first, list | tuple) and first:
         first = first[0]
-    adapter = getattr(first, "adapter", "")
-    return adapter if isinstance(adapter, str) else ""
+    value = getattr(first, attribute, "")
+    return value if isinstance(value, str) else ""
+
+
+def routing_adapter(args: Sequence[Any]) -> str:
+    """The LoRA adapter a handle call's requests name ("" for the base; a batch names one model)."""
+    return _first_request_str(args, "adapter")
 
 
 def loading_adapter(args: Sequence[Any]) -> str:
     """The adapter a relayed ``/v1/load_lora_adapter`` loads ("" for any other call)."""
-    first = args[0] if args else None
-    if isinstance(first, list | tuple) and first:
-        first = first[0]
-    adapter = getattr(first, "loads_adapter", "")
-    return adapter if isinstance(adapter, str) else ""
+    return _first_request_str(args, "loads_adapter")
 
 
 def target_replica(args: Sequence[Any]) -> str | None:
