@@ -314,14 +314,6 @@ class AppConfig(StrictModel):
             raise ValueError(f"name(s) {dupes} name more than one model or adapter")
         return models
 
-    @model_validator(mode="after")
-    def _dynamic_adapters_need_one_router(self) -> AppConfig:
-        # Adapters added at run time are recorded by the router replica that loaded them.
-        dynamic = [m.id for m in self.models if m.lora is not None and m.lora.dynamic]
-        if dynamic and self.router.num_replicas > 1:
-            raise ValueError(f"lora.dynamic ({dynamic}) needs router.num_replicas 1: the router records them")
-        return self
-
     def model(self, model_id: str) -> ModelConfig | None:
         return next((m for m in self.models if m.id == model_id), None)
 

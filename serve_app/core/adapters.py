@@ -2,9 +2,10 @@
 
 Static adapters come from the config and are loaded on every replica at start. Dynamic ones are
 added and removed through the router (``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``):
-this directory is the router's record of them, so a removed adapter is refused at once (404)
-whichever replicas still hold it, and a replica that has not loaded one yet loads it from the path
-carried by the request (see ``serve_app.replica.adapters``).
+this directory is one router replica's copy of the app's record of them
+(``serve_app.core.adapter_catalog``), so a removed adapter is refused (404) whichever replicas
+still hold it, and a replica that has not loaded one yet loads it from the path carried by the
+request (see ``serve_app.replica.adapters``).
 """
 
 from __future__ import annotations
@@ -40,8 +41,36 @@ class AdapterDirectory:
         self._static = {a.name: AdapterRef(a.name, m.id) for m in models if m.lora for a in m.lora.adapters}
         self._dynamic: dict[str, AdapterRef] = {}
 
+    @property
+    def takes_dynamic(self) -> bool:
+        """Whether any model takes adapters at run time (else there is no catalog to read)."""
+        return any(m.lora is not None and m.lora.dynamic for m in self._models.values())
+
     def find(self, name: str) -> AdapterRef | None:
         return self._static.get(name) or self._dynamic.get(name)
+
+    def is_static(self, name: str) -> bool:
+        return name in self._static
+
+    def all_dynamic(self) -> tuple[AdapterRef, ...]:
+        return tuple(self._dynamic.values())
+
+    def replace_dynamic(self, adapters: Sequence[AdapterRef]) -> None:
+        """Take the catalog's adapters, less any this config cannot serve: the catalog outlives a
+        redeploy, whose config may no longer take adapters on that model or may use the name."""
+        self._dynamic = {
+            a.name: a
+            for a in adapters
+            if self._takes(a.model_id) and a.name not in self._names and a.name not in self._static
+        }
+
+    def limit(self, model_id: str) -> int:
+        lora = self._models[model_id].lora
+        return lora.max_dynamic_adapters if lora is not None else 0
+
+    def _takes(self, model_id: str) -> bool:
+        model = self._models.get(model_id)
+        return model is not None and model.lora is not None and model.lora.dynamic
 
     def dynamic(self, model_id: str) -> list[AdapterRef]:
         return [a for a in self._dynamic.values() if a.model_id == model_id]
@@ -63,11 +92,18 @@ class AdapterDirectory:
         if name in self._names:
             return Refusal(400, f"The lora adapter '{name}' conflicts with a served base model.", "name_taken")
         if name in self._static or name in self._dynamic:
-            return Refusal(400, f"The lora adapter '{name}' has already been loaded.", "name_taken")
+            return self.catalog_refusal("taken", name, model_id)
         if len(self.dynamic(model_id)) >= lora.max_dynamic_adapters:
-            message = f"model {model_id!r} holds {lora.max_dynamic_adapters} adapters added at run time, its limit"
-            return Refusal(400, message + " (models[].lora.max_dynamic_adapters); unload one first", "adapter_limit")
+            return self.catalog_refusal("limit", name, model_id)
         return None
+
+    def catalog_refusal(self, reason: str, name: str, model_id: str) -> Refusal:
+        """The answer to a load the catalog refused (``AdapterCatalog.add``'s reason)."""
+        if reason == "taken":
+            return Refusal(400, f"The lora adapter '{name}' has already been loaded.", "name_taken")
+        limit = self.limit(model_id)
+        message = f"model {model_id!r} holds {limit} adapters added at run time, its limit"
+        return Refusal(400, message + " (models[].lora.max_dynamic_adapters); unload one first", "adapter_limit")
 
     def add(self, name: str, path: str, model_id: str) -> AdapterRef:
         ref = AdapterRef(name, model_id, path)
@@ -79,8 +115,12 @@ class AdapterDirectory:
         if name in self._static:
             return Refusal(400, f"adapter {name!r} is in the config; a redeploy removes it", "static_adapter")
         if self._dynamic.pop(name, None) is None:
-            return Refusal(404, f"The lora adapter '{name}' cannot be found.", "model_not_found")
+            return not_found(name)
         return None
+
+
+def not_found(name: str) -> Refusal:
+    return Refusal(404, f"The lora adapter '{name}' cannot be found.", "model_not_found")
 
 
 def reconcile_cards(cards: list[dict[str, Any]], model_id: str, directory: AdapterDirectory) -> list[dict[str, Any]]:

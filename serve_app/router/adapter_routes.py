@@ -5,9 +5,11 @@ A load is relayed to one replica of the base: the one adapter affinity places th
 the router then remembers (``serve_app.core.replica_choice``), so the requests after it go there.
 vLLM's own ``/v1/load_lora_adapter`` loads it (after the replica checked the folder, its rank and its
 shapes: a bad adapter is a 400, never a broken replica); once vLLM answered 200 the router records the
-name, and every later request naming it carries its path, so a replica that lacks it loads it first
+name in the app's catalog, which every router replica reads (``serve_app.router.adapter_view``), and
+every later request naming it carries its path, so a replica that lacks it loads it first
 (``serve_app.replica.adapters``).
-An unload forgets the name here: requests naming it get a 404 at once.
+An unload removes the name from the catalog: requests naming it get a 404 at once through this router
+replica, and through the others within the bound ``serve_app.router.adapter_view`` states.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from serve_app.core.adapters import Refusal
 from serve_app.replica.contract import RelayRequest
 from serve_app.router.errors import OpenAIError
 
@@ -51,26 +54,29 @@ def load_request(request_id: str, name: str, path: str) -> RelayRequest:
 
 
 def install_adapter_routes(app: FastAPI, models: ModelDirectory, relay: Relay) -> None:
-    adapters = models.adapters
+    view = models.adapters
 
     @app.post(LOAD_PATH, response_model=None)
     async def load_adapter(body: LoadAdapter, request: Request) -> Response:
         name, path = body.lora_name, body.lora_path
-        model = models.find(body.model)
+        model, _ = await models.find(body.model)
         request.state.model = model.id
-        refusal = adapters.refuse_load(name, path, model.id)
-        if refusal is not None:
-            raise OpenAIError(refusal.status, refusal.message, param="lora_name", code=refusal.code)
+        await view.current()
+        _raise(view.directory.refuse_load(name, path, model.id))
         # Placed like the adapter's requests (see load_request), so they find it where it loaded.
         answer = await relay.forward(model, load_request(str(request.state.request_id), name, path), request.state.log)
-        if answer.status_code == 200 and adapters.refuse_load(name, path, model.id) is None:
-            adapters.add(name, path, model.id)
+        if answer.status_code == 200:
+            # The catalog decides between loads of one name through several router replicas at once.
+            _raise(await view.add(name, path, model.id))
         return answer
 
     @app.post(UNLOAD_PATH, response_model=None)
     async def unload_adapter(body: UnloadAdapter) -> Response:
         name = body.lora_name
-        refusal = adapters.remove(name)
-        if refusal is not None:
-            raise OpenAIError(refusal.status, refusal.message, param="lora_name", code=refusal.code)
+        _raise(await view.remove(name))
         return Response(f"Success: LoRA adapter '{name}' removed successfully.", status_code=200)
+
+
+def _raise(refusal: Refusal | None) -> None:
+    if refusal is not None:
+        raise OpenAIError(refusal.status, refusal.message, param="lora_name", code=refusal.code)

@@ -22,7 +22,9 @@ from serve_app.core.adapters import AdapterDirectory, AdapterRef, reconcile_card
 from serve_app.core.request_facts import check_limits, read_facts
 from serve_app.observability.logs import RequestLog
 from serve_app.replica.contract import RelayRequest
+from serve_app.router.adapter_catalog import Catalog, LocalCatalog
 from serve_app.router.adapter_routes import install_adapter_routes
+from serve_app.router.adapter_view import AdapterView
 from serve_app.router.body_limit import BodySizeLimit
 from serve_app.router.errors import OpenAIError, install_error_handlers
 from serve_app.router.flow_gate import PRIORITY_HEADER, Caller
@@ -51,23 +53,26 @@ class GenerateRequest(BaseModel):
 
 class ModelDirectory:
     """The names clients may send as ``model``: each model's id and aliases, and its LoRA adapters
-    (those in the config and those added at run time, ``self.adapters``)."""
+    (those in the config and those added at run time: ``self.adapters``, this router replica's view
+    of the app's catalog)."""
 
-    def __init__(self, config: AppConfig) -> None:
+    def __init__(self, config: AppConfig, adapters: AdapterView) -> None:
         self.default = config.models[0]
         self.by_id = {m.id: m for m in config.models}
         self._by_name = {n: m for m in config.models for n in (m.id, *m.openai_server.served_model_aliases)}
-        self.adapters = AdapterDirectory(config.models)
+        self.adapters = adapters
 
-    def find(self, name: str | None) -> ModelConfig:
+    async def find(self, name: str | None) -> tuple[ModelConfig, AdapterRef | None]:
+        """The model ``name`` names, and the adapter when it names one; a 404 when neither."""
         if name is None:
-            return self.default  # vLLM serves a request without a model with its own model
+            return self.default, None  # vLLM serves a request without a model with its own model
         found = self._by_name.get(name)
-        if found is None and (adapter := self.adapters.find(name)) is not None:
-            found = self.by_id[adapter.model_id]
-        if found is None:
+        if found is not None:
+            return found, None
+        adapter = await self.adapters.find(name)
+        if adapter is None:
             raise OpenAIError(404, f"The model `{name}` does not exist.", param="model", code="model_not_found")
-        return found
+        return self.by_id[adapter.model_id], adapter
 
 
 def parse_object(body: bytes) -> dict[str, Any]:
@@ -100,11 +105,16 @@ def relay_request(
     )
 
 
-def build_fastapi(config: AppConfig, relay: Relay, readiness: Readiness) -> FastAPI:
+def build_fastapi(
+    config: AppConfig, relay: Relay, readiness: Readiness, adapter_catalog: Catalog | None = None
+) -> FastAPI:
+    """The router's HTTP app. ``adapter_catalog``: the app's catalog of run-time LoRA adapters,
+    shared by its router replicas (None: one of this router's own)."""
     app = FastAPI(title="serve-app", version="0.1.0")
     install_error_handlers(app)
     server = config.server
-    models = ModelDirectory(config)
+    view = AdapterView(AdapterDirectory(config.models), adapter_catalog or LocalCatalog(), clock=relay.clock)
+    models = ModelDirectory(config, view)
     metrics = relay.metrics
     # Middleware added later runs earlier: CORS, request id, head limits, body cap, then keys and rate limits.
     install_security(app, config, metrics.request_rejected)  # reads the API keys, once
@@ -125,14 +135,15 @@ def build_fastapi(config: AppConfig, relay: Relay, readiness: Readiness) -> Fast
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
         data = []
+        await view.current()
         for model in config.models:
             cards = await _model_cards(relay, model, request.state.log)
-            data += reconcile_cards(cards, model.id, models.adapters) if model.lora else cards
+            data += reconcile_cards(cards, model.id, view.directory) if model.lora else cards
         return {"object": "list", "data": data}
 
     @app.post("/generate")
     async def generate(body: GenerateRequest, request: Request) -> Response:
-        model = models.find(body.model)
+        model, _ = await models.find(body.model)
         request.state.model = model.id
         request.state.log.note_prompt(body.prompt)
         payload = {"model": model.id, "prompt": body.prompt, "max_tokens": _max_new_tokens(body, model)}
@@ -174,11 +185,10 @@ def build_fastapi(config: AppConfig, relay: Relay, readiness: Readiness) -> Fast
         body = await request.body()
         payload = parse_object(body)
         name = payload.get("model") if isinstance(payload.get("model"), str) else None
-        model = models.find(name)
+        model, adapter = await models.find(name)
         request.state.model = model.id
         log: RequestLog = request.state.log
         log.note_prompt(payload.get("messages", payload.get("prompt", payload.get("input"))))
-        adapter = models.adapters.find(name) if name else None
         forwarded = relay_request(model, "/" + path, payload, body, _rid(request), adapter)
         return await relay.forward(model, forwarded, log, _caller(relay, request))
 

@@ -16,6 +16,7 @@ from serve_app.config import AppConfig, ModelConfig
 from serve_app.engine.fake import FakeEngine
 from serve_app.observability.recorder import ServeAppMetrics
 from serve_app.replica.deployment import LLMReplica
+from serve_app.router.adapter_catalog import Catalog
 from serve_app.router.client import LocalReplicaClient, ReplicaClient
 from serve_app.router.cluster_quota import LocalBank
 from serve_app.router.flow_gate import build_flow_gate
@@ -115,15 +116,17 @@ def build_app(
     replica_client: ReplicaClient,
     metrics: ServeAppMetrics | None = None,
     replica_name: str = "local",
+    adapter_catalog: Catalog | None = None,
 ) -> FastAPI:
     """The router's HTTP app as its deployment builds it, over ``replica_client``; in a running
-    loop (an async test), on that loop's clock."""
+    loop (an async test), on that loop's clock. Router replicas of one app share ``adapter_catalog``
+    (a ``LocalCatalog`` instead of the Ray actor); None: one of its own."""
     relay = Relay(
         config, replica_client, metrics or ServeAppMetrics.disabled(), replica_name, loop_clock_or_monotonic()
     )
     if config.flow_control is not None:  # the quota bank in this process instead of a Ray actor
         relay.flow = build_flow_gate(config, LocalBank(), relay.metrics, replica_name, relay.clock)
-    return build_fastapi(config, relay, Readiness(config, replica_client))
+    return build_fastapi(config, relay, Readiness(config, replica_client), adapter_catalog)
 
 
 def loop_clock_or_monotonic() -> Callable[[], float]:

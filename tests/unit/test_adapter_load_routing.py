@@ -6,23 +6,14 @@ until a test polls them, with a fake clock."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 from collections import Counter
-from pathlib import Path
 
-from fastapi.testclient import TestClient
-
-from serve_app.config import AppConfig, ModelConfig
 from serve_app.core.policies import AdapterAffinityPolicy, ReplicaLoad
 from serve_app.core.replica_choice import RoutingCore, loading_adapter
-from serve_app.engine.fake import FakeEngine
 from serve_app.replica.contract import RelayRequest
 from serve_app.router.adapter_routes import LOAD_PATH, load_request
-from serve_app.router.client import LocalReplicaClient
-from tests.unit.conftest import build_app, make_replica
-from tests.unit.lora_files import write_adapter
 
 ADAPTERS = [f"adapter-{i}" for i in range(16)]
 COST = 10
@@ -141,22 +132,6 @@ def test_a_router_remembers_where_it_sent_an_adapter_for_a_bounded_time() -> Non
     clock.now += core.recent.keep_s  # nothing sent there since: forgotten, placed by the rule again
     assert replicas.send(core, naming(name)) == placed
     assert replicas.loads[name] == 2 and core.recent.size() == 1
-
-
-def test_dynamic_adapters_still_need_one_router_replica(tmp_path: Path) -> None:
-    """Not lifted by routing: each router replica keeps its own record of the adapters added at run
-    time, so one that did not relay the load refuses the name (the config check says so)."""
-    lora = {"adapters": [{"name": "a", "path": str(write_adapter(tmp_path / "a"))}], "dynamic": True}
-    config = AppConfig(models=[ModelConfig.model_validate({"id": "fake", "source": "/nonexistent/f", "lora": lora})])
-    replica = make_replica(config.models[0], FakeEngine(max_model_len=64, adapters={"a": str(tmp_path / "a")}))
-    chat = {"model": "d", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-    load = {"lora_name": "d", "lora_path": str(write_adapter(tmp_path / "d"))}
-    with TestClient(build_app(config, LocalReplicaClient({"fake": replica}))) as first:
-        assert first.post("/v1/load_lora_adapter", json=load).status_code == 200
-        assert first.post("/v1/chat/completions", json=chat).status_code == 200
-    with TestClient(build_app(config, LocalReplicaClient({"fake": replica}))) as second:  # same replica
-        assert second.post("/v1/chat/completions", json=chat).status_code == 404
-    asyncio.run(replica.__del__())
 
 
 def test_only_a_relayed_load_is_read_as_loading_an_adapter() -> None:

@@ -76,11 +76,10 @@ def test_bad_lora_configs_are_refused_naming_the_key(data: dict, message: str) -
     assert message in str(err.value)
 
 
-def test_dynamic_adapters_need_a_single_router_replica() -> None:
-    data = with_lora({"dynamic": True}) | {"router": {"num_replicas": 2}}
-    with pytest.raises(ConfigError, match=r"lora.dynamic \(\['m'\]\) needs router.num_replicas 1"):
-        load_config(data)
-    load_config(with_lora({"dynamic": False}) | {"router": {"num_replicas": 2}})
+def test_dynamic_adapters_take_several_router_replicas() -> None:
+    # They share the app's adapter catalog (tests/unit/test_adapter_catalog.py).
+    config = load_config(with_lora({"dynamic": True}) | {"router": {"num_replicas": 2}})
+    assert config.router.num_replicas == 2 and config.models[0].lora is not None and config.models[0].lora.dynamic
 
 
 def test_an_adapter_name_may_not_name_another_model() -> None:
