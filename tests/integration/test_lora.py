@@ -11,7 +11,6 @@ trained once into the cache (about half a minute each).
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -24,15 +23,22 @@ import httpx
 import pytest
 
 from benchmarks.seed_table import VLLM_ENV, plain_vllm_command, stop, wait_ready
-from serve_app.app import replica_deployment_name
-from serve_app.core.policies import ROUTING_STAT_ADAPTERS
 from serve_app.models.embedded import resolve_source
 from serve_app.models.embedded_adapters import MARKERS, prepare_adapter
 from serve_app.ports import free_port
-from serve_app.router.adapter_catalog import catalog_actor_name
 from serve_app.router.adapter_view import VIEW_MAX_AGE_S
-from serve_app.router.cluster_quota import BANK_NAMESPACE
 from tests.integration.conftest import REPO, RunningApp, local_config, running_serve
+from tests.integration.lora_probes import (
+    Counters,
+    adapter_counters,
+    catalog_names,
+    holders,
+    replica_adapters,
+    routed,
+    routers_that_served,
+    series_with,
+    short_chat,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -147,26 +153,6 @@ def test_an_adapter_added_at_run_time_serves_and_once_removed_is_a_404(sides: Si
     assert chat(url, "pirate-2", PROMPTS[0]).status_code == 404
 
 
-def catalog_names(app_name: str = "serve-app") -> set[str]:
-    """The adapters the app's catalog actor holds (the one every router replica reads)."""
-    import ray
-
-    actor = ray.get_actor(catalog_actor_name(app_name), namespace=BANK_NAMESPACE)
-    return {adapter.name for adapter in ray.get(actor.read.remote(None, -1), timeout=60).adapters}
-
-
-def short_chat(url: str, model: str) -> int:
-    body = {"model": model, "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 1}
-    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120).status_code
-
-
-def routers_that_served(metrics_url: str, adapter: str) -> int:
-    """How many processes (router replicas) counted a request naming ``adapter``: Ray exports one
-    series per process."""
-    lines = httpx.get(metrics_url, timeout=30).text.splitlines()
-    return sum(_series_with(line, f'ray_serve_app_adapter_requests_total{{adapter="{adapter}"') for line in lines)
-
-
 def test_every_router_replica_serves_an_adapter_loaded_through_either(sides: Sides) -> None:
     """2 router replicas behind the door, which spreads requests over them: an adapter loaded
     through one is in the catalog actor and serves through both (without the catalog, the router
@@ -215,54 +201,13 @@ def test_adapter_metrics_are_exported_per_adapter(sides: Sides) -> None:
     while missing and time.monotonic() < deadline:
         time.sleep(2)
         lines = httpx.get(sides.metrics_url, timeout=30).text.splitlines()
-        missing = [w for w in wanted if not any(_series_with(line, w) for line in lines)]
+        missing = [w for w in wanted if not any(series_with(line, w) for line in lines)]
     assert not missing, missing
-
-
-def _series_with(line: str, wanted: str) -> bool:
-    """Whether an exposition line is ``wanted``'s series with its label (Ray adds labels of its own)."""
-    name, _, label = wanted.partition("{")
-    return line.startswith(name + "{") and label in line
 
 
 # Added at run time, so only the replica that loaded one holds it (the config's adapters are on
 # every replica from the start, which leaves affinity nothing to choose).
 AFFINE = {"pirate-affine": "pirate", "robot-affine": "robot"}
-_COUNTER = re.compile(r"^ray_(serve_app_adapter_\w+)_total\{([^}]*)\} ([0-9.e+-]+)$")
-
-
-def replica_adapters(stack: RunningApp) -> dict[str, set[str]]:
-    """Each model replica's own report of the adapters its engine holds (``LLMReplica.record_routing_stats``
-    through Serve's replica actor: what the router routes by), by replica actor name."""
-    import ray
-
-    deployment = f"#{replica_deployment_name(stack.config.models[0])}#"
-    named = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if deployment in a["name"]]
-    reports = ray.get([ray.get_actor(n, namespace="serve").record_routing_stats.remote() for n in named], timeout=60)
-    return {name: set(report[ROUTING_STAT_ADAPTERS]) for name, report in zip(named, reports, strict=True)}
-
-
-def holders(adapter: str, held: dict[str, set[str]]) -> set[str]:
-    return {replica for replica, names in held.items() if adapter in names}
-
-
-Counters = dict[tuple[str, str, str], float]
-
-
-def adapter_counters(metrics_url: str) -> Counters:
-    """(metric, adapter, outcome) -> value, summed over Ray's own labels (one series per process)."""
-    totals: Counters = {}
-    for line in httpx.get(metrics_url, timeout=30).text.splitlines():
-        if found := _COUNTER.match(line):
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', found[2]))
-            key = (found[1], labels.get("adapter", ""), labels.get("outcome", ""))
-            totals[key] = totals.get(key, 0.0) + float(found[3])
-    return totals
-
-
-def routed(counters: Counters, adapter: str) -> dict[str, float]:
-    """The router's replica choices for ``adapter``, by outcome."""
-    return {o: v for (m, a, o), v in counters.items() if m == "serve_app_adapter_routing" and a == adapter}
 
 
 def placed_adapters(sides: Sides) -> dict[str, set[str]]:
