@@ -73,7 +73,7 @@ class AdapterView:
         if not self.directory.takes_dynamic or (known is not None and self.directory.is_static(name)):
             return known
         if known is None:
-            await self._read_since(self._reads_started)  # the catalog may know it: read before the 404
+            await self._read(self._reads_started)  # the catalog may know it: read before the 404
         elif not self.fresh:
             await self.current()
         return self.directory.find(name)
@@ -83,7 +83,7 @@ class AdapterView:
         if not self.directory.takes_dynamic or self.fresh:
             return
         try:
-            await self._read_since(self._reads_started)
+            await self._read()
         except OpenAIError:
             logger.warning("adapter catalog unreachable; serving adapters from this router's copy", exc_info=True)
 
@@ -102,11 +102,12 @@ class AdapterView:
         await self._take(state)
         return None if found else not_found(name)
 
-    async def _read_since(self, seen: int) -> None:
-        """Make the copy hold a read that started after ``seen`` reads had: a caller passes the
-        count when it arrived, so a read already started then cannot hide a later change."""
+    async def _read(self, seen: int | None = None) -> None:
+        """Make the copy hold a read that started after ``seen`` reads had (a caller passes the
+        count when it arrived, so a read already started then cannot hide a later change), or
+        with ``seen`` None, a fresh one (the read a caller waited for may be that)."""
         async with self._lock:
-            if self._read_held > seen:
+            if self._read_held > seen if seen is not None else self.fresh:
                 return
             self._reads_started += 1
             number, started = self._reads_started, self.clock()

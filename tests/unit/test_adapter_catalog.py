@@ -153,12 +153,15 @@ async def test_copies_read_the_catalog_once_per_bound_and_once_per_burst_of_unkn
         await advance(VIEW_MAX_AGE_S)
         assert [await status(router, "d") for _ in range(5)] == [200] * 5
         assert app.catalog.reads == reads + 1  # the first found the copy at its bound; the rest a fresh one
+        await advance(VIEW_MAX_AGE_S)
+        assert await asyncio.gather(*(status(router, "d") for _ in range(10))) == [200] * 10
+        assert app.catalog.reads == reads + 2  # all at once past the bound: one read for them all
         assert [await status(router, "a") for _ in range(3)] == [200] * 3  # static: never read
         assert [await status(router, "fake") for _ in range(3)] == [200] * 3
-        assert app.catalog.reads == reads + 1
+        assert app.catalog.reads == reads + 2
         burst = await asyncio.gather(*(status(router, f"made-up-{i}") for i in range(20)))
         # One read already under way when they arrived (it may miss a load made meanwhile), one after.
-        assert burst == [404] * 20 and app.catalog.reads == reads + 3
+        assert burst == [404] * 20 and app.catalog.reads == reads + 4
 
 
 async def test_without_the_catalog_known_adapters_serve_and_unknown_names_are_a_503(tmp_path: Path) -> None:
