@@ -200,10 +200,11 @@ def run_base(name: str, workdir: Path) -> dict[str, Any]:
     try:
         report["answers"] = serve_and_ask(checkpoint, log)
     except Exception as err:  # the engine's traceback is in its log
-        lines = log.read_text(errors="replace").splitlines()
-        raised = [line.split("] ", 1)[-1].strip() for line in lines if _RAISED.search(line)]
-        report["error"] = [repr(err), *dict.fromkeys(raised)]  # each exception line once, in order
+        report["error"] = [repr(err)]
     lines = log.read_text(errors="replace").splitlines()
+    if "error" in report:
+        raised = [line.split("] ", 1)[-1].strip() for line in lines if _RAISED.search(line)]
+        report["error"].extend(dict.fromkeys(raised))  # each exception line once, in order
     wanted = ("Kernel for", "Loaded new LoRA adapter")  # the linear kernel vLLM chose; the adapters it loaded
     report["engine"] = [line.split("] ", 1)[-1] for line in lines if any(w in line for w in wanted)]
     return report

@@ -6,6 +6,7 @@ machine (servers outlive a call: they run in sessions of their own):
     python benchmarks/gpu/goodput.py profile --out $OUT   # 8B shape: bf16, fp8, fp8-fp8kv profiled; plan; stack
                                                           # (--gate-reports DIR: an earlier gate run's reports)
     python benchmarks/gpu/goodput.py serve --out $OUT --profile P --gate-reports G  # plain + stack, no profiling
+                                                          # (--variant V: V profiled beside plain's start)
     python benchmarks/gpu/goodput.py profile-variant --out $OUT --profile P --variant fp8-fp8kv
                                                           # one variant alone, added to profile P (then serve)
     python benchmarks/gpu/goodput.py ladder  --out $OUT --runs 0:fixed,0:spread   # (round:lengths)s
@@ -150,10 +151,12 @@ def profile_variant(out: Path, earlier_profile: Path, variant: str, timeout_s: f
     shutil.copy(STATE / "profile.json", out / "profile.json")
 
 
-def serve(out: Path, earlier_profile: Path, timeout_s: float) -> None:
+def serve(out: Path, earlier_profile: Path, timeout_s: float, variant: str | None) -> None:
     """Plain bf16 for the ladder, then the stack planned on an earlier profile (the profile phase
     skipped to save device time): that profile's engines ran vLLM's defaults, whose
-    max_num_batched_tokens this plain engine's log states, so its points are marked with it."""
+    max_num_batched_tokens this plain engine's log states, so its points are marked with it.
+    With ``variant``, that variant starts beside plain bf16 and is profiled into the profile first
+    (one engine start's time instead of two)."""
     compare.stop_servers()
     compare.prepare_models()
     total = _gpu_memory_bytes()
@@ -161,9 +164,17 @@ def serve(out: Path, earlier_profile: Path, timeout_s: float) -> None:
     log = Path("/tmp/plain.log")
     started = time.monotonic()
     bf16 = _plain(8100, ["--dtype", "bfloat16", "--kv-cache-memory-bytes", str(kv_bytes)], str(log))
+    data = json.loads(earlier_profile.read_text())
+    if variant:
+        flags = ["--dtype", "bfloat16", *dict(GATE_VARIANTS)[variant], "--kv-cache-memory-bytes", str(kv_bytes)]
+        other_log = Path(f"/tmp/plain-{variant}.log")
+        other = _plain(8101, flags, str(other_log))
+        compare.wait_for(FP8_URL + "/health", timeout_s, other)
+        data["variants"][variant] = _profile_points(FP8_URL, engine_batched_tokens(other_log))
+        os.killpg(other.pid, signal.SIGTERM)
+        other.wait(timeout=60)
     compare.wait_for(compare.PLAIN_URL + "/health", timeout_s, bf16)
     engines_s = time.monotonic() - started
-    data = json.loads(earlier_profile.read_text())
     batched = engine_batched_tokens(log)
     for points in data["variants"].values():
         for point in points:
@@ -258,7 +269,7 @@ def main() -> None:
     parser.add_argument("--runs", default="0:fixed", help="ladder: round:lengths pairs, lengths fixed or spread")
     parser.add_argument("--gate-reports", type=Path, help="profile, serve: earlier gate reports (no gate phase)")
     parser.add_argument("--profile", type=Path, help="serve, profile-variant: an earlier profile.json")
-    parser.add_argument("--variant", choices=[v for v, _ in GATE_VARIANTS], help="profile-variant: which one")
+    parser.add_argument("--variant", choices=[v for v, _ in GATE_VARIANTS], help="profile-variant, serve: profile it")
     args = parser.parse_args()
     if args.phase in ("serve", "profile-variant") and args.profile is None:
         parser.error(f"{args.phase} needs --profile (an earlier profile.json)")
@@ -277,7 +288,7 @@ def main() -> None:
             if args.phase == "profile":
                 profile(args.out, args.timeout)
             else:
-                serve(args.out, args.profile, args.timeout)
+                serve(args.out, args.profile, args.timeout, args.variant)
         else:
             compare.wait_for(compare.STACK_URL + "/ready", args.timeout)
             compare.wait_for(compare.PLAIN_URL + "/health", 60)
