@@ -5,8 +5,10 @@ See that module's docstring for where each load figure comes from.
 
 Which LoRA adapters a replica holds comes from its routing stats, polled every couple of seconds,
 and from :class:`RecentAdapters`: where this router sent an adapter (its load, or a request naming
-it) since then. Without the latter, requests right after a run-time load were placed as if no
-replica held the adapter, and another replica loaded it too.
+it) since then, and, for a run-time adapter, from the replica the app's catalog recorded its load
+on (carried by the request: ``adapter_replica``), which every router replica knows. Without these,
+requests right after a run-time load were placed as if no replica held the adapter (by each
+router's own polled stats, which may differ), and another replica loaded it too.
 """
 
 from __future__ import annotations
@@ -62,6 +64,18 @@ def routing_adapter(args: Sequence[Any]) -> str:
 def loading_adapter(args: Sequence[Any]) -> str:
     """The adapter a relayed ``/v1/load_lora_adapter`` loads ("" for any other call)."""
     return _first_request_str(args, "loads_adapter")
+
+
+def recorded_replica(args: Sequence[Any]) -> str:
+    """The replica the catalog recorded the named adapter's load on ("" when none, or it no longer steers)."""
+    return _first_request_str(args, "adapter_replica")
+
+
+def holding(recent: frozenset[str], replica_id: str, adapter: str, recorded_on: str) -> frozenset[str]:
+    """What a replica counts as holding beside its report: what this router just sent there, and
+    ``adapter`` where the catalog recorded its load (once the replica's stats report it, or it is
+    gone from the candidates, that changes nothing)."""
+    return recent | {adapter} if adapter and replica_id == recorded_on else recent
 
 
 def target_replica(args: Sequence[Any]) -> str | None:
@@ -167,11 +181,15 @@ class RoutingCore:
         cost: int,
         adapter: str = "",
         counted: bool = True,
+        recorded_on: str = "",
     ) -> str:
-        """The replica for a call; ``adapter``: the one it names (or loads: then not ``counted``)."""
+        """The replica for a call; ``adapter``: the one it names (or loads: then not ``counted``);
+        ``recorded_on``: the replica the catalog recorded the adapter's load on."""
         mean_cost = self.work.mean_cost() or float(cost)
         loads = [
-            estimate_load(self.work.load(rid, self.recent.on(rid)), stats, qlen, mean_cost)
+            estimate_load(
+                self.work.load(rid, holding(self.recent.on(rid), rid, adapter, recorded_on)), stats, qlen, mean_cost
+            )
             for rid, stats, qlen in zip(replica_ids, routing_stats, queue_lens, strict=True)
         ]
         if adapter and self.affinity is not None:
@@ -194,7 +212,8 @@ class RoutingCore:
         key, cost = routing_key_and_cost(args)
         if loading := loading_adapter(args):
             return self.choose(replica_ids, routing_stats, queue_lens, key, cost, loading, counted=False)
-        return self.choose(replica_ids, routing_stats, queue_lens, key, cost, routing_adapter(args))
+        adapter, recorded_on = routing_adapter(args), recorded_replica(args)
+        return self.choose(replica_ids, routing_stats, queue_lens, key, cost, adapter, recorded_on=recorded_on)
 
     def routed(self, replica_id: str, request_id: str, args: Sequence[Any]) -> None:
         """A replica accepted a handle call (Ray's ``on_request_routed``)."""

@@ -19,7 +19,7 @@ from serve_app.errors import ServeAppError
 from serve_app.models.lora_adapters import adapter_problem, resolve_adapter_path
 from serve_app.observability.recorder import ServeAppMetrics
 from serve_app.replica.asgi_call import AsgiCall, ResponseSink
-from serve_app.replica.contract import Event, RelayRequest, ResponseBody, ResponseEnd, ResponseStart
+from serve_app.replica.contract import LOADED_ON_HEADER, Event, RelayRequest, ResponseBody, ResponseEnd, ResponseStart
 
 LOAD_PATH = "/v1/load_lora_adapter"
 _TEXT = ((b"content-type", b"text/plain; charset=utf-8"),)
@@ -75,8 +75,16 @@ class ReplicaAdapters:
     """Adapters loaded here at run time: name -> path (bounded by the router's
     ``lora.max_dynamic_adapters``; vLLM's ``max_cpu_loras`` bounds what its engine keeps loaded)."""
 
-    def __init__(self, model: ModelConfig, base: Path, app: Any, metrics: ServeAppMetrics | None = None) -> None:
+    def __init__(
+        self,
+        model: ModelConfig,
+        base: Path,
+        app: Any,
+        metrics: ServeAppMetrics | None = None,
+        replica_name: str = "local",
+    ) -> None:
         self.model = model
+        self.replica_name = replica_name  # named on a relayed load's answer (LOADED_ON_HEADER)
         self.base = base
         self.app = app
         self.metrics = metrics or ServeAppMetrics.disabled()
@@ -140,6 +148,8 @@ class ReplicaAdapters:
         if request.path == LOAD_PATH:  # only the router sends it (the server's own route is hidden)
             load = json.loads(request.body)
             status, headers, body = await self.load(str(load["lora_name"]), str(load["lora_path"]))
+            if status == 200:
+                headers = (*headers, (LOADED_ON_HEADER, self.replica_name.encode()))
         elif request.adapter_path and (refused := await self.ensure(request.adapter, request.adapter_path)):
             status, headers, body = refused
         else:

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# The header on a replica's answer to a relayed /v1/load_lora_adapter that names the replica (its
+# Serve replica id): the router records it in the app's adapter catalog and drops it from the answer.
+LOADED_ON_HEADER = b"x-serve-app-loaded-on"
+
 
 @dataclass(frozen=True, slots=True)
 class RelayRequest:
@@ -31,6 +35,10 @@ class RelayRequest:
     # adapter added at run time, ``adapter_path`` is where a replica that lacks it loads it from.
     adapter: str = ""
     adapter_path: str = ""
+    # The model replica the app's catalog recorded a run-time load of ``adapter`` on (recently:
+    # serve_app.core.adapter_catalog.Placement): replica choice counts it as holding the adapter,
+    # in every router replica, before its polled routing stats can say so. "" when none.
+    adapter_replica: str = ""
     # Set on a relayed /v1/load_lora_adapter: the adapter it loads. Replica choice places the load
     # where it would place a request naming that adapter, without counting it as one (the name is
     # not served until the load succeeds).

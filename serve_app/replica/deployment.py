@@ -101,7 +101,7 @@ class LLMReplica:
         started = self.clock()
         await self.engine.start()
         self.routes = ServerRoutes.of(self.engine.app)
-        self.adapters = ReplicaAdapters(local, path, self.engine.app, self.metrics)
+        self.adapters = ReplicaAdapters(local, path, self.engine.app, self.metrics, self.replica_name)
         logger.info("model %s ready in %.1f s from %s", model.id, self.clock() - started, path)
 
     async def stream(self, requests: list[RelayRequest]) -> AsyncIterator[BatchOpened | list[Event]]:

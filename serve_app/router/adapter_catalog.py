@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
-from serve_app.core.adapter_catalog import AdapterCatalog, CatalogState
+from serve_app.core.adapter_catalog import AdapterCatalog, CatalogState, Placement
 from serve_app.core.adapters import AdapterRef
 from serve_app.router.cluster_quota import BANK_NAMESPACE
 
@@ -17,7 +17,9 @@ from serve_app.router.cluster_quota import BANK_NAMESPACE
 class Catalog(Protocol):
     def read(self, epoch: str | None, version: int) -> Awaitable[CatalogState | None]: ...
 
-    def add(self, adapter: AdapterRef, per_model_limit: int) -> Awaitable[tuple[str | None, CatalogState]]: ...
+    def add(
+        self, adapter: AdapterRef, per_model_limit: int, placement: Placement | None = None
+    ) -> Awaitable[tuple[str | None, CatalogState]]: ...
 
     def remove(self, name: str) -> Awaitable[tuple[bool, CatalogState]]: ...
 
@@ -33,8 +35,10 @@ class LocalCatalog:
     async def read(self, epoch: str | None, version: int) -> CatalogState | None:
         return self.catalog.read(epoch, version)
 
-    async def add(self, adapter: AdapterRef, per_model_limit: int) -> tuple[str | None, CatalogState]:
-        return self.catalog.add(adapter, per_model_limit)
+    async def add(
+        self, adapter: AdapterRef, per_model_limit: int, placement: Placement | None = None
+    ) -> tuple[str | None, CatalogState]:
+        return self.catalog.add(adapter, per_model_limit, placement)
 
     async def remove(self, name: str) -> tuple[bool, CatalogState]:
         return self.catalog.remove(name)
@@ -53,8 +57,10 @@ class RayCatalog:
         state: CatalogState | None = await self.actor.read.remote(epoch, version)
         return state
 
-    async def add(self, adapter: AdapterRef, per_model_limit: int) -> tuple[str | None, CatalogState]:
-        added: tuple[str | None, CatalogState] = await self.actor.add.remote(adapter, per_model_limit)
+    async def add(
+        self, adapter: AdapterRef, per_model_limit: int, placement: Placement | None = None
+    ) -> tuple[str | None, CatalogState]:
+        added: tuple[str | None, CatalogState] = await self.actor.add.remote(adapter, per_model_limit, placement)
         return added
 
     async def remove(self, name: str) -> tuple[bool, CatalogState]:

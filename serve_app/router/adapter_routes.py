@@ -5,9 +5,10 @@ A load is relayed to one replica of the base: the one adapter affinity places th
 the router then remembers (``serve_app.core.replica_choice``), so the requests after it go there.
 vLLM's own ``/v1/load_lora_adapter`` loads it (after the replica checked the folder, its rank and its
 shapes: a bad adapter is a 400, never a broken replica); once vLLM answered 200 the router records the
-name in the app's catalog, which every router replica reads (``serve_app.router.adapter_view``), and
-every later request naming it carries its path, so a replica that lacks it loads it first
-(``serve_app.replica.adapters``).
+name in the app's catalog, which every router replica reads (``serve_app.router.adapter_view``), with
+the replica that loaded it (named on its answer), and every later request naming it carries its
+path, so a replica that lacks it loads it first (``serve_app.replica.adapters``), and for a while
+that replica, so every router replica sends it there before the replica's own stats report it.
 An unload removes the name from the catalog: requests naming it get a 404 at once through this router
 replica, and through the others within the bound ``serve_app.router.adapter_view`` states.
 """
@@ -22,7 +23,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from serve_app.core.adapters import Refusal
-from serve_app.replica.contract import RelayRequest
+from serve_app.replica.contract import LOADED_ON_HEADER, RelayRequest
 from serve_app.router.errors import OpenAIError
 
 if TYPE_CHECKING:
@@ -65,9 +66,10 @@ def install_adapter_routes(app: FastAPI, models: ModelDirectory, relay: Relay) -
         _raise(view.directory.refuse_load(name, path, model.id))
         # Placed like the adapter's requests (see load_request), so they find it where it loaded.
         answer = await relay.forward(model, load_request(str(request.state.request_id), name, path), request.state.log)
+        loaded_on = _take_loaded_on(answer)
         if answer.status_code == 200:
             # The catalog decides between loads of one name through several router replicas at once.
-            _raise(await view.add(name, path, model.id))
+            _raise(await view.add(name, path, model.id, loaded_on))
         return answer
 
     @app.post(UNLOAD_PATH, response_model=None)
@@ -75,6 +77,14 @@ def install_adapter_routes(app: FastAPI, models: ModelDirectory, relay: Relay) -
         name = body.lora_name
         _raise(await view.remove(name))
         return Response(f"Success: LoRA adapter '{name}' removed successfully.", status_code=200)
+
+
+def _take_loaded_on(answer: Response) -> str:
+    """The replica a load's answer names (LOADED_ON_HEADER), dropped from the answer: clients get
+    vLLM's answer."""
+    named = [v for k, v in answer.raw_headers if k.lower() == LOADED_ON_HEADER]
+    answer.raw_headers = [(k, v) for k, v in answer.raw_headers if k.lower() != LOADED_ON_HEADER]
+    return named[0].decode(errors="replace") if named else ""
 
 
 def _raise(refusal: Refusal | None) -> None:

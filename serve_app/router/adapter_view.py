@@ -12,6 +12,9 @@ How stale the copy may be (docs/lora.md states it):
   last read started less than ``max_age_s`` ago, and reads again first otherwise.
 * A router replica that starts (or restarts) reads the catalog at its first request naming a
   run-time adapter (or loading, unloading or listing one), so it serves every adapter added before.
+* Where a run-time adapter's load went (its ``Placement``) comes with the copy: requests naming
+  the adapter carry it (``RelayRequest.adapter_replica``) while it steers, so every router replica's
+  replica choice sends them where the adapter is loaded before that replica's stats report it.
 * While the catalog cannot be reached, adapters in the copy keep serving (past the bound: logged),
   and a name the copy does not know, a load and an unload get a 503 with Retry-After: the adapter
   may exist, so a 404 would be wrong.
@@ -26,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from serve_app.core.adapter_catalog import CatalogState
+from serve_app.core.adapter_catalog import CatalogState, Placement
 from serve_app.core.adapters import AdapterDirectory, AdapterRef, Refusal, not_found
 from serve_app.router.adapter_catalog import Catalog
 from serve_app.router.errors import OpenAIError
@@ -51,11 +54,14 @@ class AdapterView:
         catalog: Catalog,
         max_age_s: float = VIEW_MAX_AGE_S,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.directory = directory
         self.catalog = catalog
         self.max_age_s = max_age_s
         self.clock = clock
+        self.wall_clock = wall_clock  # placements' times: other router replicas, maybe on other nodes, wrote them
+        self._placements: dict[str, Placement] = {}
         self._epoch: str | None = None
         self._version = 0
         self._read_at = -math.inf  # when the read the copy holds started
@@ -87,10 +93,18 @@ class AdapterView:
         except OpenAIError:
             logger.warning("adapter catalog unreachable; serving adapters from this router's copy", exc_info=True)
 
-    async def add(self, name: str, path: str, model_id: str) -> Refusal | None:
-        """Record a loaded adapter in the catalog; the reason it cannot be, or None."""
+    def placed_on(self, adapter: AdapterRef | None) -> str:
+        """The model replica a run-time ``adapter``'s load went to, while that steers its requests; "" else."""
+        placement = self._placements.get(adapter.name) if adapter is not None and adapter.path else None
+        return placement.replica_id if placement is not None and placement.steers(self.wall_clock()) else ""
+
+    async def add(self, name: str, path: str, model_id: str, replica_id: str = "") -> Refusal | None:
+        """Record a loaded adapter in the catalog, with the model replica its load went to where
+        known; the reason it cannot be, or None."""
         adapter = AdapterRef(name, model_id, path)
-        reason, state = await self._call(lambda: self.catalog.add(adapter, self.directory.limit(model_id)))
+        placement = Placement(name, replica_id, self.wall_clock()) if replica_id else None
+        limit = self.directory.limit(model_id)
+        reason, state = await self._call(lambda: self.catalog.add(adapter, limit, placement))
         await self._take(state)
         return None if reason is None else self.directory.catalog_refusal(reason, name, model_id)
 
@@ -125,6 +139,7 @@ class AdapterView:
                 logger.warning("adapter catalog restarted empty; restoring %d adapters", len(held))
                 state = await self._call(lambda: self.catalog.seed(held))
         self.directory.replace_dynamic(state.adapters)
+        self._placements = {p.adapter: p for p in state.placements}
         self._epoch, self._version = state.epoch, state.version
 
     @staticmethod

@@ -86,7 +86,13 @@ def parse_object(body: bytes) -> dict[str, Any]:
 
 
 def relay_request(
-    model: ModelConfig, path: str, payload: dict[str, Any], body: bytes, rid: str, adapter: AdapterRef | None = None
+    model: ModelConfig,
+    path: str,
+    payload: dict[str, Any],
+    body: bytes,
+    rid: str,
+    adapter: AdapterRef | None = None,
+    adapter_replica: str = "",
 ) -> RelayRequest:
     """Check the router's caps, then package the request for the replica, its bytes unchanged."""
     facts = read_facts(payload)
@@ -102,6 +108,7 @@ def relay_request(
         cost_hint=facts.cost(model.default_max_tokens),
         adapter=adapter.name if adapter else "",
         adapter_path=(adapter.path or "") if adapter else "",
+        adapter_replica=adapter_replica,
     )
 
 
@@ -189,7 +196,8 @@ def build_fastapi(
         request.state.model = model.id
         log: RequestLog = request.state.log
         log.note_prompt(payload.get("messages", payload.get("prompt", payload.get("input"))))
-        forwarded = relay_request(model, "/" + path, payload, body, _rid(request), adapter)
+        placed_on = models.adapters.placed_on(adapter)
+        forwarded = relay_request(model, "/" + path, payload, body, _rid(request), adapter, placed_on)
         return await relay.forward(model, forwarded, log, _caller(relay, request))
 
     install_cors(app, server.cors_allow_origins)

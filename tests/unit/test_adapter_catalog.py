@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from serve_app.config import AppConfig, ModelConfig
-from serve_app.core.adapter_catalog import AdapterCatalog, CatalogState
+from serve_app.core.adapter_catalog import AdapterCatalog, CatalogState, Placement
 from serve_app.core.adapters import AdapterRef
 from serve_app.engine.fake import FakeEngine
 from serve_app.replica.deployment import LLMReplica
@@ -52,10 +52,12 @@ class CountingCatalog(LocalCatalog):
             raise ConnectionError("the catalog actor is restarting")
         return await super().read(epoch, version)
 
-    async def add(self, adapter: AdapterRef, per_model_limit: int) -> tuple[str | None, CatalogState]:
+    async def add(
+        self, adapter: AdapterRef, per_model_limit: int, placement: Placement | None = None
+    ) -> tuple[str | None, CatalogState]:
         if self.down:
             raise ConnectionError("the catalog actor is restarting")
-        return await super().add(adapter, per_model_limit)
+        return await super().add(adapter, per_model_limit, placement)
 
 
 class App:
