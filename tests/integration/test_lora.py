@@ -2,15 +2,15 @@
 SmolLM2 and two adapters made by ``serve-app make-adapters``; plain vLLM's OpenAI server with
 ``--enable-lora --lora-modules`` on the same checkpoint and adapters is the reference.
 
-One deployment (2 replicas, so adapter affinity has a choice to make) and one plain server for the
-whole module (started together, to keep the suite's wall time down); the adapters are trained once
-into the cache (about half a minute each).
+One deployment (2 replicas, so adapter affinity has a choice to make, behind 2 router replicas,
+which share the adapters added at run time through the app's adapter catalog) and one plain server
+for the whole module (started together, to keep the suite's wall time down); the adapters are
+trained once into the cache (about half a minute each).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -23,12 +23,22 @@ import httpx
 import pytest
 
 from benchmarks.seed_table import VLLM_ENV, plain_vllm_command, stop, wait_ready
-from serve_app.app import replica_deployment_name
-from serve_app.core.policies import ROUTING_STAT_ADAPTERS
 from serve_app.models.embedded import resolve_source
 from serve_app.models.embedded_adapters import MARKERS, prepare_adapter
 from serve_app.ports import free_port
+from serve_app.router.adapter_view import VIEW_MAX_AGE_S
 from tests.integration.conftest import REPO, RunningApp, local_config, running_serve
+from tests.integration.lora_probes import (
+    Counters,
+    adapter_counters,
+    catalog_names,
+    holders,
+    replica_adapters,
+    routed,
+    routers_that_served,
+    series_with,
+    short_chat,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -41,6 +51,7 @@ PROMPTS = ("What is the capital of France?", "Who painted the Mona Lisa?", "What
 # (the affinity test counts evictions).
 LORA = {"max_loras": 2, "max_lora_rank": 8, "max_cpu_loras": 6}
 REPLICAS = 2
+ROUTER_REPLICAS = 2
 
 
 @dataclass
@@ -66,6 +77,7 @@ def sides(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sides]:
     print(f"\nadapters ready in {time.monotonic() - started:.1f} s")
     lora = LORA | {"adapters": [{"name": n, "path": f"embedded:{n}"} for n in ADAPTERS], "dynamic": True}
     config = local_config(max_model_len=MAX_MODEL_LEN, num_replicas=REPLICAS, lora=lora)
+    config = config.model_copy(update={"router": config.router.model_copy(update={"num_replicas": ROUTER_REPLICAS})})
     log = tmp_path_factory.mktemp("plain") / "plain-vllm.log"
     metrics_port = free_port()
     options = {"_metrics_export_port": metrics_port, "_system_config": {"metrics_report_interval_ms": 1000}}
@@ -137,7 +149,29 @@ def test_an_adapter_added_at_run_time_serves_and_once_removed_is_a_404(sides: Si
     assert cards["pirate-2"]["parent"] == MODEL
     resp = httpx.post(f"{url}/v1/unload_lora_adapter", json={"lora_name": "pirate-2"}, timeout=60)
     assert resp.status_code == 200, resp.text
+    time.sleep(VIEW_MAX_AGE_S)  # the other router replica's copy of the catalog may be as old
     assert chat(url, "pirate-2", PROMPTS[0]).status_code == 404
+
+
+def test_every_router_replica_serves_an_adapter_loaded_through_either(sides: Sides) -> None:
+    """2 router replicas behind the door, which spreads requests over them: an adapter loaded
+    through one is in the catalog actor and serves through both (without the catalog, the router
+    replica that did not relay the load answered 404); once unloaded, both refuse it within the
+    catalog copy's bound."""
+    url, name = sides.stack.base_url, "robot-2"
+    load = {"lora_name": name, "lora_path": str(sides.adapter_paths["robot"])}
+    assert httpx.post(f"{url}/v1/load_lora_adapter", json=load, timeout=120).status_code == 200
+    assert name in catalog_names()
+    deadline, served = time.monotonic() + 60, 0
+    while served < ROUTER_REPLICAS and time.monotonic() < deadline:
+        assert [short_chat(url, name) for _ in range(6)] == [200] * 6
+        time.sleep(2)  # the counters reach the metrics agent
+        served = routers_that_served(sides.metrics_url, name)
+    assert served == ROUTER_REPLICAS
+    assert httpx.post(f"{url}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=60).status_code == 200
+    assert name not in catalog_names()
+    time.sleep(VIEW_MAX_AGE_S)
+    assert [short_chat(url, name) for _ in range(6)] == [404] * 6
     assert "pirate-2" not in {c["id"] for c in httpx.get(f"{url}/v1/models", timeout=60).json()["data"]}
 
 
@@ -167,54 +201,13 @@ def test_adapter_metrics_are_exported_per_adapter(sides: Sides) -> None:
     while missing and time.monotonic() < deadline:
         time.sleep(2)
         lines = httpx.get(sides.metrics_url, timeout=30).text.splitlines()
-        missing = [w for w in wanted if not any(_series_with(line, w) for line in lines)]
+        missing = [w for w in wanted if not any(series_with(line, w) for line in lines)]
     assert not missing, missing
-
-
-def _series_with(line: str, wanted: str) -> bool:
-    """Whether an exposition line is ``wanted``'s series with its label (Ray adds labels of its own)."""
-    name, _, label = wanted.partition("{")
-    return line.startswith(name + "{") and label in line
 
 
 # Added at run time, so only the replica that loaded one holds it (the config's adapters are on
 # every replica from the start, which leaves affinity nothing to choose).
 AFFINE = {"pirate-affine": "pirate", "robot-affine": "robot"}
-_COUNTER = re.compile(r"^ray_(serve_app_adapter_\w+)_total\{([^}]*)\} ([0-9.e+-]+)$")
-
-
-def replica_adapters(stack: RunningApp) -> dict[str, set[str]]:
-    """Each model replica's own report of the adapters its engine holds (``LLMReplica.record_routing_stats``
-    through Serve's replica actor: what the router routes by), by replica actor name."""
-    import ray
-
-    deployment = f"#{replica_deployment_name(stack.config.models[0])}#"
-    named = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if deployment in a["name"]]
-    reports = ray.get([ray.get_actor(n, namespace="serve").record_routing_stats.remote() for n in named], timeout=60)
-    return {name: set(report[ROUTING_STAT_ADAPTERS]) for name, report in zip(named, reports, strict=True)}
-
-
-def holders(adapter: str, held: dict[str, set[str]]) -> set[str]:
-    return {replica for replica, names in held.items() if adapter in names}
-
-
-Counters = dict[tuple[str, str, str], float]
-
-
-def adapter_counters(metrics_url: str) -> Counters:
-    """(metric, adapter, outcome) -> value, summed over Ray's own labels (one series per process)."""
-    totals: Counters = {}
-    for line in httpx.get(metrics_url, timeout=30).text.splitlines():
-        if found := _COUNTER.match(line):
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', found[2]))
-            key = (found[1], labels.get("adapter", ""), labels.get("outcome", ""))
-            totals[key] = totals.get(key, 0.0) + float(found[3])
-    return totals
-
-
-def routed(counters: Counters, adapter: str) -> dict[str, float]:
-    """The router's replica choices for ``adapter``, by outcome."""
-    return {o: v for (m, a, o), v in counters.items() if m == "serve_app_adapter_routing" and a == adapter}
 
 
 def placed_adapters(sides: Sides) -> dict[str, set[str]]:
@@ -256,10 +249,12 @@ def counters_once_routed(metrics_url: str, before: Counters, sent: dict[str, int
 
 def test_adapter_affinity_keeps_each_adapters_requests_on_the_replica_holding_it(sides: Sides) -> None:
     """With 2 replicas, each adapter added at run time is loaded on one replica, and affinity sends
-    every later request naming it there, the first one right after the load included (the router
-    remembers where it sent the load): the router counts only hits, no other replica loads it (the
-    replicas' own reports and load counters), nothing is evicted. Power-of-two would spread them,
-    each replica loading each adapter (see benchmarks/results/lora/)."""
+    every later request naming it there, through either router replica, the first one right after
+    the load included (the app's adapter catalog records the replica the load went to, and both
+    router replicas count it as holding the adapter before its routing stats say so): the routers
+    count only hits, no other replica loads it (the replicas' own reports and load counters),
+    nothing is evicted. Power-of-two would spread them, each replica loading each adapter (see
+    benchmarks/results/lora/)."""
     url = sides.stack.base_url
     assert len(replica_adapters(sides.stack)) == REPLICAS
     try:
@@ -269,7 +264,9 @@ def test_adapter_affinity_keeps_each_adapters_requests_on_the_replica_holding_it
         sent = {name: count + 1 for name, count in send_affine_requests(url).items()}  # + the one right after
         after = counters_once_routed(sides.metrics_url, before, sent)
         held = replica_adapters(sides.stack)
-        print(f"\nplaced {placed}; routed {[routed(after, n) for n in AFFINE]}; held after {held}")
+        through = {n: routers_that_served(sides.metrics_url, n) for n in AFFINE}  # the door spreads them
+        print(f"\nplaced {placed}; routed {[routed(after, n) for n in AFFINE]}; held after {held}; routers {through}")
+        assert max(through.values()) == ROUTER_REPLICAS, through  # so the other router sent some too
         for name in AFFINE:
             outcomes = {o: v - routed(before, name).get(o, 0.0) for o, v in routed(after, name).items()}
             assert {o: v for o, v in outcomes.items() if v} == {"hit": sent[name]}, (name, outcomes)
