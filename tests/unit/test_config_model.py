@@ -3,6 +3,7 @@ same keys and schema as before the split, and each consumer gets only its part."
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 from serve_app.config import AppConfig, BatchingConfig, ConfigError, ModelConfig, load_config
 from serve_app.config_engine import EngineConfig
 from serve_app.config_model import DeploymentConfig, HealthConfig, LimitsConfig
+from serve_app.engine.vllm_engine import VllmEngine, engine_args_dict, engine_env_vars, server_argv
+from serve_app.replica.deployment import vllm_engine_factory
 from tests.unit.test_serve_configs import IDS, SERVE_CONFIGS
 
 PARTS = (EngineConfig, DeploymentConfig, LimitsConfig, HealthConfig)
@@ -110,3 +113,14 @@ def test_every_shipped_model_is_its_parts_put_together(name: str, doc: dict[str,
             parts = (model.engine(), model.deployment(), model.limits(), model.health())
             entry = {k: v for part in parts for k, v in part.model_dump().items()}
             assert ModelConfig.model_validate(entry | {"batching": model.batching.model_dump()}) == model
+
+
+def test_the_engine_adapter_is_built_from_the_engine_part() -> None:
+    model = ModelConfig.model_validate(ENTRY | {"ray_actor_options": {"num_gpus": 0.5}})
+    engine = vllm_engine_factory(model, Path("/models/m"))
+    assert isinstance(engine, VllmEngine) and type(engine.config) is EngineConfig
+    assert (engine.actor_gpus, engine.preflight_timeout_s) == (0.5, 5)
+    path = Path("/models/m")
+    assert engine_args_dict(engine.config, path) == engine_args_dict(model, path)
+    assert server_argv(engine.config, path) == server_argv(model, path)
+    assert engine_env_vars(engine.config) == engine_env_vars(model)
