@@ -13,7 +13,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from serve_app.config import AppConfig, ModelConfig, ServerConfig
+from serve_app.config import AppConfig, AutoscalingConfig, ModelConfig, ServerConfig
 from serve_app.config_nccl import NcclConfig
 from serve_app.config_router import ReplicaChoiceConfig, RouterDeploymentConfig
 from serve_app.core.placement import load_model_shape, plan_replica_placement
@@ -29,9 +29,8 @@ def replica_deployment_name(model: ModelConfig) -> str:
     return "llm-" + re.sub(r"[^A-Za-z0-9_-]+", "-", model.id).strip("-")
 
 
-def _autoscaling(model: ModelConfig) -> dict[str, Any] | None:
+def _autoscaling(a: AutoscalingConfig | None) -> dict[str, Any] | None:
     """Ray Serve autoscaling driven by our engine-signal policy (serve_app.core.autoscaling)."""
-    a = model.autoscaling
     if a is None:
         return None
     return {
@@ -101,7 +100,7 @@ def replica_options(
         "request_router_config": request_router_config(replica_choice),
         **placement.deployment_options(),
     }
-    autoscaling = _autoscaling(model)
+    autoscaling = _autoscaling(model.autoscaling)
     if autoscaling is None:
         options["num_replicas"] = model.num_replicas
     else:

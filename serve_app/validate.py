@@ -87,6 +87,6 @@ def check_engine_options(config: AppConfig) -> None:
     from serve_app.engine.vllm_engine import engine_option_problems
 
     for i, model in enumerate(config.models):
-        problems = engine_option_problems(model)
+        problems = engine_option_problems(model.engine())
         if problems:
             raise ConfigError("invalid serve_app config: " + "; ".join(f"models[{i}].{p}" for p in problems))

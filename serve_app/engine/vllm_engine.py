@@ -1,5 +1,9 @@
 """The only module that imports vLLM (with vllm_compat): an Engine backed by vLLM's ``AsyncLLM``,
-answering HTTP with vLLM's own OpenAI server built over that engine."""
+answering HTTP with vLLM's own OpenAI server built over that engine.
+
+It reads the engine part of a model's config (``serve_app.config_engine.EngineConfig``) and nothing
+else: the two deployment facts a replica's engine needs (the actor's GPUs, the pre-flight timeout)
+come as arguments."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from serve_app.config import ModelConfig
+from serve_app.config_engine import EngineConfig
 from serve_app.engine.gpu_start_lock import gpu_start_lock, shared_gpu_ids
 from serve_app.engine.preflight import WORKER_EXTENSION, ensure_engine_workers_ready
 from serve_app.engine.types import EngineDeadError, EngineStats
@@ -18,7 +22,7 @@ from serve_app.quantize.onload import vllm_quantization_name
 _DTYPES = {"auto": "auto", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
-def engine_args_dict(config: ModelConfig, model_path: Path) -> dict[str, Any]:
+def engine_args_dict(config: EngineConfig, model_path: Path) -> dict[str, Any]:
     """The AsyncEngineArgs keyword arguments for a model: typed fields first, then passthrough."""
     args: dict[str, Any] = {
         "model": str(model_path),
@@ -51,7 +55,7 @@ def engine_args_dict(config: ModelConfig, model_path: Path) -> dict[str, Any]:
     return args
 
 
-def engine_env_vars(config: ModelConfig) -> dict[str, str]:
+def engine_env_vars(config: EngineConfig) -> dict[str, str]:
     """What vLLM reads from the replica's environment rather than its arguments: adapters loaded
     at run time need its ``/v1/load_lora_adapter`` route, which it serves only with this set."""
     if config.lora is not None and config.lora.dynamic:
@@ -59,7 +63,7 @@ def engine_env_vars(config: ModelConfig) -> dict[str, str]:
     return {}
 
 
-def build_vllm_config(config: ModelConfig, model_path: Path) -> Any:
+def build_vllm_config(config: EngineConfig, model_path: Path) -> Any:
     """The engine's VllmConfig, with the defaults ``vllm serve`` would pick on this machine.
 
     vLLM sizes ``max_num_batched_tokens`` and ``max_num_seqs`` by usage context and GPU (an H100 or
@@ -85,7 +89,7 @@ def _unknown_engine_args(args: dict[str, Any]) -> list[str]:
     return sorted(set(args) - {f.name for f in dataclasses.fields(AsyncEngineArgs)})
 
 
-def engine_option_problems(config: ModelConfig) -> list[str]:
+def engine_option_problems(config: EngineConfig) -> list[str]:
     """What the installed vLLM would refuse in a model's engine and server options, each prefixed by
     its key; found without a model folder and without starting anything (``serve-app check``)."""
     placeholder = Path(config.source)
@@ -141,7 +145,7 @@ class _StatsHolder:
         )
 
 
-def server_argv(config: ModelConfig, model_path: Path) -> list[str]:
+def server_argv(config: EngineConfig, model_path: Path) -> list[str]:
     """``vllm serve``'s frontend flags for a model: what its OpenAI server answers and how.
 
     The engine is built from ``engine_args_dict``; these flags shape only the server over it
@@ -172,9 +176,11 @@ def server_argv(config: ModelConfig, model_path: Path) -> list[str]:
 
 
 class VllmEngine:
-    def __init__(self, config: ModelConfig, model_path: Path) -> None:
+    def __init__(self, config: EngineConfig, model_path: Path, actor_gpus: float, preflight_timeout_s: float) -> None:
         self.config = config
         self.model_path = model_path
+        self.actor_gpus = actor_gpus  # ray_actor_options.num_gpus: GPUs other replicas may share
+        self.preflight_timeout_s = preflight_timeout_s
         self._llm: Any = None
         self.app: Any = None
         self._stats = _StatsHolder()
@@ -202,7 +208,7 @@ class VllmEngine:
             # Pre-flight: an all-reduce across every worker before the replica takes traffic;
             # raises with the failing rank and the likely cause (NCCL settings, a dead worker).
             await ensure_engine_workers_ready(
-                self._llm.collective_rpc, self.config.gpus_per_replica, self.config.placement.preflight_timeout_s
+                self._llm.collective_rpc, self.config.gpus_per_replica, self.preflight_timeout_s
             )
         tasks = await self._llm.get_supported_tasks()
         app = entry.build_app(args, tasks, self._llm.model_config)
@@ -213,7 +219,7 @@ class VllmEngine:
         import ray
 
         assigned = ray.get_gpu_ids() if ray.is_initialized() else []
-        return shared_gpu_ids(self.config.ray_actor_options.num_gpus, self.config.gpus_per_replica, assigned)
+        return shared_gpu_ids(self.actor_gpus, self.config.gpus_per_replica, assigned)
 
     async def check_health(self) -> None:
         if self._llm is None:

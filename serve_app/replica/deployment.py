@@ -44,9 +44,11 @@ EngineFactory = Callable[[ModelConfig, Path], Engine]
 
 
 def vllm_engine_factory(config: ModelConfig, path: Path) -> Engine:
+    """vLLM over the engine part of the config; of the deployment part only what the engine's
+    start needs (GPU sharing, the multi-GPU pre-flight)."""
     from serve_app.engine.vllm_engine import VllmEngine
 
-    return VllmEngine(config, path)
+    return VllmEngine(config.engine(), path, config.ray_actor_options.num_gpus, config.placement.preflight_timeout_s)
 
 
 def _replica_name() -> str:

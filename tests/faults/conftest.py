@@ -19,12 +19,6 @@ from serve_app.bench.ledger import ScenarioSummary
 from serve_app.bench.provenance import commit
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("faults")
-    group.addoption("--soak", action="store_true", default=False, help="run every fault scenario, longer")
-    group.addoption("--faults-report", default=None, help="directory for faults.json and faults.md")
-
-
 @dataclass(frozen=True)
 class Scale:
     """How hard each scenario pushes: the quick subset (CI) or the soak run."""
