@@ -32,26 +32,29 @@ from seed_table import PY, ROOT, stop, wait_ready
 
 def role(proc: psutil.Process) -> str:
     with contextlib.suppress(psutil.Error):
-        title = " ".join(proc.cmdline())[:80]
-        for key, name in (
+        title = " ".join(proc.cmdline())
+        for key, name in (  # most specific first: a process's arguments may name others
             ("ServeReplica:serve-app:router", "router replica"),
             ("ServeReplica:serve-app:llm-", "model replica"),
             ("ServeReplica", "other serve replica"),
-            ("ProxyActor", "serve proxy actor"),
-            ("ServeController", "serve controller"),
-            ("EngineCore", "vllm engine core"),
+            ("ray::ProxyActor", "serve proxy actor"),
+            ("ray::ServeController", "serve controller"),
+            ("ray::HAProxyManager", "haproxy manager actor"),
+            ("ray::DashboardAgent", "dashboard agent"),
+            ("ray::RuntimeEnvAgent", "runtime env agent"),
+            ("VLLM::EngineCore", "vllm engine core"),
             ("VLLM::Worker", "vllm worker"),
-            ("HAProxyManager", "haproxy manager actor"),
-            ("haproxy", "haproxy"),
-            ("raylet", "raylet"),
+            ("bin/serve run", "serve run driver"),
+            ("_private/log_monitor.py", "log monitor"),
+            ("autoscaler/_private/monitor.py", "autoscaler monitor"),
+            ("dashboard/dashboard.py", "dashboard"),
             ("gcs_server", "gcs"),
-            ("dashboard", "dashboard"),
-            ("log_monitor", "log monitor"),
-            ("runtime_env", "runtime env agent"),
+            ("raylet", "raylet"),
+            ("bin/haproxy", "haproxy"),
         ):
             if key in title:
                 return name
-        return title[:40] or proc.name()
+        return title[:60] or proc.name()
     return "gone"
 
 
