@@ -139,11 +139,19 @@ class Relay:
         response.raw_headers = list(head.start.headers)
         return response
 
+    async def _next(self, source: EventSource, deadline: float) -> list[Event]:
+        """The source's next message, TimeoutError past the request's deadline. A timeout scope in
+        the request's own task: ``asyncio.wait_for`` would run every message's wait in a task of
+        its own (two more event-loop passes per streamed message)."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout_at(loop.time() + max(0.0, deadline - self.clock())):
+            return await anext(source)
+
     async def _head(self, source: EventSource, deadline: float) -> _Head:
         head = _Head()
         while True:
             try:
-                events = await asyncio.wait_for(anext(source), timeout=max(0.0, deadline - self.clock()))
+                events = await self._next(source, deadline)
             except TimeoutError:
                 raise OpenAIError(504, "the request timed out before the first byte", code="timeout") from None
             except StopAsyncIteration:
@@ -178,7 +186,7 @@ class Relay:
             yield first
             while True:
                 try:
-                    events = await asyncio.wait_for(anext(source), timeout=max(0.0, deadline - self.clock()))
+                    events = await self._next(source, deadline)
                 except TimeoutError:
                     end = ResponseEnd(0, error="the request timed out", status=504)
                     break
