@@ -105,17 +105,11 @@ class AdapterDirectory:
         message = f"model {model_id!r} holds {limit} adapters added at run time, its limit"
         return Refusal(400, message + " (models[].lora.max_dynamic_adapters); unload one first", "adapter_limit")
 
-    def add(self, name: str, path: str, model_id: str) -> AdapterRef:
-        ref = AdapterRef(name, model_id, path)
-        self._dynamic[name] = ref
-        return ref
-
-    def remove(self, name: str) -> Refusal | None:
-        """Forget a dynamic adapter; None when it is gone now."""
+    def refuse_unload(self, name: str) -> Refusal | None:
+        """Why ``name`` cannot be unloaded at run time (it is in the config), or None: a run-time
+        adapter is unloaded in the app's catalog (``serve_app.router.adapter_view``)."""
         if name in self._static:
             return Refusal(400, f"adapter {name!r} is in the config; a redeploy removes it", "static_adapter")
-        if self._dynamic.pop(name, None) is None:
-            return not_found(name)
         return None
 
 

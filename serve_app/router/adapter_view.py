@@ -110,8 +110,8 @@ class AdapterView:
 
     async def remove(self, name: str) -> Refusal | None:
         """Forget a run-time adapter in the catalog; the reason it cannot be, or None."""
-        if self.directory.is_static(name):
-            return self.directory.remove(name)  # the refusal: a redeploy removes it
+        if (refusal := self.directory.refuse_unload(name)) is not None:
+            return refusal
         found, state = await self._call(lambda: self.catalog.remove(name))
         await self._take(state)
         return None if found else not_found(name)

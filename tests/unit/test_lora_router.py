@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serve_app.config import AppConfig, ModelConfig, ServerConfig
-from serve_app.core.adapters import AdapterDirectory, reconcile_cards
+from serve_app.core.adapters import AdapterDirectory, AdapterRef, reconcile_cards
 from serve_app.engine.fake import FakeEngine
 from serve_app.observability.backends import InMemoryMetricsBackend
 from serve_app.observability.recorder import ServeAppMetrics
@@ -142,17 +142,18 @@ def test_the_directory_is_bounded_per_model(tmp_path: Path) -> None:
     directory = AdapterDirectory([model])
     for name in ("x", "y"):
         assert directory.refuse_load(name, "/p", "m") is None
-        directory.add(name, "/p", "m")
+        directory.replace_dynamic([*directory.all_dynamic(), AdapterRef(name, "m", "/p")])
     refusal = directory.refuse_load("z", "/p", "m")
     assert refusal is not None and refusal.code == "adapter_limit"
-    assert directory.remove("x") is None and directory.refuse_load("z", "/p", "m") is None
+    directory.replace_dynamic([AdapterRef("y", "m", "/p")])  # the catalog's state after x's unload
+    assert directory.refuse_load("z", "/p", "m") is None
 
 
 def test_cards_list_exactly_the_adapters_served() -> None:
     lora = {"dynamic": True, "adapters": [{"name": "s", "path": "/s"}]}
     model = ModelConfig.model_validate({"id": "m", "lora": lora})
     directory = AdapterDirectory([model])
-    directory.add("new", "/new", "m")
+    directory.replace_dynamic([AdapterRef("new", "m", "/new")])
     cards = [{"id": "m"}, {"id": "s", "parent": "m"}, {"id": "removed", "parent": "m"}]
     reconciled = reconcile_cards(cards, "m", directory)
     assert [(c["id"], c.get("parent"), c.get("root")) for c in reconciled] == [
