@@ -165,14 +165,9 @@ def serve(out: Path, earlier_profile: Path, timeout_s: float, variant: str | Non
     started = time.monotonic()
     bf16 = _plain(8100, ["--dtype", "bfloat16", "--kv-cache-memory-bytes", str(kv_bytes)], str(log))
     data = json.loads(earlier_profile.read_text())
-    if variant:
-        flags = ["--dtype", "bfloat16", *dict(GATE_VARIANTS)[variant], "--kv-cache-memory-bytes", str(kv_bytes)]
-        other_log = Path(f"/tmp/plain-{variant}.log")
-        other = _plain(8101, flags, str(other_log))
-        compare.wait_for(FP8_URL + "/health", timeout_s, other)
-        data["variants"][variant] = _profile_points(FP8_URL, engine_batched_tokens(other_log))
-        os.killpg(other.pid, signal.SIGTERM)
-        other.wait(timeout=60)
+    if variant:  # starts while plain bf16 does
+        flags = ["--dtype", "bfloat16", *dict(GATE_VARIANTS)[variant]]
+        data["variants"][variant] = _profile_alone(variant, flags, kv_bytes, timeout_s)
     compare.wait_for(compare.PLAIN_URL + "/health", timeout_s, bf16)
     engines_s = time.monotonic() - started
     batched = engine_batched_tokens(log)
