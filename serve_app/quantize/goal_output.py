@@ -56,6 +56,43 @@ def admission_for(goal: Goal, vp: VariantPlan) -> Admission:
     return Admission(per_router, per_router * cost, cost, vp.max_num_seqs + math.ceil(waiting / replicas), reason)
 
 
+@dataclass(frozen=True)
+class FlowPlan:
+    max_in_flight: int  # per router replica: requests on the engines at once
+    max_waiting: int  # per router replica
+    max_wait_s: float  # the queue deadline: a request that cannot start within it is refused
+    reason: str
+
+
+def flow_for(goal: Goal, vp: VariantPlan) -> FlowPlan:
+    """Time the waiting budget instead of only counting it. The count alone lets a burst queue
+    requests behind the engines' running sequences that then start past the TTFT target; the router's
+    flow queue keeps the engines at ``max_num_seqs`` and refuses at arrival (503 with Retry-After) a
+    request its measured release rate says would wait past the deadline, and drops one that does.
+    The deadline is half the TTFT slack: the other half is the engine's own time to the first token
+    once a request starts (its prefill shares steps with the running batch's decodes)."""
+    replicas = goal.gpus * REPLICAS_PER_GPU
+    slack_s = max(0.0, goal.slo.ttft_p99_ms * SLO_HEADROOM - vp.estimate.ttft_ms) / 1000
+    in_flight = math.ceil(vp.max_num_seqs * replicas / goal.router_replicas)
+    waiting = max(1, math.ceil(slack_s * vp.goodput_rps / goal.router_replicas))
+    max_wait_s = round(max(0.05, slack_s / 2), 3)
+    reason = (
+        f"flow_control: {in_flight} in flight per router replica (max_num_seqs x {replicas} replicas / "
+        f"{goal.router_replicas} router replica(s)), {waiting} waiting, queue deadline {max_wait_s * 1000:.0f} ms "
+        f"(half the {slack_s * 1000:.0f} ms TTFT slack; the other half is the engine's first step): a request "
+        "that would start later is refused at once with a 503 and Retry-After instead of missing the TTFT target"
+    )
+    return FlowPlan(in_flight, waiting, max_wait_s, reason)
+
+
+def flow_control_entry(flow: FlowPlan) -> dict[str, Any]:
+    return {
+        "max_in_flight": flow.max_in_flight,
+        "max_waiting": flow.max_waiting,
+        "interactive": {"max_wait_s": flow.max_wait_s},
+    }
+
+
 def model_entry(gp: GoalPlan, vp: VariantPlan, admission: Admission) -> dict[str, Any]:
     goal, t = gp.goal, gp.goal.traffic
     entry: dict[str, Any] = {"id": goal.model_id, "source": vp.source}
@@ -98,7 +135,11 @@ def serve_config(gp: GoalPlan) -> dict[str, Any]:
         "name": "serve-app",
         "route_prefix": "/",
         "import_path": "serve_app.app:build_app",
-        "args": {"models": [model_entry(gp, vp, admission)], "router": router},
+        "args": {
+            "models": [model_entry(gp, vp, admission)],
+            "router": router,
+            "flow_control": flow_control_entry(flow_for(gp.goal, vp)),
+        },
     }
     return {"proxy_location": "EveryNode", "http_options": {"host": "0.0.0.0", "port": 8000}, "applications": [app]}
 
@@ -122,6 +163,7 @@ def header(gp: GoalPlan) -> list[str]:
     for key, reason in vp.reasons.items():
         lines += _comment(f"{key}: {reason}", 2)
     lines += _comment(f"admission: {admission_for(goal, vp).reason}", 2)
+    lines += _comment(flow_for(goal, vp).reason, 2)
     lines += _comment(f"replicas per GPU {REPLICAS_PER_GPU}: {REPLICAS_PER_GPU_REASON}", 2)
     lines += _comment(f"router batching {BATCHING}: the shipped GPU configs' setting", 2)
     lines.append("# Other candidates (estimated goodput):")
@@ -168,6 +210,7 @@ def plan_json(gp: GoalPlan) -> dict[str, Any]:
         "slo_headroom": SLO_HEADROOM,
         "replicas_per_gpu": {"value": REPLICAS_PER_GPU, "reason": REPLICAS_PER_GPU_REASON},
         "admission": asdict(admission) if admission else None,
+        "flow_control": asdict(flow_for(gp.goal, vp)) if vp else None,
         "candidates": [candidate_dict(c) for c in gp.candidates],
         "dropped": [[d.variant, d.reason] for d in gp.dropped],
         "notes": list(gp.notes),

@@ -16,8 +16,8 @@ from serve_app.config import app_args_from_serve_file, load_config
 from serve_app.models.shapes import preset
 from serve_app.quantize.gate_reports import NO_PASSING_REPORT, GateVerdict, read_gate_reports
 from serve_app.quantize.goal import GoalError, parse_goal
-from serve_app.quantize.goal_output import admission_for, plan_json, serve_config
-from serve_app.quantize.goal_planner import GoalPlan, VariantPlan, plan_goal
+from serve_app.quantize.goal_output import admission_for, flow_for, plan_json, serve_config
+from serve_app.quantize.goal_planner import SLO_HEADROOM, GoalPlan, VariantPlan, plan_goal
 from serve_app.quantize.planner import GPUS
 from serve_app.quantize.speed import ROOFLINE, parse_profile
 
@@ -185,6 +185,21 @@ def test_admission_budget_holds_running_sequences_plus_what_meets_the_ttft_targe
     assert admission.max_queued_requests * 2 >= vp.max_num_seqs
     assert admission.max_queued_tokens == admission.max_queued_requests * 640
     assert "router.max_queued_tokens" in admission.reason
+
+
+def test_flow_control_times_the_waiting_budget_under_the_ttft_target() -> None:
+    result = run_plan(router_replicas=2)
+    vp = result.chosen
+    assert vp is not None
+    flow = flow_for(result.goal, vp)
+    assert flow.max_in_flight * 2 >= vp.max_num_seqs  # the engines stay full across both routers
+    assert 0.05 <= flow.max_wait_s < result.goal.slo.ttft_p99_ms / 1000 * SLO_HEADROOM / 2 + 1e-9
+    assert flow.max_waiting >= 1 and "503" in flow.reason
+    app = load_config(serve_config(result)["applications"][0]["args"])
+    assert app.flow_control is not None and not app.flow_control.tenants  # every request is "default"
+    assert app.flow_control.max_in_flight == flow.max_in_flight
+    assert app.flow_control.class_queue("interactive").max_wait_s == flow.max_wait_s
+    assert app.flow_control.default.priority == "interactive"
 
 
 def _parser() -> argparse.ArgumentParser:
