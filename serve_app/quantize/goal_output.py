@@ -26,6 +26,11 @@ REPLICAS_PER_GPU_REASON = (
 # The router batching the shipped GPU configs use (configs/llama2-7b-awq-a100.yaml says why).
 BATCHING = {"max_batch_size": 64, "batch_timeout_ms": 2, "at_once_when_idle": True}
 REPLICA_CPUS = 4
+# The router estimates a prompt's tokens from its characters (4 per token); prompts of rarer tokens
+# run longer (vLLM's random benchmark prompts: about 6.5 characters per token), and the token budget
+# then holds fewer requests than the engines run. With the flow queue bounding the count, the token
+# budget is a guard against outsized prompts, at this multiple of the planned cost.
+TOKEN_BUDGET_MARGIN = 2
 
 
 @dataclass(frozen=True)
@@ -46,14 +51,17 @@ def admission_for(goal: Goal, vp: VariantPlan) -> Admission:
     waiting = math.floor(slack_s * vp.goodput_rps)
     per_router = math.ceil((running + waiting) / goal.router_replicas)
     cost = t.input_tokens + t.admission_output_tokens
+    tokens = per_router * cost * TOKEN_BUDGET_MARGIN
     reason = (
-        f"router.max_queued_tokens {per_router * cost:,} = {per_router} requests x {cost} tokens (prompt + "
-        f"the max_tokens admission charges: mean output + 2 spreads); {running} running (max_num_seqs x "
+        f"router.max_queued_tokens {tokens:,} = {per_router} requests x {cost} tokens (prompt + the max_tokens "
+        f"admission charges: mean output + 2 spreads) x {TOKEN_BUDGET_MARGIN} (the router counts 4 characters per "
+        "token, and prompts of rarer tokens are longer: the count below bounds the engines, the token budget "
+        f"guards against outsized prompts); {running} running (max_num_seqs x "
         f"{replicas} replicas) + {waiting} waiting, the ones that finish within the TTFT slack "
         f"({slack_s * 1000:.0f} ms at {vp.goodput_rps:.1f} requests/s), split over {goal.router_replicas} "
         "router replica(s), each with its own budget"
     )
-    return Admission(per_router, per_router * cost, cost, vp.max_num_seqs + math.ceil(waiting / replicas), reason)
+    return Admission(per_router, tokens, cost, vp.max_num_seqs + math.ceil(waiting / replicas), reason)
 
 
 @dataclass(frozen=True)

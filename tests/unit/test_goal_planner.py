@@ -183,7 +183,7 @@ def test_admission_budget_holds_running_sequences_plus_what_meets_the_ttft_targe
     admission = admission_for(result.goal, vp)
     assert admission.request_cost_tokens == 512 + 128
     assert admission.max_queued_requests * 2 >= vp.max_num_seqs
-    assert admission.max_queued_tokens == admission.max_queued_requests * 640
+    assert admission.max_queued_tokens == admission.max_queued_requests * 640 * 2  # the estimate's margin
     assert "router.max_queued_tokens" in admission.reason
 
 
