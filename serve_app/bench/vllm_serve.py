@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serve_app.bench.prompts import PromptSetError
+from serve_app.bench.prompts import PromptSetError, chat_prompts, file_prompts, load_tokenizer
 from serve_app.bench.records import Prompt
 from serve_app.bench.settings import ENDPOINT_PATHS
 from serve_app.bench.stats import Distribution, Slo, Summary
@@ -99,6 +99,20 @@ def write_dataset(prompts: Sequence[Prompt], endpoint: str, path: Path, count: C
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rows, indent=0), encoding="utf-8")
     return path
+
+
+def dataset(
+    spec: str, endpoint: str, out: Path, tokenizer: str, seed: int, max_tokens: int | None, random_lens: tuple[int, int]
+) -> tuple[str, ...]:
+    """vLLM's dataset flags for ``--prompts SPEC``: its random dataset, or the chat set or a prompt
+    file written into ``out`` as ShareGPT."""
+    if spec == "random":
+        return random_dataset(random_lens[0], max_tokens or random_lens[1])
+    prompt_set = chat_prompts(max_tokens, seed) if spec == "chat" else file_prompts(Path(spec), max_tokens)
+    tok = load_tokenizer(tokenizer)
+    # vLLM counts with the tokenizer's defaults (special tokens included), so must we.
+    path = write_dataset(prompt_set, endpoint, out / "prompts.sharegpt.json", lambda text: len(tok.encode(text)))
+    return file_dataset(path)
 
 
 def goodput_argv(slo: Slo) -> list[str]:

@@ -8,9 +8,10 @@ Markdown table, results.json, plots.
 Examples::
 
     serve-app bench --url http://127.0.0.1:8000 --model smollm2-135m-instruct --concurrency 1,4,16 \\
-        --num-requests 64 --prompts chat --out benchmarks/results/chat-sweep
-    serve-app bench --url http://127.0.0.1:8000 --model m --endpoint completions --rate 2 --duration 60 \\
+        --num-requests 64 --prompts chat --tokenizer /tmp/mc/m --out benchmarks/results/chat-sweep
+    serve-app bench --url http://127.0.0.1:8000 --model m --endpoint completions --rate 2 --num-requests 120 \\
         --prompts random --random-input-len 512 --random-output-len 128 --ignore-eos --tokenizer /tmp/mc/m
+    serve-app bench --url http://127.0.0.1:8001 --model m --endpoint completions --no-stream --duration 60
 """
 
 from __future__ import annotations
@@ -185,23 +186,6 @@ def _vllm_flag_errors(args: argparse.Namespace) -> None:
         )
 
 
-def _vllm_dataset(args: argparse.Namespace, out: Path) -> tuple[str, ...]:
-    from serve_app.bench import prompts, vllm_serve
-
-    if args.prompts == "random":
-        return vllm_serve.random_dataset(args.random_input_len, args.max_tokens or args.random_output_len)
-    if args.prompts == "chat":
-        prompt_set = prompts.chat_prompts(args.max_tokens, args.seed)
-    else:
-        prompt_set = prompts.file_prompts(Path(args.prompts), args.max_tokens)
-    tokenizer = prompts.load_tokenizer(args.tokenizer)
-    # vLLM counts with the tokenizer's defaults (special tokens included), so must we.
-    path = vllm_serve.write_dataset(
-        prompt_set, args.endpoint, out / "prompts.sharegpt.json", lambda text: len(tokenizer.encode(text))
-    )
-    return vllm_serve.file_dataset(path)
-
-
 def _prepare_vllm(args: argparse.Namespace) -> Todo:
     """vLLM's benchmark, one run a level; its result files (and the prompt set) go to --out."""
     import tempfile
@@ -211,13 +195,16 @@ def _prepare_vllm(args: argparse.Namespace) -> Todo:
 
     _vllm_flag_errors(args)
     plans, slo = _plans(args), _slo(args)
+    random_lens = (args.random_input_len, args.random_output_len)
     out = args.out if args.out is not None else Path(tempfile.mkdtemp(prefix="serve-app-bench-"))
     target = vllm_serve.VllmTarget(
         url=args.url,
         endpoint=args.endpoint,
         model=args.model,
         tokenizer=args.tokenizer,
-        dataset=_vllm_dataset(args, out),
+        dataset=vllm_serve.dataset(
+            args.prompts, args.endpoint, out, args.tokenizer, args.seed, args.max_tokens, random_lens
+        ),
         seed=args.seed,
         ignore_eos=args.ignore_eos,
         temperature=args.temperature,

@@ -9,16 +9,23 @@ fails, and vLLM's benchmark module has no ``__main__``: this builds the same par
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str]) -> dict[str, Any]:
+    """``vllm bench serve ARGV`` in this process; its result (what ``--save-result`` writes)."""
     from vllm.benchmarks.serve import add_cli_args
     from vllm.benchmarks.serve import main as bench_main
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     parser = FlexibleArgumentParser(prog="vllm bench serve")
     add_cli_args(parser)
-    bench_main(parser.parse_args(argv))
+    result: dict[str, Any] = bench_main(parser.parse_args(argv))
+    return result
+
+
+def main() -> int:
+    run(sys.argv[1:])
     return 0
 
 
