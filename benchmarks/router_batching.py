@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from serve_app.bench.stats import percentile  # noqa: E402
 from serve_app.config import app_args_from_serve_file, load_config  # noqa: E402
+from serve_app.models.embedded import prepare_smollm2  # noqa: E402
 from serve_app.ports import free_port  # noqa: E402
 from tests.integration.conftest import wait_ready  # noqa: E402
 
@@ -73,6 +74,7 @@ def bench_generation(base_url: str, out: Path) -> dict[str, Any]:
     cmd = [str(Path(sys.executable).parent / "serve-app"), "bench", "--url", base_url, "--model"]
     cmd += ["smollm2-135m-instruct", "--endpoint", "completions", "--concurrency", "32", "--num-requests", "64"]
     cmd += ["--prompts", "chat", "--max-tokens", "200", "--ignore-eos", "--no-progress", "--out", str(out)]
+    cmd += ["--tokenizer", str(prepare_smollm2(progress=False))]  # vLLM's benchmark counts tokens with it
     subprocess.run(cmd, check=True, capture_output=True, timeout=900)
     s = json.loads((out / "results.json").read_text())["levels"][0]["summary"]
     return {

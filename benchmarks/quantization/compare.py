@@ -4,8 +4,8 @@ Per variant, one after the other so that only one heavy job uses the CPU at a ti
 
 1. quality as ``serve-app evaluate`` measures it (one offline vLLM child process,
    serve_app.quantize.eval_worker): weights size, held-out perplexity, golden answers;
-2. serving throughput: vLLM's OpenAI server on the variant, driven by ``serve-app bench``'s load
-   generator (serve_app.bench) at each ``--levels`` entry CLIENTSxREQUESTS (default 1 client x 8
+2. serving throughput: vLLM's OpenAI server on the variant, driven by ``serve-app bench`` (which
+   runs vLLM's own benchmark) at each ``--levels`` entry CLIENTSxREQUESTS (default 1 client x 8
    requests and 32 clients x 32 requests), streamed chat requests of the shipped bench prompts,
    greedy, exactly ``--max-tokens`` output tokens each (ignore_eos); output tokens/s per level.
 

