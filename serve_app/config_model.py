@@ -43,6 +43,8 @@ class AutoscalingConfig(_Strict):
     max_kv_cache_usage: float = Field(0.85, gt=0, le=1)
     upscale_delay_s: float = Field(10.0, ge=0)
     downscale_delay_s: float = Field(60.0, ge=0)
+    # How often replicas and the router's handles push their autoscaling metrics to Serve's controller
+    # (Ray's AutoscalingConfig.metrics_interval_s); the policy sees them averaged over max(2 x this, 4 s).
     metrics_interval_s: float = Field(2.0, gt=0)
 
     @model_validator(mode="after")
