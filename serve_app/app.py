@@ -38,6 +38,9 @@ def _autoscaling(a: AutoscalingConfig | None) -> dict[str, Any] | None:
         "max_replicas": a.max_replicas,
         "initial_replicas": a.initial_replicas,
         "target_ongoing_requests": a.target_ongoing_requests,
+        # Deprecated in Ray 2.60 for RAY_SERVE_{REPLICA,HANDLE}_AUTOSCALING_METRIC_PUSH_INTERVAL_S, which
+        # it does not read yet: the field is still what sets the replicas' and handles' push period
+        # (tests/integration/test_ray_accepts.py fails once Ray reads the variables).
         "metrics_interval_s": a.metrics_interval_s,
         "look_back_period_s": max(2 * a.metrics_interval_s, 4.0),
         # Ray applies its own delays after a custom policy; ours travel in policy_kwargs, so

@@ -18,11 +18,12 @@ the checks that span parts (quantization against the replica's GPUs) live there.
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serve_app.config_engine import EngineConfig
+from serve_app.config_parts import part_of
 from serve_app.models.shapes import PRESETS as SHAPE_PRESETS
 from serve_app.quantize.onload import QuantizationSetting, quantization_problem
 
@@ -42,6 +43,8 @@ class AutoscalingConfig(_Strict):
     max_kv_cache_usage: float = Field(0.85, gt=0, le=1)
     upscale_delay_s: float = Field(10.0, ge=0)
     downscale_delay_s: float = Field(60.0, ge=0)
+    # How often replicas and the router's handles push their autoscaling metrics to Serve's controller
+    # (Ray's AutoscalingConfig.metrics_interval_s); the policy sees them averaged over max(2 x this, 4 s).
     metrics_interval_s: float = Field(2.0, gt=0)
 
     @model_validator(mode="after")
@@ -143,9 +146,6 @@ class HealthConfig(_Strict):
     health_check_period_s: float = Field(10.0, gt=0)
 
 
-_Part = TypeVar("_Part", EngineConfig, DeploymentConfig, LimitsConfig, HealthConfig)
-
-
 # One ``models:`` entry: every part's fields, flat, and the router's batching section. (No
 # docstring: it would become a description in the JSON schema, which stays as before the split.)
 # Bases listed last-first: pydantic collects fields from the last base on (engine, deployment,
@@ -173,17 +173,13 @@ class ModelConfig(HealthConfig, LimitsConfig, DeploymentConfig, EngineConfig):
         return self.ray_actor_options.num_gpus if self.gpus_per_replica == 1 else float(self.gpus_per_replica)
 
     def engine(self) -> EngineConfig:
-        return self._part(EngineConfig)
+        return part_of(self, EngineConfig)
 
     def deployment(self) -> DeploymentConfig:
-        return self._part(DeploymentConfig)
+        return part_of(self, DeploymentConfig)
 
     def limits(self) -> LimitsConfig:
-        return self._part(LimitsConfig)
+        return part_of(self, LimitsConfig)
 
     def health(self) -> HealthConfig:
-        return self._part(HealthConfig)
-
-    def _part(self, part: type[_Part]) -> _Part:
-        # Nested sections go over as they are (pydantic does not re-validate model instances).
-        return part.model_validate({name: getattr(self, name) for name in part.model_fields})
+        return part_of(self, HealthConfig)

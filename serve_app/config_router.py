@@ -16,9 +16,11 @@ in the file and in validation errors. Typed, validated once, pure: no Ray, no I/
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from serve_app.config_parts import part_of
 
 
 class _Strict(BaseModel):
@@ -58,22 +60,16 @@ class RouterDeploymentConfig(_Strict):
     resources: dict[str, float] = Field(default_factory=dict)
 
 
-_Part = TypeVar("_Part", ReplicaChoiceConfig, AdmissionConfig, RouterDeploymentConfig)
-
-
 # Bases listed last-first: pydantic collects fields from the last base on, so the fields keep the
 # order above (replica choice, admission, deployment).
 class RouterConfig(RouterDeploymentConfig, AdmissionConfig, ReplicaChoiceConfig):
     """The ``router:`` section: every part's fields, flat."""
 
     def replica_choice(self) -> ReplicaChoiceConfig:
-        return self._part(ReplicaChoiceConfig)
+        return part_of(self, ReplicaChoiceConfig)
 
     def admission(self) -> AdmissionConfig:
-        return self._part(AdmissionConfig)
+        return part_of(self, AdmissionConfig)
 
     def deployment(self) -> RouterDeploymentConfig:
-        return self._part(RouterDeploymentConfig)
-
-    def _part(self, part: type[_Part]) -> _Part:
-        return part.model_validate(self.model_dump(include=set(part.model_fields)))
+        return part_of(self, RouterDeploymentConfig)

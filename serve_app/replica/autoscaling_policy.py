@@ -1,31 +1,17 @@
 """Ray Serve custom autoscaling policy driven by engine signals; the decision itself is
 :func:`serve_app.core.autoscaling.decide`.
 
-Wiring (replica deployment's ``autoscaling_config``, e.g. in ``serve_app.app._autoscaling``)::
-
-    a = model.autoscaling  # serve_app.config.AutoscalingConfig
-    autoscaling_config = {
-        "min_replicas": a.min_replicas,
-        "max_replicas": a.max_replicas,
-        "initial_replicas": a.initial_replicas,
-        "target_ongoing_requests": a.target_ongoing_requests,  # only Ray's own gauges read it
-        "metrics_interval_s": a.metrics_interval_s,
-        # Ray applies its delays *after* a custom policy; ours are in policy_kwargs, so Ray's
-        # must be zero or the two would add up.
-        "upscale_delay_s": 0,
-        "downscale_delay_s": 0,
-        "policy": {
-            "policy_function": "serve_app.replica.autoscaling_policy.EngineSignalPolicy",
-            "policy_kwargs": a.model_dump(mode="json"),
-        },
-    }
+Wired in as the replica deployment's ``autoscaling_config`` by ``serve_app.app._autoscaling``: our
+config travels in ``policy_kwargs``, and Ray's own up/down-scale delays are zero there (Ray applies
+them *after* a custom policy, so they would add to ours).
 
 Ray instantiates the class once per deployment on the Serve controller with ``policy_kwargs``
 (validated as :class:`serve_app.config.AutoscalingConfig`) and calls it every control-loop tick
 with an ``AutoscalingContext``; it returns ``(target_replicas, policy_state)``.
 
-The replica class must define (sync or async; Ray calls it every ``metrics_interval_s`` and
-averages it over ``look_back_period_s``; values must be int or float)::
+The replica class must define (sync or async; Ray samples it every ``look_back_period_s / 5`` or
+``metrics_interval_s`` if shorter, pushes the samples every ``metrics_interval_s`` and averages them
+over ``look_back_period_s``; values must be int or float)::
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         stats = self.engine.stats()

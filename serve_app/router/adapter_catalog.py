@@ -10,7 +10,7 @@ from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from serve_app.core.adapter_catalog import AdapterCatalog, CatalogState, Placement
-from serve_app.core.adapters import AdapterRef
+from serve_app.core.adapters import AdapterDirectory, AdapterRef
 from serve_app.router.cluster_quota import BANK_NAMESPACE
 
 
@@ -87,3 +87,9 @@ def ray_catalog(app_name: str) -> RayCatalog:
         name=catalog_actor_name(app_name), namespace=BANK_NAMESPACE, lifetime="detached", get_if_exists=True
     ).remote()
     return RayCatalog(actor)
+
+
+def app_catalog(adapters: AdapterDirectory, app_name: str) -> Catalog | None:
+    """The app's catalog (:func:`ray_catalog`) where some model takes adapters at run time, as
+    ``adapters`` answers; else None: there is nothing to record or read."""
+    return ray_catalog(app_name) if adapters.takes_dynamic else None

@@ -6,9 +6,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from serve_app.config import AppConfig
+from serve_app.core.adapters import AdapterDirectory
 from serve_app.observability.logs import install_json_logging
 from serve_app.observability.recorder import ServeAppMetrics
-from serve_app.router.adapter_catalog import Catalog, ray_catalog
+from serve_app.router.adapter_catalog import Catalog, app_catalog
 from serve_app.router.client import RayReplicaClient
 from serve_app.router.cluster_quota import ray_bank
 from serve_app.router.flow_gate import build_flow_gate
@@ -34,9 +35,9 @@ class RouterDeployment:
             bank = ray_bank(context.app_name)
             self.relay.flow = build_flow_gate(config, bank, self.relay.metrics, replica_name)
         self.readiness = Readiness(config, client)
-        # Adapters added at run time, shared by every router replica of the app.
-        dynamic = any(m.lora is not None and m.lora.dynamic for m in config.models)
-        self.adapter_catalog: Catalog | None = ray_catalog(context.app_name) if dynamic else None
+        # The app's adapters; those added at run time are in a catalog shared by its router replicas.
+        self.adapters = AdapterDirectory(config.models)
+        self.adapter_catalog: Catalog | None = app_catalog(self.adapters, context.app_name)
 
     def __serve_build_asgi_app__(self) -> Any:
-        return build_fastapi(self.config, self.relay, self.readiness, self.adapter_catalog)
+        return build_fastapi(self.config, self.relay, self.readiness, self.adapter_catalog, self.adapters)

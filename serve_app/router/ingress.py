@@ -113,14 +113,20 @@ def relay_request(
 
 
 def build_fastapi(
-    config: AppConfig, relay: Relay, readiness: Readiness, adapter_catalog: Catalog | None = None
+    config: AppConfig,
+    relay: Relay,
+    readiness: Readiness,
+    adapter_catalog: Catalog | None = None,
+    adapters: AdapterDirectory | None = None,
 ) -> FastAPI:
     """The router's HTTP app. ``adapter_catalog``: the app's catalog of run-time LoRA adapters,
-    shared by its router replicas (None: one of this router's own)."""
+    shared by its router replicas (None: one of this router's own); ``adapters``: the directory of
+    the config's models and adapters, the one its catalog was chosen by (None: one made here)."""
     app = FastAPI(title="serve-app", version="0.1.0")
     install_error_handlers(app)
     server = config.server
-    view = AdapterView(AdapterDirectory(config.models), adapter_catalog or LocalCatalog(), clock=relay.clock)
+    directory = adapters if adapters is not None else AdapterDirectory(config.models)
+    view = AdapterView(directory, adapter_catalog or LocalCatalog(), clock=relay.clock)
     models = ModelDirectory(config, view)
     metrics = relay.metrics
     # Middleware added later runs earlier: CORS, request id, head limits, body cap, then keys and rate limits.

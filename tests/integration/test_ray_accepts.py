@@ -64,6 +64,25 @@ def test_scale_to_zero_config_is_accepted_by_ray() -> None:
     assert ray_config.policy.policy_kwargs["min_replicas"] == 0  # our policy decides the cold start
 
 
+def test_the_metrics_interval_reaches_ray_through_the_field_ray_still_reads() -> None:
+    """Ray 2.60 deprecates AutoscalingConfig.metrics_interval_s for two environment variables, and
+    reads only the field: its replicas' and handles' metrics pushers take their period from it, and
+    neither module imports the variable meant to replace it. When this fails, Ray reads them: set
+    them instead of the field, and drop the warning's named ignore in pyproject.toml."""
+    from ray.serve._private import constants, replica, router
+
+    every_second = ModelConfig(id="m", autoscaling=AutoscalingConfig(metrics_interval_s=1))
+    options = replica_options(every_second, ReplicaChoiceConfig(), NcclConfig())
+    with pytest.warns(DeprecationWarning, match="`metrics_interval_s` field in AutoscalingConfig is deprecated"):
+        ray_config = RayAutoscalingConfig(**options["autoscaling_config"])
+    assert (ray_config.metrics_interval_s, ray_config.look_back_period_s) == (1, 4)
+    for reader, variable in (
+        (replica, "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S"),
+        (router, "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S"),
+    ):
+        assert hasattr(constants, variable) and not hasattr(reader, variable), f"{reader.__name__} reads {variable}"
+
+
 @pytest.mark.parametrize(("name", "doc"), SERVE_CONFIGS, ids=IDS)
 def test_request_router_gets_only_replica_choice(name: str, doc: dict[str, Any]) -> None:
     """build_app hands Ray's request router the replica-choice part of ``router:`` alone, as the

@@ -51,8 +51,8 @@ UNIT_DIR = Path(__file__).resolve().parent
 # Warnings are errors in the unit tier. An exception names the warning's class, a regex of its
 # message and the module that warns, with the reason it cannot be fixed here (a third-party
 # deprecation, say); a warning from our own code is fixed instead. test_unit_tier.py checks the form.
-# Only the unit tier: the integration tier's Ray and vLLM warn at run time in ways this tier cannot
-# show, so pyproject.toml's filters for it stay as they are.
+# Every tier makes deprecations errors (pyproject.toml, each exception named there); this tier makes
+# every warning one (a ResourceWarning too).
 WARNINGS_ALLOWED: tuple[tuple[str, str], ...] = ()  # (filter "ignore:MESSAGE:CLASS:MODULE", why)
 
 

@@ -16,10 +16,11 @@ import pytest
 
 from serve_app.config import AppConfig, ModelConfig
 from serve_app.core.adapter_catalog import AdapterCatalog, CatalogState, Placement
-from serve_app.core.adapters import AdapterRef
+from serve_app.core.adapters import AdapterDirectory, AdapterRef
 from serve_app.engine.fake import FakeEngine
 from serve_app.replica.deployment import LLMReplica
-from serve_app.router.adapter_catalog import LocalCatalog
+from serve_app.router import adapter_catalog
+from serve_app.router.adapter_catalog import LocalCatalog, app_catalog
 from serve_app.router.adapter_view import VIEW_MAX_AGE_S
 from serve_app.router.client import LocalReplicaClient
 from tests.unit.conftest import build_app, make_replica_async
@@ -210,3 +211,16 @@ def test_the_catalog_versions_every_change_and_answers_a_reader_that_is_current_
     assert catalog.seed((AdapterRef("x", "m", "/x"),)).version == 4  # written in this epoch: not seeded
     fresh = AdapterCatalog("e2")
     assert fresh.seed((d,)) == CatalogState("e2", 1, (d,))
+
+
+@pytest.mark.parametrize(("dynamic", "opened"), [(True, ["app"]), (False, [])])
+def test_the_app_catalog_is_opened_where_the_directory_says_adapters_come_at_run_time(
+    monkeypatch: pytest.MonkeyPatch, dynamic: bool, opened: list[str]
+) -> None:
+    """The router deployment asks the directory (AdapterDirectory.takes_dynamic), not the config."""
+    names: list[str] = []
+    monkeypatch.setattr(adapter_catalog, "ray_catalog", lambda name: names.append(name) or LocalCatalog())
+    models = [ModelConfig.model_validate({"id": "m", "source": "/nonexistent/m", "lora": {"dynamic": dynamic}})]
+    directory = AdapterDirectory([*models, ModelConfig(id="plain", source="/nonexistent/p")])
+    assert directory.takes_dynamic is dynamic
+    assert isinstance(app_catalog(directory, "app"), LocalCatalog) is dynamic and names == opened

@@ -38,6 +38,14 @@ def test_each_part_holds_its_fields_values() -> None:
     assert parts[0].policy == "prefix" and parts[1].max_queued_requests == 8 and parts[2].num_replicas == 2
 
 
+def test_a_part_runs_its_own_checks_on_the_sections_values() -> None:
+    router = RouterConfig.model_validate(SECTION)
+    assert router.deployment().resources == {"router_node": 0.01}
+    unchecked = router.model_copy(update={"num_replicas": 0})  # model_copy validates nothing
+    with pytest.raises(ValidationError, match="num_replicas"):
+        unchecked.deployment()
+
+
 def test_request_router_kwargs_are_the_replica_choice_fields_only() -> None:
     router = RouterConfig.model_validate(SECTION)
     kwargs = router.replica_choice().model_dump(mode="json")

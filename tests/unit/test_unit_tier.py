@@ -1,11 +1,13 @@
 """The unit tier is a unit tier: importing every module of it imports neither Ray, torch nor vLLM
 (checked in a fresh interpreter, so that nothing this process already loaded hides an import),
-and a warning fails the test that raised it (tests/unit/conftest.py)."""
+and a warning fails the test that raised it (tests/unit/conftest.py; a deprecation fails one in every
+tier: pyproject.toml)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 import warnings
 from pathlib import Path
 
@@ -45,3 +47,16 @@ def test_each_allowed_warning_is_named_and_justified() -> None:
         action, message, category, module = (entry.split(":") + [""] * 4)[:4]
         assert action == "ignore" and message and category and module, f"name message, class and module: {entry}"
         assert len(why.split()) >= 3, f"say why {entry} cannot be fixed"
+
+
+def test_deprecations_fail_every_tier_and_each_ignored_one_is_named_and_justified() -> None:
+    text = (REPO / "pyproject.toml").read_text()
+    filters = tomllib.loads(text)["tool"]["pytest"]["ini_options"]["filterwarnings"]
+    errors = ["error::DeprecationWarning", "error::PendingDeprecationWarning", "error::FutureWarning"]
+    assert filters[: len(errors)] == errors  # first: a later filter wins, so the exceptions follow
+    lines = text.splitlines()
+    for entry in filters[len(errors) :]:
+        action, message, category, module = (entry.split(":") + [""] * 4)[:4]
+        assert action == "ignore" and message and category and module, f"name message, class and module: {entry}"
+        at = next(i for i, line in enumerate(lines) if line.strip().startswith(f'"ignore:{message}:'))
+        assert lines[at - 1].strip().startswith("#"), f"say above it why {entry} cannot be fixed here"
