@@ -46,7 +46,9 @@ def tenant(name: str, priority: str, tokens_per_minute: int | None = None) -> di
     return out | ({"tokens_per_minute": tokens_per_minute} if tokens_per_minute else {})
 
 
-def app_config(a_tokens_per_minute: int | None) -> dict[str, Any]:
+def app_config(
+    a_tokens_per_minute: int | None, batch_max_in_flight: int = MAX_IN_FLIGHT // 2, batch_yield: int | None = None
+) -> dict[str, Any]:
     model = {"id": MODEL, "source": f"embedded:{MODEL}", "dtype": "float32", "enforce_eager": True}
     model |= {"max_model_len": 512, "readiness_expect": "Paris"}
     model["ray_actor_options"] = {"num_cpus": 1, "env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}}
@@ -57,8 +59,11 @@ def app_config(a_tokens_per_minute: int | None) -> dict[str, Any]:
         tenant("probe", "interactive"),
     ]
     flow = {"tenants": tenants, "max_in_flight": MAX_IN_FLIGHT, "max_waiting": 64}
-    # batch may hold at most half the slots: the other half stays free for interactive arrivals
-    flow |= {"interactive": {"max_wait_s": 10}, "batch": {"max_wait_s": 10, "max_in_flight": MAX_IN_FLIGHT // 2}}
+    # batch may hold at most this many slots (half by default): the rest stay free for interactive arrivals
+    batch: dict[str, Any] = {"max_wait_s": 10, "max_in_flight": batch_max_in_flight}
+    if batch_yield is not None:  # batch's cap while interactive requests wait or are in flight
+        batch["max_in_flight_when_higher_active"] = batch_yield
+    flow |= {"interactive": {"max_wait_s": 10}, "batch": batch}
     return {"models": [model], "flow_control": flow}
 
 
@@ -137,9 +142,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phase-s", type=float, default=30.0)
     parser.add_argument("--a-tokens-per-minute", type=int, default=3000, help="the flooding tenant's quota")
+    parser.add_argument(
+        "--batch-max-in-flight", type=int, default=MAX_IN_FLIGHT // 2, help="the batch class's cap on slots"
+    )
+    parser.add_argument(
+        "--batch-max-in-flight-when-higher-active",
+        type=int,
+        default=None,
+        help="the batch class's cap while interactive requests wait or are in flight (0: yield); default none",
+    )
     parser.add_argument("--door", choices=sorted(DOORS), default="haproxy", help="how clients reach the stack")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/flow-control/noisy-neighbour.json"))
     args = parser.parse_args()
+    flow_args = (args.a_tokens_per_minute, args.batch_max_in_flight, args.batch_max_in_flight_when_higher_active)
 
     from serve_app.config import load_config
     from tests.integration.conftest import running_serve
@@ -148,7 +163,7 @@ def main() -> None:
     results: dict[str, Any] = {"command": module_command("benchmarks.flow_control"), "commit": commit(REPO)}
     results["door"] = args.door
     with running_serve(DOORS[args.door], address="local") as start:
-        url = start(load_config(app_config(args.a_tokens_per_minute))).base_url
+        url = start(load_config(app_config(*flow_args))).base_url
         asyncio.run(closed_loop(url, 5))  # warm-up
         capacity = asyncio.run(closed_loop(url, args.phase_s / 2))
         results["capacity_requests_per_s"] = capacity
@@ -158,7 +173,7 @@ def main() -> None:
     results["settings"] = {"phase_s": args.phase_s, "max_in_flight": MAX_IN_FLIGHT, "a_body": A_BODY, "b_body": B_BODY}
     results["settings"] |= {
         "a_tokens_per_minute": args.a_tokens_per_minute,
-        "app_config": app_config(args.a_tokens_per_minute),
+        "app_config": app_config(*flow_args),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))

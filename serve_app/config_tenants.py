@@ -58,6 +58,10 @@ class ClassQueueConfig(_Strict):
     # At most this many requests of the class in flight per router replica (None: up to
     # max_in_flight): a cap on batch keeps slots free for interactive arrivals.
     max_in_flight: int | None = Field(None, ge=1)
+    # A lower cap that holds only while a higher class has requests waiting or in flight on the
+    # router replica (0: start none then; those in flight finish): the class yields the engine to
+    # higher-class traffic and uses up to max_in_flight when there is none. None: no such cap.
+    max_in_flight_when_higher_active: int | None = Field(None, ge=0)
 
 
 class FlowControlConfig(_Strict):

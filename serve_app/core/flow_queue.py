@@ -13,6 +13,11 @@ when the deadline comes: its wait is estimated from the queue ahead of it and th
 between the last ``RELEASE_WINDOW`` slot releases measured while requests were waiting (the
 queue's service rate when saturated; a class capped below ``max_in_flight`` gets its share of the
 slots). Until such an interval has been measured, nothing is refused as late.
+
+A class may also have a contended cap, lower than its own: while a higher class has requests
+waiting or in flight, the class starts no more than that (0: none), so a lower class yields the
+engine to a higher one's traffic and takes its full share back once that traffic is gone. The
+wait estimate uses the class's own cap: contention comes and goes faster than a queue deadline.
 """
 
 from __future__ import annotations
@@ -56,14 +61,22 @@ class _Class:
 
 class FlowQueue:
     def __init__(
-        self, max_in_flight: int, max_waiting: int, classes: int = 2, class_caps: tuple[int | None, ...] = ()
+        self,
+        max_in_flight: int,
+        max_waiting: int,
+        classes: int = 2,
+        class_caps: tuple[int | None, ...] = (),
+        contended_caps: tuple[int | None, ...] = (),
     ) -> None:
         """``class_caps[p]``: at most this many of class ``p`` in flight at once (None: no cap), so
-        that slots stay free for a higher class arriving (its engine time starts at once)."""
+        that slots stay free for a higher class arriving (its engine time starts at once).
+        ``contended_caps[p]``: a lower cap on starting class ``p`` that holds only while a higher
+        class has requests waiting or in flight (0: start none then; those in flight finish)."""
         self.max_in_flight = max_in_flight
         self.max_waiting = max_waiting
         self.in_flight = 0
         self.class_caps = class_caps + (None,) * (classes - len(class_caps))
+        self.contended_caps = contended_caps + (None,) * (classes - len(contended_caps))
         self.in_flight_by_class = [0] * classes
         self.attained: dict[str, float] = {}
         self._classes = [_Class() for _ in range(classes)]
@@ -175,7 +188,13 @@ class FlowQueue:
 
     def _can_start(self, priority: int) -> bool:
         cap = self.class_caps[priority]
+        contended = self.contended_caps[priority]
+        if contended is not None and self._higher_active(priority):
+            cap = contended if cap is None else min(cap, contended)
         return self.in_flight < self.max_in_flight and (cap is None or self.in_flight_by_class[priority] < cap)
+
+    def _higher_active(self, priority: int) -> bool:
+        return any(self.in_flight_by_class[p] or self._classes[p].by_tenant for p in range(priority))
 
     def _best(self) -> Waiter | None:
         for priority, klass in enumerate(self._classes):

@@ -85,7 +85,8 @@ class FlowGate:
         self.router_replicas = router_replicas
         self.clock = clock
         caps = tuple(flow.class_queue(name).max_in_flight for name in PRIORITY_ORDER)
-        self.queue = FlowQueue(flow.max_in_flight, flow.max_waiting, len(PRIORITY_ORDER), caps)
+        contended = tuple(flow.class_queue(name).max_in_flight_when_higher_active for name in PRIORITY_ORDER)
+        self.queue = FlowQueue(flow.max_in_flight, flow.max_waiting, len(PRIORITY_ORDER), caps, contended)
         self._active: dict[str, int] = {}
         self._futures: dict[Waiter, asyncio.Future[None]] = {}
 

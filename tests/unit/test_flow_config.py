@@ -23,6 +23,14 @@ def test_a_tenant_config() -> None:
     assert flow.default.priority == "interactive" and flow.class_queue("batch").max_wait_s == 60
 
 
+def test_a_class_may_yield_to_higher_ones() -> None:
+    batch = {"max_wait_s": 30, "max_in_flight": 8, "max_in_flight_when_higher_active": 0}
+    flow = load_config(config({"batch": batch})).flow_control
+    assert flow is not None
+    assert flow.class_queue("batch").max_in_flight_when_higher_active == 0
+    assert flow.class_queue("interactive").max_in_flight_when_higher_active is None
+
+
 @pytest.mark.parametrize(
     ("flow", "message"),
     [
@@ -36,6 +44,7 @@ def test_a_tenant_config() -> None:
             "more than one tenant",
         ),
         ({"batch": {"max_wait": 1}}, "flow_control.batch.max_wait: unknown key"),
+        ({"batch": {"max_wait_s": 1, "max_in_flight_when_higher_active": -1}}, "max_in_flight_when_higher_active"),
     ],
 )
 def test_bad_flow_configs_name_the_key(flow: dict, message: str) -> None:

@@ -108,6 +108,17 @@ async def test_interactive_goes_first_and_batch_is_shed_when_full() -> None:
     batch[0].cancel()
 
 
+async def test_batch_yields_to_interactive_in_flight_and_then_resumes() -> None:
+    flow = gate(max_in_flight=4, max_waiting=4, batch={"max_wait_s": 10, "max_in_flight_when_higher_active": 0})
+    a, b = flow.tenants.caller(f"key-{digest(KEYS['a'])[:12]}", None), flow.tenants.caller(None, None)
+    interactive = await flow.enter(b, 5, 10)
+    batch = asyncio.create_task(flow.enter(a, 5, 10))
+    await asyncio.sleep(0)
+    assert not batch.done() and flow.queue.in_flight == 1  # three slots free, yet batch waits
+    flow.leave(interactive, 5, 5)
+    assert (await batch).caller.priority_name == "batch"
+
+
 async def test_a_waiter_past_its_deadline_never_starts() -> None:
     flow = gate(max_in_flight=1, max_waiting=4, interactive={"max_wait_s": 0.05})
     caller = flow.tenants.caller(None, None)

@@ -104,6 +104,37 @@ def test_a_class_cap_keeps_slots_free_for_a_higher_class() -> None:
     assert queue.next_ready(1.0)[0] == [second]
 
 
+def test_a_contended_cap_holds_only_while_a_higher_class_is_active() -> None:
+    queue = FlowQueue(max_in_flight=4, max_waiting=10, class_caps=(None, 2), contended_caps=(None, 0))
+    first = w("flood", BATCH)
+    assert queue.arrive(first).outcome == "started"  # no interactive traffic: up to its own cap
+    b = w("b")
+    assert queue.arrive(b).outcome == "started"
+    late = w("flood", BATCH)
+    assert queue.arrive(late).outcome == "queued"  # a free slot, but interactive is in flight
+    queue.finish(first, 10)
+    assert queue.next_ready(1.0) == ([], [])  # still yielding: b is in flight
+    queue.finish(b, 10)
+    assert queue.next_ready(1.0)[0] == [late]  # b is gone: batch starts again
+
+
+def test_a_contended_cap_also_holds_while_a_higher_class_waits() -> None:
+    queue = FlowQueue(max_in_flight=4, max_waiting=10, class_caps=(2, None), contended_caps=(None, 1))
+    running = [w("b"), w("b")]
+    for waiter in running:
+        queue.arrive(waiter)
+    waiting_b, batch, more = w("b"), w("flood", BATCH), w("flood", BATCH)
+    assert queue.arrive(waiting_b).outcome == "queued"  # interactive at its own cap
+    assert queue.arrive(batch).outcome == "queued"
+    assert queue.arrive(more).outcome == "queued"
+    assert queue.next_ready(1.0)[0] == [batch]  # one batch while interactive waits, not two
+    queue.finish(running[0], 10)
+    assert queue.next_ready(1.0)[0] == [waiting_b]  # the slot goes to interactive
+    queue.finish(running[1], 10)
+    queue.finish(waiting_b, 10)
+    assert queue.next_ready(1.0)[0] == [more]  # no interactive left: batch may take more
+
+
 def _saturate(queue: FlowQueue, interval_s: float, releases: int) -> float:
     """Keep one waiter queued while ``releases`` requests finish ``interval_s`` apart; the time after."""
     now = 0.0
