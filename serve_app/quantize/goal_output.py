@@ -42,12 +42,17 @@ class Admission:
     reason: str
 
 
+def ttft_slack_s(goal: Goal, vp: VariantPlan) -> float:
+    """How long a request may wait to start and still meet the TTFT target (with the SLO headroom)."""
+    return max(0.0, goal.slo.ttft_p99_ms * SLO_HEADROOM - vp.estimate.ttft_ms) / 1000
+
+
 def admission_for(goal: Goal, vp: VariantPlan) -> Admission:
     """Room for every running sequence plus the waiting requests that still start within the TTFT
     target: past that, a request would miss the SLO anyway, so the router refuses it at once."""
     t, replicas = goal.traffic, goal.gpus * REPLICAS_PER_GPU
     running = vp.max_num_seqs * replicas
-    slack_s = max(0.0, goal.slo.ttft_p99_ms * SLO_HEADROOM - vp.estimate.ttft_ms) / 1000
+    slack_s = ttft_slack_s(goal, vp)
     waiting = math.floor(slack_s * vp.goodput_rps)
     per_router = math.ceil((running + waiting) / goal.router_replicas)
     cost = t.input_tokens + t.admission_output_tokens
@@ -80,7 +85,7 @@ def flow_for(goal: Goal, vp: VariantPlan) -> FlowPlan:
     The deadline is half the TTFT slack: the other half is the engine's own time to the first token
     once a request starts (its prefill shares steps with the running batch's decodes)."""
     replicas = goal.gpus * REPLICAS_PER_GPU
-    slack_s = max(0.0, goal.slo.ttft_p99_ms * SLO_HEADROOM - vp.estimate.ttft_ms) / 1000
+    slack_s = ttft_slack_s(goal, vp)
     in_flight = math.ceil(vp.max_num_seqs * replicas / goal.router_replicas)
     waiting = max(1, math.ceil(slack_s * vp.goodput_rps / goal.router_replicas))
     max_wait_s = round(max(0.05, slack_s / 2), 3)
