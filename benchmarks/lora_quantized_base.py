@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable
 from functools import partial
@@ -38,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.seed_table import MODEL_ID, ROOT, VLLM_ENV, plain_vllm_command, stop, wait_ready
+from benchmarks.seed_table import MODEL_ID, ROOT, plain_vllm_command, start_plain_vllm, stop, wait_ready
 from serve_app.models.embedded import resolve_source
 from serve_app.models.embedded_adapters import prepare_adapter
 from serve_app.ports import free_port
@@ -172,15 +170,7 @@ def serve_and_ask(checkpoint: Path, log: Path) -> dict[str, dict[str, str]]:
     modules = [f"{name}={prepare_adapter(name)}" for name in ADAPTERS]
     command = plain_vllm_command(checkpoint, port, dtype="bfloat16", max_model_len=512)
     command += ["--enable-lora", "--lora-modules", *modules, "--max-lora-rank", "8", "--seed", "0"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env={**os.environ, **VLLM_ENV},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = start_plain_vllm(command, log, ROOT)
     try:
         wait_ready(proc, f"http://127.0.0.1:{port}/health", 600)
         return answers(f"http://127.0.0.1:{port}")

@@ -114,6 +114,20 @@ def tree_rss(pid: int) -> tuple[int, int]:
     return sum(sizes), max(sizes, default=0)
 
 
+def start_plain_vllm(command: list[str], log: Path, cwd: Path = ROOT) -> subprocess.Popen[bytes]:
+    """Plain vLLM's server (``plain_vllm_command``) in a session of its own (``stop`` ends its whole
+    tree), with the CPU KV cache setting, writing to ``log``; not yet ready (``wait_ready``)."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            command,
+            cwd=cwd,
+            env={**os.environ, **VLLM_ENV},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout_s: float) -> float:
     return wait_until_ok(url, timeout_s, process=proc, period_s=2, request_timeout_s=5)
 

@@ -9,13 +9,12 @@ the engine's seed; the embedding server adds ``--runner pooling``, as the stack'
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.seed_table import VLLM_ENV, plain_vllm_command, stop, wait_ready
+from benchmarks.seed_table import plain_vllm_command, start_plain_vllm, stop, wait_ready
 from serve_app.config import AppConfig, app_args_from_serve_file, load_config
 from serve_app.models.embedded import minilm_path, resolve_source
 from serve_app.ports import free_port
@@ -69,15 +68,7 @@ def launch(kind: str, log_dir: Path) -> PlainServer:
     port = free_port()
     command = chat_command(port) if kind == "chat" else embed_command(port)
     log = log_dir / f"plain-{kind}-{port}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            command,
-            cwd=REPO,
-            env={**os.environ, **VLLM_ENV},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = start_plain_vllm(command, log, REPO)
     return PlainServer(f"http://127.0.0.1:{port}", proc, log)
 
 

@@ -5,15 +5,13 @@ vLLM's saved result file for that level."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benchmarks.seed_table import MODEL_ID, VLLM_ENV, plain_vllm_command, stop, wait_ready
+from benchmarks.seed_table import MODEL_ID, plain_vllm_command, start_plain_vllm, stop, wait_ready
 from serve_app import cli
 from serve_app.bench.prompts import chat_prompts
 from serve_app.models.embedded import resolve_source
@@ -32,15 +30,7 @@ def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]
     port = free_port()
     log = tmp_path_factory.mktemp("plain") / "plain-vllm.log"
     command = [*plain_vllm_command(model, port, max_model_len=1024), "--host", "127.0.0.1"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            command,
-            cwd=REPO,
-            env={**os.environ, **VLLM_ENV},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = start_plain_vllm(command, log, REPO)
     try:
         wait_ready(proc, f"http://127.0.0.1:{port}/health", 600)
         yield f"http://127.0.0.1:{port}", Path(model)

@@ -10,9 +10,7 @@ trained once into the cache (about half a minute each).
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from benchmarks.seed_table import VLLM_ENV, plain_vllm_command, stop, wait_ready
+from benchmarks.seed_table import plain_vllm_command, start_plain_vllm, stop, wait_ready
 from serve_app.models.embedded import resolve_source
 from serve_app.models.embedded_adapters import MARKERS, prepare_adapter
 from serve_app.ports import free_port
@@ -83,15 +81,7 @@ def sides(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sides]:
     options = {"_metrics_export_port": metrics_port, "_system_config": {"metrics_report_interval_ms": 1000}}
     with running_serve(**options) as start:  # Ray first: its raylet gives up early on cores already loaded
         port = free_port()
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                plain_command(port, paths),
-                cwd=REPO,
-                env={**os.environ, **VLLM_ENV},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        proc = start_plain_vllm(plain_command(port, paths), log, REPO)
         try:
             stack = start(config)
             wait_ready(proc, f"http://127.0.0.1:{port}/health", 600)
