@@ -129,7 +129,7 @@ def start_plain_vllm(command: list[str], log: Path, cwd: Path = ROOT) -> subproc
 
 
 def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout_s: float) -> float:
-    return wait_until_ok(url, timeout_s, process=proc, period_s=2, request_timeout_s=5)
+    return wait_until_ok(url, timeout_s, process=proc, period_s=0.5, request_timeout_s=5)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -26,7 +26,7 @@ DELETE_TIMEOUT_S = 300
 
 def wait_ready(base_url: str, timeout_s: float = START_TIMEOUT_S) -> float:
     """Poll /ready until it answers 200; returns the seconds it took."""
-    return wait_until_ok(f"{base_url}/ready", timeout_s, period_s=2, request_timeout_s=60)
+    return wait_until_ok(f"{base_url}/ready", timeout_s, period_s=0.5, request_timeout_s=60)
 
 
 def local_config(**model_overrides: Any) -> AppConfig:
