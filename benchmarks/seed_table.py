@@ -114,14 +114,16 @@ def tree_rss(pid: int) -> tuple[int, int]:
     return sum(sizes), max(sizes, default=0)
 
 
-def start_plain_vllm(command: list[str], log: Path, cwd: Path = ROOT) -> subprocess.Popen[bytes]:
+def start_plain_vllm(
+    command: list[str], log: Path, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """Plain vLLM's server (``plain_vllm_command``) in a session of its own (``stop`` ends its whole
-    tree), with the CPU KV cache setting, writing to ``log``; not yet ready (``wait_ready``)."""
+    tree), with the CPU KV cache setting and ``env``, writing to ``log``; not yet ready (``wait_ready``)."""
     with log.open("wb") as out:
         return subprocess.Popen(
             command,
             cwd=cwd,
-            env={**os.environ, **VLLM_ENV},
+            env={**os.environ, **VLLM_ENV, **(env or {})},
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -129,7 +131,7 @@ def start_plain_vllm(command: list[str], log: Path, cwd: Path = ROOT) -> subproc
 
 
 def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout_s: float) -> float:
-    return wait_until_ok(url, timeout_s, process=proc, period_s=2, request_timeout_s=5)
+    return wait_until_ok(url, timeout_s, process=proc, period_s=0.5, request_timeout_s=5)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -19,6 +19,7 @@ from serve_app.config import AppConfig, app_args_from_serve_file, load_config
 from serve_app.models.embedded import minilm_path, resolve_source
 from serve_app.ports import free_port
 from tests.conformance.cases import CHAT_MODEL, EMBED_MODEL
+from tests.integration.conftest import PLAIN_VLLM_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 600  # several engines start at once on 2 shared cores
@@ -68,7 +69,7 @@ def launch(kind: str, log_dir: Path) -> PlainServer:
     port = free_port()
     command = chat_command(port) if kind == "chat" else embed_command(port)
     log = log_dir / f"plain-{kind}-{port}.log"
-    proc = start_plain_vllm(command, log, REPO)
+    proc = start_plain_vllm(command, log, REPO, env=PLAIN_VLLM_ENV)
     return PlainServer(f"http://127.0.0.1:{port}", proc, log)
 
 

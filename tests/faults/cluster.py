@@ -199,7 +199,7 @@ def _serving(state: MultiNodeCluster) -> Iterator[tuple[MultiNodeCluster, Callab
         def deploy(config: AppConfig, replicas: dict[str, int] | None = None) -> float:
             started = time.monotonic()
             serve_deploy(pin(config), port, replicas or {})
-            wait_until_ok(f"{state.proxy_url}/ready", START_TIMEOUT_S, period_s=2, request_timeout_s=60)
+            wait_until_ok(f"{state.proxy_url}/ready", START_TIMEOUT_S, period_s=0.5, request_timeout_s=60)
             state.base_url = f"http://127.0.0.1:{router_port()}"
             return time.monotonic() - started
 

@@ -34,7 +34,10 @@ class Scale:
     admission_budget: int
 
 
-QUICK = Scale(soak=False, clients=3, max_tokens=16, fault_load_s=8, storm=48, overload_s=15, admission_budget=4)
+# The quick subset's load phases are as long as its assertions need: after a recovery a few
+# requests per client (each a second or two at 16 tokens), and an overload that has had both answers
+# and refusals (refusals come at once, answers within a request's time).
+QUICK = Scale(soak=False, clients=3, max_tokens=16, fault_load_s=4, storm=48, overload_s=8, admission_budget=4)
 SOAK = Scale(soak=True, clients=8, max_tokens=48, fault_load_s=30, storm=200, overload_s=60, admission_budget=8)
 
 _SUMMARIES: list[ScenarioSummary] = []

@@ -43,7 +43,7 @@ DEADLINE_S = 300.0  # a request unanswered after this is lost
 READINESS_TIMEOUT_S = 10.0
 STALL_TIMEOUT_S = 15.0
 HEALTH_CHECK_PERIOD_S = 3.0
-# /ready caches a good answer 5 s, then its probe waits READINESS_TIMEOUT_S; 2 s polling.
+# /ready caches a good answer 5 s, then its probe waits READINESS_TIMEOUT_S; 1 s polling.
 READY_FAILS_WITHIN_S = 5 + READINESS_TIMEOUT_S + 5
 # Serve's health check: every period, 3 failures in a row, each within the stall timeout (+ slack).
 HUNG_REPLICA_REPLACED_WITHIN_S = 3 * HEALTH_CHECK_PERIOD_S + STALL_TIMEOUT_S + 60
@@ -222,8 +222,8 @@ def test_overload_at_5x_gets_only_429_or_503_with_retry_after(stack: Stack, scal
 
 def _recover(stack: Stack, ledger: Ledger, load: FaultLoad, old: set[str], scale: Scale) -> None:
     """Wait for a replacement replica and /ready, keep the load a little longer, note the times."""
-    replaced = wait_for(lambda: bool(replica_names() - old) and running_replicas() >= 1, REPLACED_WITHIN_S, period_s=2)
-    ready = wait_for(lambda: stack.ready_status() == 200, REPLACED_WITHIN_S, period_s=2)
+    replaced = wait_for(lambda: bool(replica_names() - old) and running_replicas() >= 1, REPLACED_WITHIN_S, period_s=1)
+    ready = wait_for(lambda: stack.ready_status() == 200, REPLACED_WITHIN_S, period_s=1)
     time.sleep(scale.fault_load_s)
     assert load.stop(), "requests still unanswered after their deadline"
     ledger.checks |= {"replaced_after_s": replaced, "ready_again_after_s": ready}
@@ -240,8 +240,8 @@ def test_hung_engine_is_detected_and_replaced(stack: Stack, scale: Scale, report
         time.sleep(3)
         load.mark_fault()
         engine.send_signal(signal.SIGSTOP)  # a step that never returns
-        ready_failed = wait_for(lambda: stack.ready_status() == 503, READY_FAILS_WITHIN_S, period_s=2)
-        replaced = wait_for(lambda: bool(replica_names() - old), HUNG_REPLICA_REPLACED_WITHIN_S, period_s=2)
+        ready_failed = wait_for(lambda: stack.ready_status() == 503, READY_FAILS_WITHIN_S, period_s=1)
+        replaced = wait_for(lambda: bool(replica_names() - old), HUNG_REPLICA_REPLACED_WITHIN_S, period_s=1)
         ledger.checks |= {"ready_503_after_s": ready_failed, "ready_bound_s": READY_FAILS_WITHIN_S}
         ledger.checks |= {"health_check_replaced_after_s": replaced, "replace_bound_s": HUNG_REPLICA_REPLACED_WITHIN_S}
         _recover(stack, ledger, load, old, scale)

@@ -139,7 +139,7 @@ def test_node_loss_under_load(nodes: Nodes, scale: Scale, report_scenario: Calla
         finally:  # whatever happened, the node goes: never leave a frozen engine behind
             load.mark_fault()
             killed = cluster.kill_node(victim)
-        replaced = wait_for(lambda: bool(replica_names() - old) and running_replicas() >= 2, REPLACED_WITHIN_S, 2)
+        replaced = wait_for(lambda: bool(replica_names() - old) and running_replicas() >= 2, REPLACED_WITHIN_S, 1)
         time.sleep(scale.fault_load_s)
         assert burst.wait(), "burst requests still unanswered after their deadline"
     on_victim = seen[-1] if seen else 0
@@ -164,7 +164,7 @@ def _replaced_under_load(nodes: Nodes, scale: Scale, ledger: Ledger, fault: Call
         time.sleep(3)
         load.mark_fault()
         fault()
-        replaced = wait_for(lambda: bool(replica_names() - old) and running_replicas() >= 2, REPLACED_WITHIN_S, 2)
+        replaced = wait_for(lambda: bool(replica_names() - old) and running_replicas() >= 2, REPLACED_WITHIN_S, 1)
         time.sleep(scale.fault_load_s)
     ledger.checks["replaced_after_s"] = replaced
     assert replaced is not None, f"no replacement within {REPLACED_WITHIN_S} s"
@@ -240,7 +240,7 @@ def test_gcs_killed_and_restarted_under_load(nodes: Nodes, scale: Scale, report_
         time.sleep(GCS_DOWN_S)
         head.start_gcs_server()
         up_at = load.now()
-        healthy = wait_for(lambda: running_replicas() >= 1 and _app_running(), REPLACED_WITHIN_S, 2)
+        healthy = wait_for(lambda: running_replicas() >= 1 and _app_running(), REPLACED_WITHIN_S, 1)
         time.sleep(scale.fault_load_s)
     served_while_down = [e for e in ledger.entries if e.start_s >= down_at and e.end_s <= up_at]
     ledger.checks |= {"gcs_down_s": round(up_at - down_at, 1), "healthy_after_restart_s": healthy}

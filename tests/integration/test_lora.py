@@ -25,7 +25,7 @@ from serve_app.models.embedded import resolve_source
 from serve_app.models.embedded_adapters import MARKERS, prepare_adapter
 from serve_app.ports import free_port
 from serve_app.router.adapter_view import VIEW_MAX_AGE_S
-from tests.integration.conftest import REPO, RunningApp, local_config, running_serve
+from tests.integration.conftest import PLAIN_VLLM_ENV, REPO, RunningApp, local_config, running_serve
 from tests.integration.lora_probes import (
     Counters,
     adapter_counters,
@@ -81,7 +81,7 @@ def sides(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sides]:
     options = {"_metrics_export_port": metrics_port, "_system_config": {"metrics_report_interval_ms": 1000}}
     with running_serve(**options) as start:  # Ray first: its raylet gives up early on cores already loaded
         port = free_port()
-        proc = start_plain_vllm(plain_command(port, paths), log, REPO)
+        proc = start_plain_vllm(plain_command(port, paths), log, REPO, env=PLAIN_VLLM_ENV)
         try:
             stack = start(config)
             wait_ready(proc, f"http://127.0.0.1:{port}/health", 600)
@@ -105,10 +105,18 @@ def answer(base_url: str, model: str, prompt: str) -> str:
     return resp.json()["choices"][0]["message"]["content"]
 
 
+def every_answer(base_url: str) -> dict[str, dict[str, str]]:
+    """Per prompt, each model's answer, asked one request at a time."""
+    return {prompt: {m: answer(base_url, m, prompt) for m in (MODEL, *ADAPTERS)} for prompt in PROMPTS}
+
+
 def test_each_adapter_answers_as_plain_vllm_does_and_unlike_the_base(sides: Sides) -> None:
+    # The two sides at once, each one request at a time (as lm-eval's comparison runs them).
+    with ThreadPoolExecutor(2) as pool:
+        stack, reference = pool.submit(every_answer, sides.stack.base_url), pool.submit(every_answer, sides.plain_url)
+        ours_by_prompt, plain_by_prompt = stack.result(), reference.result()
     for prompt in PROMPTS:
-        ours = {m: answer(sides.stack.base_url, m, prompt) for m in (MODEL, *ADAPTERS)}
-        plain = {m: answer(sides.plain_url, m, prompt) for m in (MODEL, *ADAPTERS)}
+        ours, plain = ours_by_prompt[prompt], plain_by_prompt[prompt]
         print(f"\n{prompt!r}: {ours}")
         assert ours == plain
         for name in ADAPTERS:

@@ -1,44 +1,39 @@
 """``serve-app bench`` against a real plain vLLM server on the embedded model: streaming chat and
 completions run vLLM's own benchmark, and every figure of the command's report is the figure of
-vLLM's saved result file for that level."""
+vLLM's saved result file for that level.
+
+The server is the conformance suite's plain vLLM chat server (``sides.reference``: the benchmarks'
+command plus the tool-parser flags and the seed, which change no figure checked here), started once
+for the package instead of a server of this module's own. The file's name sorts it after the
+comparisons, so its load reaches the reference only once they are done.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benchmarks.seed_table import MODEL_ID, plain_vllm_command, start_plain_vllm, stop, wait_ready
+from benchmarks.seed_table import MODEL_ID
 from serve_app import cli
 from serve_app.bench.prompts import chat_prompts
 from serve_app.models.embedded import resolve_source
-from serve_app.ports import free_port
-from tests.integration.conftest import REPO
+from tests.conformance.conftest import Sides
 
 pytestmark = pytest.mark.integration
 
 METRICS = ("ttft", "tpot", "itl", "e2el")
+# The chat set's order with this seed starts with three prompts of distinct, short reference
+# answers (128, 64 and 96 tokens), so that the set is checked with little decoding.
+CHAT_SEED = 40
 
 
 @pytest.fixture(scope="module")
-def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """Plain vLLM's OpenAI server as the benchmarks run it; yields its URL and the model folder."""
-    model = resolve_source(f"embedded:{MODEL_ID}", None)
-    port = free_port()
-    log = tmp_path_factory.mktemp("plain") / "plain-vllm.log"
-    command = [*plain_vllm_command(model, port, max_model_len=1024), "--host", "127.0.0.1"]
-    proc = start_plain_vllm(command, log, REPO)
-    try:
-        wait_ready(proc, f"http://127.0.0.1:{port}/health", 600)
-        yield f"http://127.0.0.1:{port}", Path(model)
-    except Exception:
-        print(log.read_text(errors="replace")[-4000:])
-        raise
-    finally:
-        stop(proc)
+def plain(sides: Sides) -> tuple[str, Path]:
+    """Plain vLLM's OpenAI server as the benchmarks run it; its URL and the model folder."""
+    return sides.reference.chat_url, Path(resolve_source(f"embedded:{MODEL_ID}", None))
 
 
 def bench(argv: list[str], out: Path) -> dict[str, Any]:
@@ -96,12 +91,14 @@ def test_chat_set_keeps_each_prompts_max_tokens(plain: tuple[str, Path], tmp_pat
     url, model = plain
     argv = ["--url", url, "--model", MODEL_ID, "--endpoint", "chat", "--tokenizer", str(model)]
     argv += ["--prompts", "chat", "--ignore-eos", "--concurrency", "2", "--num-requests", "3", "--save-text"]
+    argv += ["--seed", str(CHAT_SEED)]
     level = bench(argv, tmp_path)["levels"][0]
     vllm = json.loads((tmp_path / level["source"]["result_file"]).read_text())
     assert vllm["backend"] == "openai-chat"
     assert_summary_is_vllms(level["summary"], vllm)
     # vLLM's ShareGPT loader gives each request the length of its reference answer: the file the
     # command wrote makes that the prompt's own max_tokens, which --ignore-eos then decodes exactly.
-    expected = [p.max_tokens for p in chat_prompts(None, seed=0)[:3]]
+    expected = [p.max_tokens for p in chat_prompts(None, seed=CHAT_SEED)[:3]]
+    assert len(set(expected)) == 3, expected  # distinct lengths: no common cap could produce them
     assert [r["output_tokens"] for r in level["records"]] == expected
     assert all(r["output_text"] for r in level["records"])
