@@ -138,6 +138,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     out["lost"] = len(records) - sum(v for k, v in statuses.items() if k in ("200", "429", "503"))
     if ttfts:
         out |= {"ttft_p50_s": quantile(ttfts, 0.5), "ttft_p99_s": quantile(ttfts, 0.99)}
+        out["ttft_samples_s"] = [round(t, 4) for t in ttfts]  # to pool rounds: one phase's p99 is near its maximum
     if refusals:
         out |= {"refusal_latency_p50_s": quantile(refusals, 0.5), "refusal_latency_p99_s": quantile(refusals, 0.99)}
     return out
