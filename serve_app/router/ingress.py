@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serve_app.config import AppConfig, ModelConfig
 from serve_app.core.adapters import AdapterDirectory, AdapterRef, reconcile_cards
+from serve_app.core.engine_priority import stamp_priority, uses_priority_scheduling
 from serve_app.core.request_facts import check_limits, read_facts
 from serve_app.observability.logs import RequestLog
 from serve_app.replica.contract import RelayRequest
@@ -94,7 +95,7 @@ def relay_request(
     adapter: AdapterRef | None = None,
     adapter_replica: str = "",
 ) -> RelayRequest:
-    """Check the router's caps, then package the request for the replica, its bytes unchanged."""
+    """Check the router's caps, then package the request for the replica, ``body`` as given."""
     facts = read_facts(payload)
     breach = check_limits(facts, model.max_n, model.max_tokens_limit)
     if breach is not None:
@@ -161,8 +162,10 @@ def build_fastapi(
         request.state.log.note_prompt(body.prompt)
         payload = {"model": model.id, "prompt": body.prompt, "max_tokens": _max_new_tokens(body, model)}
         payload["temperature"] = body.temperature
-        forwarded = relay_request(model, "/v1/completions", payload, json.dumps(payload).encode(), _rid(request))
-        answer = await relay.forward(model, forwarded, request.state.log, _caller(relay, request))
+        caller = _caller(relay, request)
+        raw = _with_engine_priority(model, "/v1/completions", payload, json.dumps(payload).encode(), caller)
+        forwarded = relay_request(model, "/v1/completions", payload, raw, _rid(request))
+        answer = await relay.forward(model, forwarded, request.state.log, caller)
         if answer.status_code != 200:
             return answer  # vLLM's own error, unchanged
         completion = json.loads(bytes(answer.body))
@@ -203,8 +206,10 @@ def build_fastapi(
         log: RequestLog = request.state.log
         log.note_prompt(payload.get("messages", payload.get("prompt", payload.get("input"))))
         placed_on = models.adapters.placed_on(adapter)
+        caller = _caller(relay, request)
+        body = _with_engine_priority(model, "/" + path, payload, body, caller)
         forwarded = relay_request(model, "/" + path, payload, body, _rid(request), adapter, placed_on)
-        return await relay.forward(model, forwarded, log, _caller(relay, request))
+        return await relay.forward(model, forwarded, log, caller)
 
     install_cors(app, server.cors_allow_origins)
     return app
@@ -230,6 +235,18 @@ def _caller(relay: Relay, request: Request) -> Caller | None:
     if relay.flow is None:
         return None
     return relay.flow.tenants.caller(getattr(request.state, "client", None), request.headers.get(PRIORITY_HEADER))
+
+
+def _with_engine_priority(
+    model: ModelConfig, path: str, payload: dict[str, Any], body: bytes, caller: Caller | None
+) -> bytes:
+    """The body with vLLM's ``priority`` set from the caller's class when the model's engine
+    schedules by priority (serve_app.core.engine_priority: a client's own value is overwritten);
+    otherwise ``body`` unchanged."""
+    if not uses_priority_scheduling(model.engine_options):
+        return body
+    stamped = stamp_priority(payload, path, caller.priority if caller is not None else None)
+    return body if stamped is None else json.dumps(stamped).encode()
 
 
 def _rid(request: Request) -> str:
