@@ -26,11 +26,11 @@ REPLICAS_PER_GPU_REASON = (
 # The router batching the shipped GPU configs use (configs/llama2-7b-awq-a100.yaml says why).
 BATCHING = {"max_batch_size": 64, "batch_timeout_ms": 2, "at_once_when_idle": True}
 REPLICA_CPUS = 4
-# The router estimates a prompt's tokens from its characters (4 per token); prompts of rarer tokens
-# run longer (vLLM's random benchmark prompts: about 6.5 characters per token), and the token budget
-# then holds fewer requests than the engines run. With the flow queue bounding the count, the token
-# budget is a guard against outsized prompts, at this multiple of the planned cost.
-TOKEN_BUDGET_MARGIN = 2
+# The token budget's multiple of the planned cost. At 2 only the flow queue's count (max_num_seqs)
+# bounded the engine, and on the H200 ladder the admitted requests' TTFT then ran past the target
+# (benchmarks/results/goodput-h200-r5/README.md): the engine's depth has to stay below max_num_seqs
+# until the flow cap is planned from the profile's TTFT per concurrency.
+TOKEN_BUDGET_MARGIN = 1
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,8 @@ def admission_for(goal: Goal, vp: VariantPlan) -> Admission:
     tokens = per_router * cost * TOKEN_BUDGET_MARGIN
     reason = (
         f"router.max_queued_tokens {tokens:,} = {per_router} requests x {cost} tokens (prompt + the max_tokens "
-        f"admission charges: mean output + 2 spreads) x {TOKEN_BUDGET_MARGIN} (the router counts 4 characters per "
-        "token, and prompts of rarer tokens are longer: the count below bounds the engines, the token budget "
-        f"guards against outsized prompts); {running} running (max_num_seqs x "
+        f"admission charges: mean output + 2 spreads) x {TOKEN_BUDGET_MARGIN} (at 2x, engines filled to "
+        f"max_num_seqs missed the TTFT target on the H200 ladder: docs/planner.md); {running} running (max_num_seqs x "
         f"{replicas} replicas) + {waiting} waiting, the ones that finish within the TTFT slack "
         f"({slack_s * 1000:.0f} ms at {vp.goodput_rps:.1f} requests/s), split over {goal.router_replicas} "
         "router replica(s), each with its own budget"

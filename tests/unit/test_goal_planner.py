@@ -16,7 +16,7 @@ from serve_app.config import app_args_from_serve_file, load_config
 from serve_app.models.shapes import preset
 from serve_app.quantize.gate_reports import NO_PASSING_REPORT, GateVerdict, read_gate_reports
 from serve_app.quantize.goal import GoalError, parse_goal
-from serve_app.quantize.goal_output import admission_for, flow_for, plan_json, serve_config
+from serve_app.quantize.goal_output import TOKEN_BUDGET_MARGIN, admission_for, flow_for, plan_json, serve_config
 from serve_app.quantize.goal_planner import SLO_HEADROOM, GoalPlan, VariantPlan, plan_goal
 from serve_app.quantize.planner import GPUS
 from serve_app.quantize.speed import ROOFLINE, parse_profile
@@ -183,8 +183,8 @@ def test_admission_budget_holds_running_sequences_plus_what_meets_the_ttft_targe
     admission = admission_for(result.goal, vp)
     assert admission.request_cost_tokens == 512 + 128
     assert admission.max_queued_requests * 2 >= vp.max_num_seqs
-    assert admission.max_queued_tokens == admission.max_queued_requests * 640 * 2  # the estimate's margin
-    assert "router.max_queued_tokens" in admission.reason
+    assert admission.max_queued_tokens == admission.max_queued_requests * 640 * TOKEN_BUDGET_MARGIN
+    assert "router.max_queued_tokens" in admission.reason and "{running}" not in admission.reason
 
 
 def test_flow_control_times_the_waiting_budget_under_the_ttft_target() -> None:
