@@ -1,0 +1,121 @@
+"""lm-eval through vLLM's OpenAI API on the GPU: the project's two tasks (``serve_app/data/lm_eval``)
+on the real SmolLM2 in bf16 and in each FP8 variant the goodput gate checks (issue #21). Perplexity
+and golden answers come from ``goodput.py gate``; this adds the task scores through the API.
+
+    python benchmarks/gpu/gate_lm_eval.py --out $OUT --lm-eval-python /tmp/lm-eval-python
+
+Each variant is served in turn by plain vLLM's api_server, eager (no graph capture: starts take
+seconds, and greedy answers do not depend on it); lm-eval sends one request at a time. The report
+(``lm-eval.json``) holds each variant's scores and, for the FP8 variants, the change against bf16
+with a verdict: no score may fall by more than ``--max-score-drop``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import compare  # this folder's: model cache, spawning, waiting
+
+sys.path.insert(0, str(compare.REPO))
+from serve_app.quantize.lm_eval_task import MC_TASK, TASKS, lm_eval_command, read_scores
+
+PORT = 8102
+URL = f"http://127.0.0.1:{PORT}"
+SERVED_NAME = "smollm2-135m-instruct"
+MODEL_DIR = compare.CACHE / SERVED_NAME
+FP8 = ["--quantization", "fp8"]
+VARIANTS = (("bf16", []), ("fp8", FP8), ("fp8-fp8kv", [*FP8, "--kv-cache-dtype", "fp8"]))
+ENGINE_FLAGS = ["--dtype", "bfloat16", "--enforce-eager", "--seed", "0", "--max-model-len", "2048"]
+ENGINE_FLAGS += ["--gpu-memory-utilization", "0.2"]
+
+
+def prepare_model() -> None:
+    """The GGUF converted to safetensors in its own process (see ../shared/gpu/README.md)."""
+    if not MODEL_DIR.exists():
+        cmd = [sys.executable, "-m", "serve_app.cli", "prepare-model", "--cache-dir", str(compare.CACHE)]
+        subprocess.run(cmd, cwd=compare.REPO, check=True)
+
+
+def serve(variant: str, flags: list[str], out: Path, timeout_s: float) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(MODEL_DIR)]
+    cmd += ["--served-model-name", SERVED_NAME, "--port", str(PORT), *ENGINE_FLAGS, *flags]
+    proc = compare._spawn(cmd, out / f"vllm-{variant}.log", {"CUDA_VISIBLE_DEVICES": "0"})
+    compare.wait_for(URL + "/health", timeout_s, proc)
+    return proc
+
+
+def score(variant: str, out: Path, python: str) -> dict[str, dict[str, float]]:
+    scores = {}
+    for task in TASKS:
+        folder = out / "lm-eval" / variant / task
+        tokenizer = MODEL_DIR if task == MC_TASK else None
+        run = lm_eval_command(task, URL, SERVED_NAME, folder, tokenizer=tokenizer, python=python)
+        with (out / f"lm-eval-{variant}-{task}.log").open("w") as log:
+            env = os.environ | run.env
+            subprocess.run(run.argv, cwd=run.cwd, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+        scores[task] = read_scores(folder, task)
+        print(variant, task, scores[task], flush=True)
+    return scores
+
+
+def verdicts(results: dict[str, dict], max_drop: float) -> dict[str, dict]:
+    """Each FP8 variant against bf16: every metric's change, and pass when none falls more than max_drop."""
+    base = results["bf16"]["scores"]
+    found = {}
+    for variant, result in results.items():
+        if variant == "bf16" or "scores" not in result:
+            continue
+        deltas = {
+            f"{task}/{metric}": round(value - base[task][metric], 4)
+            for task, metrics in result["scores"].items()
+            for metric, value in metrics.items()
+        }
+        found[variant] = {"deltas": deltas, "passed": all(d >= -max_drop for d in deltas.values())}
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--lm-eval-python", required=True, help="an interpreter that imports lm_eval")
+    parser.add_argument("--timeout", type=float, default=180, help="seconds for each engine to start")
+    parser.add_argument("--max-score-drop", type=float, default=0.05)
+    parser.add_argument("--variants", default=",".join(v for v, _ in VARIANTS), help="comma-separated subset")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    prepare_model()
+    results: dict[str, dict] = {}
+    chosen = args.variants.split(",")
+    for variant, flags in (v for v in VARIANTS if v[0] in chosen):
+        started = time.monotonic()
+        proc = None
+        try:
+            proc = serve(variant, flags, args.out, args.timeout)
+            results[variant] = {"flags": flags, "scores": score(variant, args.out, args.lm_eval_python)}
+        except Exception as err:  # one variant's failure is recorded, the others still run
+            results[variant] = {"flags": flags, "error": f"{type(err).__name__}: {err}"}
+        finally:
+            if proc is not None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=60)
+        results[variant]["seconds"] = round(time.monotonic() - started, 1)
+    report = {
+        "model": SERVED_NAME,
+        "engine_flags": ENGINE_FLAGS,
+        "max_score_drop": args.max_score_drop,
+        "variants": results,
+        "verdicts": verdicts(results, args.max_score_drop) if "scores" in results.get("bf16", {}) else {},
+    }
+    (args.out / "lm-eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report["verdicts"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
