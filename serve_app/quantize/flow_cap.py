@@ -63,7 +63,8 @@ def _crossing(c0: int, v0: float, c1: int, v1: float, limit: float) -> int:
 
 
 def _fallback(max_num_seqs: int, why: str) -> FlowCap:
-    return FlowCap(max_num_seqs, False, f"max_num_seqs ({max_num_seqs}), the rule without profiled tail latencies: {why}")
+    rule = "the rule without profiled tail latencies"
+    return FlowCap(max_num_seqs, False, f"max_num_seqs ({max_num_seqs}), {rule}: {why}")
 
 
 def in_flight_cap(points: Sequence[SpeedPoint] | None, slo: Slo, headroom: float, max_num_seqs: int) -> FlowCap:

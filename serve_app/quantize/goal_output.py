@@ -30,8 +30,9 @@ BATCHING = {"max_batch_size": 64, "batch_timeout_ms": 2, "at_once_when_idle": Tr
 REPLICA_CPUS = 4
 # The token budget's multiple of the planned cost. At 2 only the flow queue's count (max_num_seqs)
 # bounded the engine, and on the H200 ladder the admitted requests' TTFT then ran past the target
-# (benchmarks/results/goodput-h200-r5/README.md): the engine's depth has to stay below max_num_seqs
-# until the flow cap is planned from the profile's TTFT per concurrency.
+# (benchmarks/results/goodput-h200-r5/README.md). The flow cap is now planned from a profile's tail
+# latencies where it has them (serve_app/quantize/flow_cap.py), but no profile with them has been
+# measured on a GPU yet, so the budget stays the guard that kept the engine's depth low.
 TOKEN_BUDGET_MARGIN = 1
 
 
