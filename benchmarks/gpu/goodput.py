@@ -87,10 +87,13 @@ def _profile_points(url: str, batched_tokens: int | None) -> list[dict]:
     points = []
     for concurrency, prompts in PROFILE_POINTS:
         extra = ["--num-prompts", str(prompts), "--max-concurrency", str(concurrency), "--seed", str(concurrency)]
-        m = _bench(url, [*extra, "--request-rate", "inf", "--percentile-metrics", "ttft,tpot"])
+        percentiles = ["--percentile-metrics", "ttft,tpot", "--metric-percentiles", "50,99"]
+        m = _bench(url, [*extra, "--request-rate", "inf", *percentiles])
         points.append(
             {"concurrency": concurrency, "tpot_ms": round(m["mean_tpot_ms"], 2)}
             | {"output_tokens_per_s": round(m["output_throughput"], 1), "ttft_p50_ms": round(m["median_ttft_ms"], 1)}
+            # the planner caps the flow queue's in-flight requests from these (serve_app/quantize/flow_cap.py)
+            | {"ttft_p99_ms": round(m["p99_ttft_ms"], 1), "tpot_p99_ms": round(m["p99_tpot_ms"], 2)}
             | ({"max_num_batched_tokens": batched_tokens} if batched_tokens else {})
         )
         print(url, points[-1], flush=True)

@@ -15,8 +15,10 @@ from typing import Any
 import yaml
 
 from serve_app.models.shapes import PRESETS
+from serve_app.quantize.flow_cap import FlowCap
 from serve_app.quantize.goal import Goal
-from serve_app.quantize.goal_planner import SLO_HEADROOM, GoalPlan, VariantPlan
+from serve_app.quantize.goal_planner import SLO_HEADROOM, GoalPlan, VariantPlan, goodput_rps
+from serve_app.quantize.speed import Estimate
 
 REPLICAS_PER_GPU = 1
 REPLICAS_PER_GPU_REASON = (
@@ -28,8 +30,9 @@ BATCHING = {"max_batch_size": 64, "batch_timeout_ms": 2, "at_once_when_idle": Tr
 REPLICA_CPUS = 4
 # The token budget's multiple of the planned cost. At 2 only the flow queue's count (max_num_seqs)
 # bounded the engine, and on the H200 ladder the admitted requests' TTFT then ran past the target
-# (benchmarks/results/goodput-h200-r5/README.md): the engine's depth has to stay below max_num_seqs
-# until the flow cap is planned from the profile's TTFT per concurrency.
+# (benchmarks/results/goodput-h200-r5/README.md). The flow cap is now planned from a profile's tail
+# latencies where it has them (serve_app/quantize/flow_cap.py), but no profile with them has been
+# measured on a GPU yet, so the budget stays the guard that kept the engine's depth low.
 TOKEN_BUDGET_MARGIN = 1
 
 
@@ -42,9 +45,9 @@ class Admission:
     reason: str
 
 
-def ttft_slack_s(goal: Goal, vp: VariantPlan) -> float:
+def ttft_slack_s(goal: Goal, est: Estimate) -> float:
     """How long a request may wait to start and still meet the TTFT target (with the SLO headroom)."""
-    return max(0.0, goal.slo.ttft_p99_ms * SLO_HEADROOM - vp.estimate.ttft_ms) / 1000
+    return max(0.0, goal.slo.ttft_p99_ms * SLO_HEADROOM - est.ttft_ms) / 1000
 
 
 def admission_for(goal: Goal, vp: VariantPlan) -> Admission:
@@ -52,7 +55,7 @@ def admission_for(goal: Goal, vp: VariantPlan) -> Admission:
     target: past that, a request would miss the SLO anyway, so the router refuses it at once."""
     t, replicas = goal.traffic, goal.gpus * REPLICAS_PER_GPU
     running = vp.max_num_seqs * replicas
-    slack_s = ttft_slack_s(goal, vp)
+    slack_s = ttft_slack_s(goal, vp.estimate)
     waiting = math.floor(slack_s * vp.goodput_rps)
     per_router = math.ceil((running + waiting) / goal.router_replicas)
     cost = t.input_tokens + t.admission_output_tokens
@@ -73,28 +76,36 @@ class FlowPlan:
     max_in_flight: int  # per router replica: requests on the engines at once
     max_waiting: int  # per router replica
     max_wait_s: float  # the queue deadline: a request that cannot start within it is refused
+    engine_cap: int  # requests in flight per engine
+    cap_from_profile: bool  # False: the cap is max_num_seqs (no tail latencies profiled)
     reason: str
 
 
 def flow_for(goal: Goal, vp: VariantPlan) -> FlowPlan:
     """Time the waiting budget instead of only counting it. The count alone lets a burst queue
     requests behind the engines' running sequences that then start past the TTFT target; the router's
-    flow queue keeps the engines at ``max_num_seqs`` and refuses at arrival (503 with Retry-After) a
-    request its measured release rate says would wait past the deadline, and drops one that does.
-    The deadline is half the TTFT slack: the other half is the engine's own time to the first token
-    once a request starts (its prefill shares steps with the running batch's decodes)."""
+    flow queue keeps each engine at the planned in-flight cap (the profile's tail latencies decide
+    it where measured: serve_app.quantize.flow_cap; else ``max_num_seqs``) and refuses at arrival
+    (503 with Retry-After) a request its measured release rate says would wait past the deadline,
+    and drops one that does. The waiting count and deadline come from the estimate at that cap; the
+    deadline is half the TTFT slack: the other half is the engine's own time to the first token once
+    a request starts (its prefill shares steps with the running batch's decodes)."""
     replicas = goal.gpus * REPLICAS_PER_GPU
-    slack_s = ttft_slack_s(goal, vp)
-    in_flight = math.ceil(vp.max_num_seqs * replicas / goal.router_replicas)
-    waiting = max(1, math.ceil(slack_s * vp.goodput_rps / goal.router_replicas))
+    cap = vp.flow_cap or FlowCap(vp.max_num_seqs, False, f"max_num_seqs ({vp.max_num_seqs})")
+    est = vp.flow_estimate or vp.estimate
+    slack_s = ttft_slack_s(goal, est)
+    rate = goodput_rps(goal, cap.seqs, est)
+    in_flight = math.ceil(cap.seqs * replicas / goal.router_replicas)
+    waiting = max(1, math.ceil(slack_s * rate / goal.router_replicas))
     max_wait_s = round(max(0.05, slack_s / 2), 3)
     reason = (
-        f"flow_control: {in_flight} in flight per router replica (max_num_seqs x {replicas} replicas / "
-        f"{goal.router_replicas} router replica(s)), {waiting} waiting, queue deadline {max_wait_s * 1000:.0f} ms "
-        f"(half the {slack_s * 1000:.0f} ms TTFT slack; the other half is the engine's first step): a request "
-        "that would start later is refused at once with a 503 and Retry-After instead of missing the TTFT target"
+        f"flow_control: {in_flight} in flight per router replica (the cap per engine x {replicas} replicas / "
+        f"{goal.router_replicas} router replica(s)), {waiting} waiting (the TTFT slack at {rate:.1f} requests/s), "
+        f"queue deadline {max_wait_s * 1000:.0f} ms (half the {slack_s * 1000:.0f} ms TTFT slack at the cap; the "
+        "other half is the engine's first step): a request that would start later is refused at once with a 503 "
+        f"and Retry-After instead of missing the TTFT target. Cap per engine: {cap.reason}"
     )
-    return FlowPlan(in_flight, waiting, max_wait_s, reason)
+    return FlowPlan(in_flight, waiting, max_wait_s, cap.seqs, cap.from_profile, reason)
 
 
 def flow_control_entry(flow: FlowPlan) -> dict[str, Any]:
@@ -205,6 +216,7 @@ def candidate_dict(vp: VariantPlan) -> dict[str, Any]:
         "tpot_ms": round(vp.estimate.tpot_ms, 3),
         "ttft_ms": round(vp.estimate.ttft_ms, 3),
         "goodput_rps": round(vp.goodput_rps, 3),
+        "flow_cap": asdict(vp.flow_cap) if vp.flow_cap else None,
         "speed_source": vp.estimate.source,
         "reasons": dict(vp.reasons),
         "memory": vp.memory.to_dict(),

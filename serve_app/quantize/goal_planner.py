@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from serve_app.models.shapes import ModelShape
+from serve_app.quantize.flow_cap import FlowCap, in_flight_cap
 from serve_app.quantize.gate_reports import GateVerdict, gate_reason
 from serve_app.quantize.goal import Goal, Traffic
 from serve_app.quantize.planner import GIB, GPUS, KV_BLOCK_TOKENS, Gpu, Plan, PlanRequest, plan
@@ -47,6 +48,9 @@ class VariantPlan:
     goodput_rps: float  # over all replicas
     memory: Plan
     reasons: dict[str, str] = field(default_factory=dict)
+    # The flow queue's in-flight cap per engine (serve_app.quantize.flow_cap) and the estimate there.
+    flow_cap: FlowCap | None = None
+    flow_estimate: Estimate | None = None
 
 
 @dataclass
@@ -210,6 +214,8 @@ def plan_variant(goal: Goal, shape: ModelShape, variant: Variant, source: str, g
     capacity = memory.kv_cache_tokens // seq_kv_tokens(goal)
     vp = VariantPlan(variant, source, seqs, batched, capacity, est, goodput_rps(goal, seqs, est), memory)
     vp.reasons = _reasons(goal, vp, gate, search, _measured_with(speed))
+    vp.flow_cap = in_flight_cap(speed.points if isinstance(speed, Measured) else None, goal.slo, SLO_HEADROOM, seqs)
+    vp.flow_estimate = speed.estimate(vp.flow_cap.seqs, batched)
     return vp
 
 

@@ -16,7 +16,9 @@ upper bound on speed that a profile should replace.
 
 Profile (JSON): ``{"gpu": "h200", "variants": {"awq": [{"concurrency": 64, "tpot_ms": 20.1,
 "ttft_ms": 90}, {"concurrency": 1, "output_tokens_per_s": 120}]}}``; a point may name the engine's
-``max_num_batched_tokens`` it was measured with, which the planner then keeps. TPOT between measured
+``max_num_batched_tokens`` it was measured with, which the planner then keeps, and its
+``ttft_p99_ms`` and ``tpot_p99_ms``, from which the planner caps the flow queue's in-flight requests
+(serve_app.quantize.flow_cap). TPOT between measured
 concurrencies is interpolated linearly and extrapolated past them from the last two points.
 """
 
@@ -53,6 +55,9 @@ class SpeedPoint:
     ttft_ms: float | None = None
     output_tokens_per_s: float | None = None
     batched_tokens: int | None = None  # the engine's max_num_batched_tokens when this was measured
+    # Tail latencies at this concurrency; the flow queue's in-flight cap is planned from them.
+    ttft_p99_ms: float | None = None
+    tpot_p99_ms: float | None = None
 
 
 def compute_peak_flops(variant: Variant, gpu: Gpu) -> float:
@@ -136,6 +141,15 @@ class Measured:
         return rate / self.roofline.traffic.output_tokens_mean
 
 
+def _optional_ms(raw: Mapping[str, Any], key: str, where: str) -> float | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"{where}: {key} must be a number > 0")
+    return float(value)
+
+
 def _point(raw: Mapping[str, Any], where: str) -> SpeedPoint:
     c = raw.get("concurrency")
     if not isinstance(c, int) or c < 1:
@@ -153,7 +167,8 @@ def _point(raw: Mapping[str, Any], where: str) -> SpeedPoint:
     batched = raw.get("max_num_batched_tokens")
     if batched is not None and (not isinstance(batched, int) or batched < 1):
         raise ValueError(f"{where}: max_num_batched_tokens must be a whole number >= 1")
-    return SpeedPoint(c, tpot_ms, ttft_ms, measured_rate, batched)
+    tails = _optional_ms(raw, "ttft_p99_ms", where), _optional_ms(raw, "tpot_p99_ms", where)
+    return SpeedPoint(c, tpot_ms, ttft_ms, measured_rate, batched, *tails)
 
 
 def parse_profile(data: Mapping[str, Any], gpu: str) -> tuple[dict[str, tuple[SpeedPoint, ...]], str | None]:
