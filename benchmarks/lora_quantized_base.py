@@ -100,7 +100,7 @@ def answers(url: str) -> dict[str, dict[str, str]]:
     for model in (MODEL_ID, *ADAPTERS):
         for prompt in PROMPTS:
             body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 24}
-            resp = httpx.post(f"{url}/v1/chat/completions", json=body | {"temperature": 0}, timeout=300)
+            resp = httpx.post(f"{url}/v1/chat/completions", json=body | {"temperature": 0}, timeout=120)
             resp.raise_for_status()
             result.setdefault(model, {})[prompt] = resp.json()["choices"][0]["message"]["content"]
     return result
