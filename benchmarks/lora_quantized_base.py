@@ -1,25 +1,25 @@
-"""LoRA adapters on a quantized base, on CPU: plain vLLM's OpenAI server with ``--enable-lora`` on a
-quantized checkpoint of the embedded SmolLM2, serving the two embedded adapters; records each
-model's greedy answers, or the engine's error (results: benchmarks/results/lora/README.md).
+"""LoRA adapters on a quantized base: plain vLLM's OpenAI server with ``--enable-lora`` on quantized
+checkpoints of the embedded SmolLM2, serving the two embedded adapters; records each model's greedy
+answers, or the engine's error, and the linear kernel vLLM chose (results:
+benchmarks/results/lora/README.md).
 
     python -m benchmarks.lora_quantized_base --out benchmarks/results/lora/quantized-base.json
+    python -m benchmarks.lora_quantized_base --device gpu --adapters-dir .gpu-data/adapters \
+        --cache-dir /tmp/mc --logs $OUT/logs --out $OUT/quantized-base-gpu.json   # one GPU, ~5 min
 
-Bases (each served in turn, ``--dtype bfloat16``):
-
-* ``w8a8-int8``: int8 W8A8 compressed-tensors (``int-quantized``), the format ``serve-app quantize
-  --method w8a8-int8`` writes: int8 per output channel, symmetric; activations per token at run time.
-* ``w4a16``: int4 W4A16 compressed-tensors (``pack-quantized``), the layout llm-compressor's GPTQ
-  W4A16 scheme writes: symmetric int4 in groups of 64 input channels (64 divides SmolLM2's 576 and
-  1536; 128 does not divide 576), eight values per int32 along the input dimension, offset by 8.
-  vLLM 0.32 runs it on CPU with ``CPUWNA16LinearKernel`` (it keeps ``weight_packed``).
-* ``w4a16-asym``: the same with an asymmetric zero point per group, the layout of ``serve-app
-  quantize --method awq`` (W4A16_ASYM).
-* ``unquantized``: the embedded checkpoint itself, the reference for the adapters' answers.
+Bases on CPU (each served in turn, ``--dtype bfloat16``): ``w8a8-int8``, ``w4a16``, ``w4a16-asym``
+(benchmarks/quantized_checkpoints.py) and ``unquantized``, the embedded checkpoint itself, the
+reference for the adapters' answers. On a GPU (``--device gpu``): ``unquantized`` first, then FP8
+quantized on load (``fp8``), the same with an FP8 KV cache (``fp8-fp8kv``), and the three checkpoints;
+each engine in 0.3 of the GPU's memory, eager, its start time-boxed (``--start-timeout-s``) and
+skipped when the whole run's budget (``--budget-s``) could not fit it, so one failure cannot eat a
+device call.
 
 The quantized checkpoints are made here by round-to-nearest, not by llm-compressor's GPTQ or
 SmoothQuant: that needs the separate quantization environment (``scripts/setup_quant_env.sh``), and
 vLLM loads and runs both the same way (the same config group, the same tensors). Needs the embedded
-model and adapters (``serve-app prepare-model``, ``serve-app make-adapters``).
+model (converted in a process of its own before any engine starts) and the adapters: ``serve-app
+make-adapters``, or ``--adapters-dir`` holding ``pirate/`` and ``robot/`` (copies of what it made).
 """
 
 from __future__ import annotations
@@ -27,129 +27,70 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
+import subprocess
+import sys
 import tempfile
-from collections.abc import Callable
+import time
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from benchmarks.quantized_checkpoints import (
+    W4_GROUP_SIZE,
+    W4A16,
+    W4A16_ASYM,
+    W8A8,
+    Quantizer,
+    int4_grouped_packed,
+    int8_per_channel,
+    write_quantized,
+)
 from benchmarks.seed_table import MODEL_ID, ROOT, plain_vllm_command, start_plain_vllm, stop, wait_ready
 from serve_app.models.embedded import resolve_source
-from serve_app.models.embedded_adapters import prepare_adapter
 from serve_app.ports import free_port
 
 ADAPTERS = ("pirate", "robot")
 PROMPTS = ("What is the capital of France?", "Who painted the Mona Lisa?", "What is the chemical formula of water?")
-_LINEAR = re.compile(r"\.(q|k|v|o|gate|up|down)_proj\.weight$")
 _RAISED = re.compile(r"(^|\] )\w*(Error|Exception): ")  # a traceback's exception line
-W4_GROUP_SIZE = 64
-_CT = {"quant_method": "compressed-tensors", "quantization_status": "compressed", "ignore": ["lm_head"]}
-W8A8 = _CT | {
-    "format": "int-quantized",
-    "config_groups": {
-        "group_0": {
-            "targets": ["Linear"],
-            "weights": {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "channel", "dynamic": False},
-            "input_activations": {
-                "num_bits": 8,
-                "type": "int",
-                "symmetric": True,
-                "strategy": "token",
-                "dynamic": True,
-            },
-        }
-    },
-}
-W4_WEIGHTS = {
-    "num_bits": 4,
-    "type": "int",
-    "symmetric": True,
-    "strategy": "group",
-    "group_size": W4_GROUP_SIZE,
-    "dynamic": False,
-    "actorder": None,
-}
-W4A16 = _CT | {
-    "format": "pack-quantized",
-    "config_groups": {
-        "group_0": {
-            "targets": ["Linear"],
-            "weights": W4_WEIGHTS,
-            "input_activations": None,
-            "output_activations": None,
-            "format": "pack-quantized",
-        }
-    },
-}
-W4A16_ASYM = W4A16 | {
-    "config_groups": {"group_0": W4A16["config_groups"]["group_0"] | {"weights": W4_WEIGHTS | {"symmetric": False}}}
-}
-Quantizer = Callable[[Any], dict[str, Any]]  # a float weight -> its tensors, by name suffix
+# Start-up lines worth keeping: the linear kernel vLLM chose (CPU: "Kernel for"; GPU: "Using X for
+# Y" / "Selected X for Y"), the attention backend, the adapters it loaded.
+_ENGINE_LINE = re.compile(r"Kernel for|(Using|Selected) \S+ for |[Aa]ttention backend|Loaded new LoRA adapter")
+# Every process on a lent GPU machine: NVLink multicast stays off (benchmarks/gpu/compare.py).
+GPU_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+FP8 = ("--quantization", "fp8")
 
 
-def int8_per_channel(weight: Any) -> dict[str, Any]:
-    import torch
-
-    scale = weight.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127
-    q = (weight.float() / scale).round().clamp(-128, 127).to(torch.int8)
-    return {"weight": q, "weight_scale": scale.to(torch.bfloat16)}
-
-
-def int4_grouped_packed(weight: Any, symmetric: bool = True) -> dict[str, Any]:
-    """compressed-tensors ``pack-quantized``, packed by compressed-tensors' own helper (its int4
-    range -8..7 shifted by 8; an asymmetric zero point packed along the output dimension)."""
-    import torch
-    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
-
-    rows, cols = weight.shape
-    groups = weight.float().reshape(rows, cols // W4_GROUP_SIZE, W4_GROUP_SIZE)
-    if symmetric:
-        scale = groups.abs().amax(dim=2, keepdim=True).clamp(min=1e-8) / 7
-        zero = torch.zeros_like(scale)
-    else:
-        low, high = groups.amin(dim=2, keepdim=True).clamp(max=0), groups.amax(dim=2, keepdim=True).clamp(min=0)
-        scale = ((high - low) / 15).clamp(min=1e-8)
-        zero = (-8 - low / scale).round().clamp(-8, 7)
-    q = (groups / scale + zero).round().clamp(-8, 7).to(torch.int8).reshape(rows, cols)
-    tensors = {"weight_packed": pack_to_int32(q, 4), "weight_scale": scale.squeeze(2).to(torch.bfloat16)}
-    if not symmetric:
-        tensors["weight_zero_point"] = pack_to_int32(zero.squeeze(2).to(torch.int8), 4, packed_dim=0).contiguous()
-    return tensors | {"weight_shape": torch.tensor([rows, cols], dtype=torch.int64)}
+@dataclass(frozen=True)
+class Base:
+    description: str
+    quantize: Quantizer | None = None  # None: the float checkpoint as it is
+    quantization_config: dict[str, Any] | None = None
+    flags: tuple[str, ...] = field(default=())  # extra vLLM flags (quantize on load, KV cache dtype)
 
 
-def write_quantized(base: Path, out: Path, quantize: Quantizer, quantization_config: dict[str, Any]) -> None:
-    """``base`` (a float checkpoint) with its linear layers quantized by ``quantize``, in ``out``."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    tensors: dict[str, Any] = {}
-    for name, weight in load_file(base / "model.safetensors").items():
-        if not _LINEAR.search(name):
-            tensors[name] = weight.to(torch.bfloat16)
-            continue
-        prefix = name.removesuffix("weight")
-        tensors |= {prefix + suffix: tensor for suffix, tensor in quantize(weight).items()}
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, out / "model.safetensors")
-    for item in base.iterdir():
-        if item.is_file() and item.name not in ("model.safetensors", "config.json"):
-            shutil.copy2(item, out / item.name)
-    config = json.loads((base / "config.json").read_text()) | {"quantization_config": quantization_config}
-    (out / "config.json").write_text(json.dumps(config | {"dtype": "bfloat16"}, indent=2))
-
-
-BASES: dict[str, tuple[str, Quantizer | None, dict[str, Any] | None]] = {
-    "w8a8-int8": ("W8A8 int8 RTN per channel, compressed-tensors int-quantized", int8_per_channel, W8A8),
-    "w4a16": (f"W4A16 int4 RTN group {W4_GROUP_SIZE}, compressed-tensors pack-quantized", int4_grouped_packed, W4A16),
-    "w4a16-asym": (
+CHECKPOINTS = {
+    "w8a8-int8": Base("W8A8 int8 RTN per channel, compressed-tensors int-quantized", int8_per_channel, W8A8),
+    "w4a16": Base(
+        f"W4A16 int4 RTN group {W4_GROUP_SIZE}, compressed-tensors pack-quantized", int4_grouped_packed, W4A16
+    ),
+    "w4a16-asym": Base(
         f"W4A16 int4 RTN asymmetric group {W4_GROUP_SIZE}, compressed-tensors pack-quantized",
         partial(int4_grouped_packed, symmetric=False),
         W4A16_ASYM,
     ),
-    "unquantized": ("the embedded checkpoint (fp32 on disk), served in bfloat16", None, None),
+}
+UNQUANTIZED = Base("the embedded checkpoint (fp32 on disk), served in bfloat16")
+BASES = {
+    "cpu": CHECKPOINTS | {"unquantized": UNQUANTIZED},
+    "gpu": {
+        "unquantized": UNQUANTIZED,
+        "fp8": Base("the embedded checkpoint quantized to FP8 on load (--quantization fp8)", flags=FP8),
+        "fp8-fp8kv": Base("FP8 on load with an FP8 KV cache", flags=(*FP8, "--kv-cache-dtype", "fp8")),
+    }
+    | CHECKPOINTS,
 }
 
 
@@ -159,45 +100,94 @@ def answers(url: str) -> dict[str, dict[str, str]]:
     for model in (MODEL_ID, *ADAPTERS):
         for prompt in PROMPTS:
             body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 24}
-            resp = httpx.post(f"{url}/v1/chat/completions", json=body | {"temperature": 0}, timeout=300)
+            resp = httpx.post(f"{url}/v1/chat/completions", json=body | {"temperature": 0}, timeout=120)
             resp.raise_for_status()
             result.setdefault(model, {})[prompt] = resp.json()["choices"][0]["message"]["content"]
     return result
 
 
-def serve_and_ask(checkpoint: Path, log: Path) -> dict[str, dict[str, str]]:
-    port = free_port()
-    modules = [f"{name}={prepare_adapter(name)}" for name in ADAPTERS]
+def adapter_paths(adapters_dir: Path | None) -> dict[str, Path]:
+    """Each adapter's folder: under ``adapters_dir`` (copies carried to a GPU machine), else the
+    cache ``serve-app make-adapters`` fills (made here when missing)."""
+    if adapters_dir is not None:
+        return {name: (adapters_dir / name).resolve() for name in ADAPTERS}
+    from serve_app.models.embedded_adapters import prepare_adapter
+
+    return {name: prepare_adapter(name) for name in ADAPTERS}
+
+
+def engine_command(checkpoint: Path, port: int, base: Base, adapters: dict[str, Path], device: str) -> list[str]:
     command = plain_vllm_command(checkpoint, port, dtype="bfloat16", max_model_len=512)
-    command += ["--enable-lora", "--lora-modules", *modules, "--max-lora-rank", "8", "--seed", "0"]
-    proc = start_plain_vllm(command, log, ROOT)
+    modules = [f"{name}={path}" for name, path in adapters.items()]
+    command += ["--enable-lora", "--lora-modules", *modules, "--max-lora-rank", "8", "--seed", "0", *base.flags]
+    if device == "gpu":  # engines run one at a time; a small share keeps the start (KV cache setup) short
+        command += ["--gpu-memory-utilization", "0.3"]
+    return command
+
+
+def serve_and_ask(command: list[str], port: int, log: Path, device: str, timeout_s: float) -> dict[str, Any]:
+    env = GPU_ENV | {"CUDA_VISIBLE_DEVICES": "0"} if device == "gpu" else None
+    started = time.monotonic()
+    proc = start_plain_vllm(command, log, ROOT, env)
     try:
-        wait_ready(proc, f"http://127.0.0.1:{port}/health", 600)
-        return answers(f"http://127.0.0.1:{port}")
+        wait_ready(proc, f"http://127.0.0.1:{port}/health", timeout_s)
+        ready_s = round(time.monotonic() - started, 1)
+        return {"engine_ready_s": ready_s, "answers": answers(f"http://127.0.0.1:{port}")}
     finally:
         stop(proc)
 
 
-def run_base(name: str, workdir: Path) -> dict[str, Any]:
+def prepare_model(cache_dir: Path | None) -> Path:
+    """The embedded SmolLM2 converted to safetensors in a process of its own (transformers and a vLLM
+    engine in one process hung on a GPU machine: /work/shared/gpu/README.md's notes)."""
+    cache = ["--cache-dir", str(cache_dir)] if cache_dir else []
+    subprocess.run([sys.executable, "-m", "serve_app.cli", "prepare-model", "--quiet", *cache], check=True, cwd=ROOT)
+    return resolve_source(f"embedded:{MODEL_ID}", cache_dir, prepare=False)
+
+
+def run_base(name: str, base: Base, model: Path, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """One base served with the adapters: its answers, or the engine's error lines."""
-    description, quantize, quantization_config = BASES[name]
-    checkpoint = resolve_source(f"embedded:{MODEL_ID}")
-    if quantize is not None and quantization_config is not None:
-        write_quantized(checkpoint, workdir / name, quantize, quantization_config)
+    checkpoint = model
+    if base.quantize is not None and base.quantization_config is not None:
+        write_quantized(model, workdir / name, base.quantize, base.quantization_config)
         checkpoint = workdir / name
-    log = workdir / f"{name}.log"
-    report: dict[str, Any] = {"checkpoint": description}
+    log = (args.logs or workdir) / f"{name}.log"
+    report: dict[str, Any] = {"checkpoint": description_of(base)}
+    port = free_port()
+    command = engine_command(checkpoint, port, base, adapter_paths(args.adapters_dir), args.device)
     try:
-        report["answers"] = serve_and_ask(checkpoint, log)
+        report |= serve_and_ask(command, port, log, args.device, args.start_timeout_s)
     except Exception as err:  # the engine's traceback is in its log
         report["error"] = [repr(err)]
     lines = log.read_text(errors="replace").splitlines()
     if "error" in report:
         raised = [line.split("] ", 1)[-1].strip() for line in lines if _RAISED.search(line)]
         report["error"].extend(dict.fromkeys(raised))  # each exception line once, in order
-    wanted = ("Kernel for", "Loaded new LoRA adapter")  # the linear kernel vLLM chose; the adapters it loaded
-    report["engine"] = [line.split("] ", 1)[-1] for line in lines if any(w in line for w in wanted)]
+    engine = [line.split("] ", 1)[-1].strip() for line in lines if _ENGINE_LINE.search(line)]
+    report["engine"] = list(dict.fromkeys(engine))
     return report
+
+
+def description_of(base: Base) -> str:
+    return base.description + (f" ({' '.join(base.flags)})" if base.flags else "")
+
+
+def run_all(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Every chosen base in turn; a base the remaining budget cannot fit (one start time-box and a
+    minute to ask and stop) is recorded as skipped rather than started."""
+    bases = BASES[args.device]
+    started = time.monotonic()  # the budget counts the model's conversion too
+    model = prepare_model(args.cache_dir)
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.base or list(bases):
+            left = args.budget_s - (time.monotonic() - started)
+            if left < args.start_timeout_s + 60:
+                results[name] = {"checkpoint": description_of(bases[name]), "skipped": f"{left:.0f} s of budget left"}
+                continue
+            results[name] = run_base(name, bases[name], model, Path(tmp), args)
+            print(name, json.dumps(results[name], ensure_ascii=False), flush=True)
+    return results
 
 
 def compare(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -218,17 +208,30 @@ def compare(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", nargs="+", choices=tuple(BASES), default=list(BASES))
+    parser.add_argument("--device", choices=tuple(BASES), default="cpu")
+    parser.add_argument("--base", nargs="+", choices=sorted({n for b in BASES.values() for n in b}))
+    parser.add_argument("--adapters-dir", type=Path, help="holds pirate/ and robot/ (default: make-adapters' cache)")
+    parser.add_argument("--cache-dir", type=Path, help="the embedded model's cache (default: serve-app's)")
+    parser.add_argument("--logs", type=Path, help="keep each engine's log here (default: dropped)")
+    parser.add_argument("--start-timeout-s", type=float, help="each engine's start (default: cpu 600, gpu 150)")
+    parser.add_argument("--budget-s", type=float, default=3600.0, help="the whole run; later bases are skipped")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/lora/quantized-base.json"))
     args = parser.parse_args()
-    import vllm
+    unknown = sorted(set(args.base or ()) - set(BASES[args.device]))
+    if unknown:
+        parser.error(f"not a {args.device} base: {unknown}")
+    if args.start_timeout_s is None:
+        args.start_timeout_s = 150.0 if args.device == "gpu" else 600.0
+    if args.logs:
+        args.logs.mkdir(parents=True, exist_ok=True)
+    results = run_all(args)
+    import vllm  # after every engine ran: only its version
 
-    with tempfile.TemporaryDirectory() as tmp:
-        results = {name: run_base(name, Path(tmp)) for name in args.base}
-    report = {"vllm": vllm.__version__, "prompts": PROMPTS, "bases": results, "summary": compare(results)}
+    report = {"vllm": vllm.__version__, "device": args.device, "prompts": PROMPTS, "bases": results}
+    report["summary"] = compare(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    print(json.dumps(report, indent=2, ensure_ascii=False))
+    print(json.dumps(report["summary"], indent=2, ensure_ascii=False))
 
 
 if __name__ == "__main__":

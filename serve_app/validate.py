@@ -17,7 +17,7 @@ from serve_app.core.placement import PlacementError, ReplicaPlacement, load_mode
 from serve_app.models.embedded import EMBEDDED_PREFIX, resolve_source
 from serve_app.models.lora_adapters import adapter_problem
 from serve_app.quantize.gate import check_deployable
-from serve_app.quantize.onload import lora_checkpoint_problem
+from serve_app.quantize.lora_support import base_schemes, lora_quantization_problem
 
 
 def check_quantization_gates(config: AppConfig) -> None:
@@ -35,7 +35,7 @@ def check_adapters(config: AppConfig) -> None:
         if model.lora is None:
             continue
         base = resolve_source(model.source, Path(config.model_cache_dir) if config.model_cache_dir else None, False)
-        check_lora_on_checkpoint(i, base, model.replica_gpus > 0)
+        check_lora_on_quantized(i, base, model.quantization, model.kv_cache_dtype, model.replica_gpus > 0)
         for j, adapter in enumerate(model.lora.adapters):
             if adapter.embedded_name is not None:
                 continue
@@ -44,16 +44,21 @@ def check_adapters(config: AppConfig) -> None:
                 raise ConfigError(f"invalid serve_app config: models[{i}].lora.adapters[{j}]: {problem}")
 
 
-def check_lora_on_checkpoint(index: int, base: Path, on_gpu: bool) -> None:
-    """Refuse LoRA on a quantized checkpoint whose kernel cannot take it (where its config.json is
-    readable here): see ``serve_app.quantize.onload.lora_checkpoint_problem``."""
+def check_lora_on_quantized(
+    index: int, base: Path, quantization: str | None, kv_cache_dtype: str, on_gpu: bool
+) -> None:
+    """Refuse LoRA on a quantized base measured not to take it on this device: the checkpoint's
+    quantization (from its config.json, where readable here), quantize-on-load and the KV cache
+    dtype (see ``serve_app.quantize.lora_support``)."""
     try:
         hf_config = json.loads((base / "config.json").read_text())
     except (OSError, ValueError):
-        return
-    quantization = hf_config.get("quantization_config") if isinstance(hf_config, dict) else None
-    if isinstance(quantization, dict) and (problem := lora_checkpoint_problem(quantization, on_gpu)):
-        raise ConfigError(f"invalid serve_app config: models[{index}].lora: {problem} ({base})")
+        hf_config = None
+    checkpoint = hf_config.get("quantization_config") if isinstance(hf_config, dict) else None
+    schemes = base_schemes(checkpoint if isinstance(checkpoint, dict) else None, quantization, kv_cache_dtype)
+    if problem := lora_quantization_problem(schemes, "gpu" if on_gpu else "cpu"):
+        where = f" ({base})" if checkpoint else ""
+        raise ConfigError(f"invalid serve_app config: models[{index}].lora: {problem}{where}")
 
 
 def check_placements(config: AppConfig) -> dict[str, ReplicaPlacement]:

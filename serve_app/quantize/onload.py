@@ -14,7 +14,6 @@ Hardware notes the validator cannot see (it does not know the GPU model):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from serve_app.models.embedded import EMBEDDED_PREFIX
 
@@ -70,29 +69,3 @@ def quantization_problem(s: QuantizationSetting) -> str | None:
 
 def vllm_quantization_name(quantization: str) -> str:
     return VLLM_NAMES.get(quantization, quantization)
-
-
-def lora_checkpoint_problem(quantization_config: dict[str, Any], on_gpu: bool) -> str | None:
-    """Why LoRA cannot run on a checkpoint with this ``quantization_config`` (its config.json), or None.
-
-    vLLM 0.32 wraps a quantized linear layer for LoRA whatever its method (``vllm/lora/layers/
-    base_linear.py``, ``_get_lora_device`` in ``vllm/lora/layers/utils.py``), except where the
-    kernel has dropped the layer's weight: on CPU the int8 W8A8 kernel (``CPUInt8ScaledMMLinearKernel``
-    in ``vllm/model_executor/kernels/linear/scaled_mm/cpu.py``) packs it into oneDNN and sets
-    ``weight`` to None, and the engine then fails to start (measured with ``--enable-lora`` on an
-    int8 W8A8 compressed-tensors SmolLM2: ``'NoneType' object has no attribute 'device'``).
-    The CPU int4 W4A16 kernel (``CPUWNA16LinearKernel``, ``.../linear/mixed_precision/cpu.py``)
-    repacks ``weight_packed`` in place and keeps it: measured, adapters serve on a W4A16
-    compressed-tensors SmolLM2 on CPU, so only W8A8 is refused.
-    """
-    if on_gpu:
-        return None
-    groups = quantization_config.get("config_groups") or {}
-    for group in groups.values() if isinstance(groups, dict) else ():
-        weights, inputs = (group or {}).get("weights") or {}, (group or {}).get("input_activations") or {}
-        if weights.get("type") == "int" and weights.get("num_bits") == 8 and inputs.get("num_bits") == 8:
-            return (
-                "LoRA cannot run on an int8 W8A8 checkpoint on CPU: vLLM 0.32's CPU int8 kernel "
-                "releases the layer weights LoRA needs; serve adapters on the unquantized model or on a GPU"
-            )
-    return None
