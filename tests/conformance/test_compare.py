@@ -95,3 +95,18 @@ def test_tool_call_deltas_merge_by_index() -> None:
     )
     call = folded["choices"][0]["delta"]["tool_calls"][0]
     assert call["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+
+
+def test_a_choice_closed_in_one_chunk_keeps_the_same_fields() -> None:
+    """vLLM adds ``system_fingerprint`` to the chunk that closes a choice; on a busy machine every token
+    of a choice can land in that chunk, so the field set compares as a union, not chunk by chunk."""
+    fingerprint = {"system_fingerprint": "vllm"}
+    tokens = [chunk(0, "The"), chunk(1, "A"), chunk(0, " capital.", "stop") | fingerprint]
+    tokens.append(chunk(1, " city", "length") | fingerprint)
+    merged = [chunk(0, "The capital.", "stop") | fingerprint, chunk(1, "A city", "length") | fingerprint]
+    assert answer_problems(STREAM, Outcome(200, tokens), Outcome(200, merged)) == []
+    assert answer_problems(
+        STREAM,
+        Outcome(200, tokens),
+        Outcome(200, [{k: v for k, v in c.items() if k != "system_fingerprint"} for c in merged]),
+    )
