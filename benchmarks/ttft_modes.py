@@ -31,7 +31,7 @@ from stack_overhead import deploy, direct_url
 
 from serve_app.bench.readiness import wait_until_ok
 from serve_app.config import AppConfig, app_args_from_serve_file, load_config
-from serve_app.replica.deployment import resolve_model_path
+from serve_app.replica.engine_start import resolve_model_path
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"

@@ -80,7 +80,8 @@ def replica_options(
     serve_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     actor = model.ray_actor_options
-    placement = plan_replica_placement(model, load_model_shape(model))
+    engine, deployment = model.engine(), model.deployment()
+    placement = plan_replica_placement(engine, deployment, load_model_shape(engine, deployment))
     # A multi-GPU replica's GPUs are its placement group's worker bundles, not the actor's own.
     num_gpus = 0 if placement.strategy is not None else actor.num_gpus
     ray_actor_options: dict[str, Any] = {"num_cpus": actor.num_cpus, "num_gpus": num_gpus}
@@ -89,7 +90,7 @@ def replica_options(
     if actor.resources:
         ray_actor_options["resources"] = dict(actor.resources)
     # the model's own values win
-    env_vars = (serve_env or {}) | nccl.env_vars() | engine_env_vars(model) | dict(actor.env_vars)
+    env_vars = (serve_env or {}) | nccl.env_vars() | engine_env_vars(engine) | dict(actor.env_vars)
     if env_vars:
         ray_actor_options["runtime_env"] = {"env_vars": env_vars}
     options: dict[str, Any] = {

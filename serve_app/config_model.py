@@ -5,11 +5,14 @@ Users write one flat entry; each consumer receives only its part:
 * :class:`~serve_app.config_engine.EngineConfig`: the checkpoint and the vLLM engine and OpenAI
   server over it (``serve_app.engine.vllm_engine``; the quantization gate).
 * :class:`DeploymentConfig`: the model's Ray Serve deployment: its replicas, what each asks of
-  Ray, where a multi-GPU replica's workers go (``serve_app.app``, ``serve_app.core.placement``).
-* :class:`LimitsConfig`: what the router allows and assumes per request (``serve_app.router``,
-  ``serve_app.core.request_facts``).
+  Ray, where a multi-GPU replica's workers go (``serve_app.app``; ``serve_app.core.placement``,
+  with the engine part's parallel layout).
+* :class:`LimitsConfig`: what the router allows and assumes per request (the ingress and the
+  security guard, through ``serve_app.router.models.RoutedModel``).
 * :class:`HealthConfig`: the readiness probe and the checks that replace a hung replica
   (``serve_app.router.readiness``, ``serve_app.replica.deployment``).
+
+On the router's side ``serve_app.router.models`` does the split, once per router replica.
 
 ``batching`` (the router's dynamic batching) is its own section already. :class:`ModelConfig` is
 all of it flat, so a key keeps its path (``models[0].max_n``) in the file and in validation errors;

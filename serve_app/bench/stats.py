@@ -1,15 +1,20 @@
 """Pure statistics over per-request records of the project's load generator: percentiles,
 throughput, goodput, errors.
 
-The load generator measures what vLLM's benchmark cannot send (``/generate``, non-streaming
-requests), so there is no TTFT, TPOT or ITL to summarize here: streaming runs get every figure from
-``vllm bench serve`` (serve_app/bench/vllm_serve.py). The definitions are vLLM's
-(``vllm/benchmarks/serve.py``, ``calculate_metrics``) so that the two kinds of run read alike:
+``serve-app bench`` sends streaming chat and completions through ``vllm bench serve``
+(serve_app/bench/vllm_serve.py), which reports its own figures; the load generator's records are
+summarized here: ``/generate`` and non-streaming requests (no TTFT, TPOT or ITL), and the streamed
+requests of the fault ledger's loads and of any other streaming :class:`~serve_app.bench.settings.Target`
+(every figure). The definitions are vLLM's (``vllm/benchmarks/serve.py``, ``calculate_metrics``)
+so that the two kinds of run read alike:
 
 - percentiles interpolate linearly between order statistics (NumPy's default method);
+- TPOT of one request is ``(latency - ttft) / (output_tokens - 1)``, only for requests with more
+  than one output token; for goodput a request with one token counts as TPOT 0;
+- ITL percentiles pool every inter-token gap of every successful request;
 - throughputs divide by the wall time of the whole run (first dispatch to last completion), and
   count successful requests only; input tokens are the server's ``prompt_tokens`` when reported;
-- a request is "good" when it meets the E2E objective with ``value <= slo``.
+- a request is "good" when each given objective is met with ``value <= slo``.
 """
 
 from __future__ import annotations
@@ -50,8 +55,8 @@ class Distribution:
 
 @dataclass(frozen=True)
 class Summary:
-    """One load level's figures. TTFT, TPOT and ITL are filled from vLLM's benchmark (streaming
-    runs); the load generator's runs do not stream and leave them empty (count 0)."""
+    """One load level's figures. TTFT, TPOT and ITL come from streamed requests (vLLM's benchmark's,
+    or the load generator's); a run without streaming leaves them empty (count 0)."""
 
     completed: int
     failed: int
@@ -110,12 +115,24 @@ def distribution(values_s: Sequence[float]) -> Distribution:
     )
 
 
+def tpot_s(record: RequestRecord) -> float | None:
+    """Mean time per output token after the first; ``None`` when undefined."""
+    if record.ttft_s is None or record.output_tokens <= 1:
+        return None
+    return (record.latency_s - record.ttft_s) / (record.output_tokens - 1)
+
+
 def meets_slo(record: RequestRecord, slo: Slo) -> bool:
-    """Whether a request succeeded within the E2E objective (the only one a request without TTFT
-    can be held to; the bench command refuses TTFT and TPOT objectives for such runs)."""
-    if slo.ttft_ms is not None or slo.tpot_ms is not None:
-        raise ValueError("TTFT and TPOT objectives need a streaming run (vLLM's benchmark)")
-    return record.success and (slo.e2el_ms is None or record.latency_s * 1000.0 <= slo.e2el_ms)
+    """Whether a successful request meets every given objective. A TTFT or TPOT objective cannot
+    be met by a request that measured no TTFT (a non-streaming one; the bench command refuses
+    such objectives for runs without streaming)."""
+    if not record.success:
+        return False
+    if slo.ttft_ms is not None and (record.ttft_s is None or record.ttft_s * 1000.0 > slo.ttft_ms):
+        return False
+    if slo.tpot_ms is not None and (record.ttft_s is None or (tpot_s(record) or 0.0) * 1000.0 > slo.tpot_ms):
+        return False
+    return slo.e2el_ms is None or record.latency_s * 1000.0 <= slo.e2el_ms
 
 
 def error_counts(records: Iterable[RequestRecord]) -> dict[str, int]:
@@ -130,10 +147,10 @@ def summarize(records: Sequence[RequestRecord], duration_s: float, slo: Slo | No
     ok = [r for r in records if r.success]
     total_in = sum(r.prompt_tokens for r in ok)
     total_out = sum(r.output_tokens for r in ok)
+    streamed = [r for r in ok if r.ttft_s is not None]
     goodput = None
     if slo is not None and slo.any:
         goodput = sum(meets_slo(r, slo) for r in ok) / duration_s
-    none = distribution([])
     return Summary(
         completed=len(ok),
         failed=len(records) - len(ok),
@@ -145,9 +162,9 @@ def summarize(records: Sequence[RequestRecord], duration_s: float, slo: Slo | No
         output_throughput=total_out / duration_s,
         total_token_throughput=(total_in + total_out) / duration_s,
         request_goodput=goodput,
-        ttft=none,
-        tpot=none,
-        itl=none,
+        ttft=distribution([r.ttft_s for r in streamed if r.ttft_s is not None]),
+        tpot=distribution([t for r in streamed if (t := tpot_s(r)) is not None]),
+        itl=distribution([gap for r in streamed for gap in r.itl_s]),
         e2el=distribution([r.latency_s for r in ok]),
     )
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from serve_app.config import ModelConfig
+from serve_app.config_engine import EngineConfig
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Refusal:
 class AdapterDirectory:
     """Adapter name -> its base model and, for a dynamic one, its path. Bounded per model."""
 
-    def __init__(self, models: Sequence[ModelConfig]) -> None:
+    def __init__(self, models: Sequence[EngineConfig]) -> None:
         self._models = {m.id: m for m in models}
         self._names = {n for m in models for n in (m.id, *m.openai_server.served_model_aliases)}
         self._static = {a.name: AdapterRef(a.name, m.id) for m in models if m.lora for a in m.lora.adapters}

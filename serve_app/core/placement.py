@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from serve_app.config import ModelConfig
+from serve_app.config_engine import EngineConfig
+from serve_app.config_model import DeploymentConfig
 from serve_app.errors import ServeAppError
 from serve_app.models.embedded import EMBEDDED_PREFIX, EMBEDDED_SHAPE_PRESETS
 from serve_app.models.shapes import PRESETS, ModelShape, UnknownModelError, shape_from_hf_config
@@ -78,17 +79,19 @@ def _shape_from_folder(folder: Path) -> ShapeInfo | None:
     return ShapeInfo(shape, f"{config_file}", int(group) if isinstance(group, int) and group > 0 else None)
 
 
-def load_model_shape(model: ModelConfig, model_folder: Path | None = None) -> ShapeInfo | None:
+def load_model_shape(
+    engine: EngineConfig, deployment: DeploymentConfig, model_folder: Path | None = None
+) -> ShapeInfo | None:
     """The model's shape: its config.json when the folder is readable here, else ``shape_preset``
     (or the preset of an embedded model), else ``None`` (unknown: head checks are skipped)."""
     folder = model_folder
-    if folder is None and not model.source.startswith(EMBEDDED_PREFIX):
-        folder = Path(model.source).expanduser()
+    if folder is None and not engine.source.startswith(EMBEDDED_PREFIX):
+        folder = Path(engine.source).expanduser()
     if folder is not None:
         info = _shape_from_folder(folder)
         if info is not None:
             return info
-    preset = model.shape_preset or EMBEDDED_SHAPE_PRESETS.get(model.source.removeprefix(EMBEDDED_PREFIX))
+    preset = deployment.shape_preset or EMBEDDED_SHAPE_PRESETS.get(engine.source.removeprefix(EMBEDDED_PREFIX))
     if preset is not None:
         return ShapeInfo(PRESETS[preset], f"preset {preset!r}")
     return None
@@ -117,9 +120,8 @@ def _check_heads(tp: int, info: ShapeInfo) -> list[str]:
     return problems
 
 
-def _check_layout(model: ModelConfig) -> list[str]:
-    tp, pp = model.tensor_parallel_size, model.pipeline_parallel_size
-    per_node = model.placement.gpus_per_node
+def _check_layout(tp: int, pp: int, deployment: DeploymentConfig) -> list[str]:
+    per_node = deployment.placement.gpus_per_node
     problems = []
     if tp > per_node:
         problems.append(
@@ -132,20 +134,20 @@ def _check_layout(model: ModelConfig) -> list[str]:
             f"tensor_parallel_size={tp} does not divide gpus_per_node={per_node}: with {tp * pp} GPUs over "
             "several nodes a tensor-parallel group would straddle two nodes"
         )
-    if model.ray_actor_options.num_gpus > per_node:
-        problems.append(f"ray_actor_options.num_gpus={model.ray_actor_options.num_gpus} exceeds gpus_per_node")
-    if tp * pp > 1 and model.ray_actor_options.num_gpus > 0:
+    actor = deployment.ray_actor_options
+    if actor.num_gpus > per_node:
+        problems.append(f"ray_actor_options.num_gpus={actor.num_gpus} exceeds gpus_per_node")
+    if tp * pp > 1 and actor.num_gpus > 0:
         problems.append(
             "ray_actor_options.num_gpus must be 0 for a multi-GPU replica: the workers' bundles hold the GPUs, "
             "and a GPU in the replica actor's bundle would become an extra vLLM worker"
         )
-    actor = model.ray_actor_options
     if tp * pp > 1 and actor.num_cpus <= 0 and not actor.memory and not any(actor.resources.values()):
         problems.append(
             "ray_actor_options needs num_cpus > 0 for a multi-GPU replica: its placement-group bundle would "
             "otherwise be empty, which Ray rejects"
         )
-    if tp * pp > per_node and tp > 1 and model.placement.multi_node_strategy == "SPREAD":
+    if tp * pp > per_node and tp > 1 and deployment.placement.multi_node_strategy == "SPREAD":
         problems.append(
             "multi_node_strategy SPREAD puts bundles on different nodes, which would split tensor-parallel "
             "groups across nodes; use PACK (SPREAD suits tensor_parallel_size=1 pipelines only)"
@@ -153,10 +155,13 @@ def _check_layout(model: ModelConfig) -> list[str]:
     return problems
 
 
-def plan_replica_placement(model: ModelConfig, shape: ShapeInfo | None = None) -> ReplicaPlacement:
-    """Validate the model's parallel layout and build its placement group; raises PlacementError."""
-    tp, pp = model.tensor_parallel_size, model.pipeline_parallel_size
-    problems = _check_layout(model)
+def plan_replica_placement(
+    engine: EngineConfig, deployment: DeploymentConfig, shape: ShapeInfo | None = None
+) -> ReplicaPlacement:
+    """Validate the model's parallel layout (the engine part's) against what its deployment asks
+    of Ray, and build its placement group; raises PlacementError."""
+    tp, pp = engine.tensor_parallel_size, engine.pipeline_parallel_size
+    problems = _check_layout(tp, pp, deployment)
     notes: list[str] = []
     if shape is not None:
         problems += _check_heads(tp, shape)
@@ -165,17 +170,17 @@ def plan_replica_placement(model: ModelConfig, shape: ShapeInfo | None = None) -
     elif tp > 1:
         notes.append("model shape unknown (no readable config.json, no shape_preset): head divisibility unchecked")
     if problems:
-        raise PlacementError(f"model {model.id!r}: " + "; ".join(problems))
+        raise PlacementError(f"model {engine.id!r}: " + "; ".join(problems))
     world = tp * pp
-    per_node = model.placement.gpus_per_node
+    per_node = deployment.placement.gpus_per_node
     num_nodes = math.ceil(world / per_node)
     if world == 1:
-        return ReplicaPlacement(model.id, tp, pp, 1, None, (), tuple(notes))
-    actor = model.ray_actor_options
+        return ReplicaPlacement(engine.id, tp, pp, 1, None, (), tuple(notes))
+    actor = deployment.ray_actor_options
     head_bundle: dict[str, float] = {"CPU": actor.num_cpus} | dict(actor.resources)
     if actor.memory:
         head_bundle["memory"] = float(actor.memory)
-    worker_bundle = {"GPU": 1.0, "CPU": model.placement.cpus_per_worker}
-    strategy: Strategy = "STRICT_PACK" if num_nodes == 1 else model.placement.multi_node_strategy
+    worker_bundle = {"GPU": 1.0, "CPU": deployment.placement.cpus_per_worker}
+    strategy: Strategy = "STRICT_PACK" if num_nodes == 1 else deployment.placement.multi_node_strategy
     bundles = (head_bundle, *(dict(worker_bundle) for _ in range(world)))
-    return ReplicaPlacement(model.id, tp, pp, num_nodes, strategy, bundles, tuple(notes))
+    return ReplicaPlacement(engine.id, tp, pp, num_nodes, strategy, bundles, tuple(notes))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from serve_app.observability import metrics as m
 from serve_app.observability import promql as q
+from serve_app.observability.adapter_panels import adapter_cache_panels, adapter_traffic_panels
 from serve_app.observability.grafana_json import Dashboard, Panel, Query, Variable
 from serve_app.observability.metrics import MetricSpec
 
@@ -242,59 +243,7 @@ def autoscaling() -> Dashboard:
 
 def adapters() -> Dashboard:
     """One row per concern of LoRA serving: traffic and tokens per adapter, affinity, loads."""
-    by_adapter = ("adapter",)
-    hits = q.counter_rate(m.ADAPTER_ROUTING, by_adapter, 'outcome="hit"')
-    panels = (
-        Panel(
-            "Requests/s by adapter",
-            m.ADAPTER_REQUESTS.description,
-            "reqps",
-            (Query(q.counter_rate(m.ADAPTER_REQUESTS, by_adapter), "{{adapter}}"),),
-            width=8,
-        ),
-        Panel(
-            "Tokens/s by adapter",
-            "Prompt and generated tokens per second of finished requests naming each adapter.",
-            "short",
-            (
-                Query(q.counter_rate(m.ADAPTER_PROMPT_TOKENS, by_adapter), "prompt {{adapter}}"),
-                Query(q.counter_rate(m.ADAPTER_COMPLETION_TOKENS, by_adapter), "completion {{adapter}}"),
-            ),
-            width=8,
-        ),
-        Panel(
-            "Affinity hit rate by adapter",
-            "Share of an adapter's requests sent to a replica whose engine held it already.",
-            "percentunit",
-            (
-                Query(
-                    f"({hits} or {q.counter_rate(m.ADAPTER_ROUTING, by_adapter)} * 0) / "
-                    f"{q.counter_rate(m.ADAPTER_ROUTING, by_adapter)}",
-                    "{{adapter}}",
-                ),
-            ),
-            max_value=1,
-            width=8,
-        ),
-        Panel(
-            "Replica choices/s by outcome",
-            m.ADAPTER_ROUTING.description,
-            "short",
-            (Query(q.counter_rate(m.ADAPTER_ROUTING, ("outcome",)), "{{outcome}}"),),
-            width=8,
-        ),
-        Panel(
-            "Adapter loads and evictions/s",
-            "Adapters loaded into replica engines, refused loads, and adapters evicted from an engine's cache.",
-            "short",
-            (
-                Query(q.counter_rate(m.ADAPTER_LOADS, by_adapter), "loaded {{adapter}}"),
-                Query(q.counter_rate(m.ADAPTER_EVICTIONS, by_adapter), "evicted {{adapter}}"),
-                Query(q.counter_rate(m.ADAPTER_LOAD_FAILURES), "refused"),
-            ),
-            width=8,
-        ),
-    )
+    panels = adapter_traffic_panels() + adapter_cache_panels()
     return Dashboard(
         "serve-app-adapters", "Serve App / LoRA adapters",
         "LoRA adapters: requests and tokens per adapter, adapter-affinity hit rate, loads and evictions.",

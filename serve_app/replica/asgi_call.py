@@ -13,7 +13,9 @@ handler already started in a task of its own, so a request is cancelled by ``dis
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -144,3 +146,24 @@ class AsgiCall:
         scope = http_scope(self.request)
         self.sink.state = scope["state"]
         await self.app(scope, self._receive, self.sink.send)
+
+
+async def call_json(app: ASGIApp, path: str, payload: dict[str, Any], timeout_s: float) -> tuple[int, Any]:
+    """One POST of ``payload`` to ``app``, answered as (status, parsed JSON body): the replica's
+    own calls (readiness and liveness probes), outside the request path."""
+    body = bytearray()
+    ended: list[ResponseEnd] = []
+
+    def collect(event: Event) -> None:
+        if isinstance(event, ResponseBody):
+            body.extend(event.data)
+        elif isinstance(event, ResponseEnd):
+            ended.append(event)
+
+    request = RelayRequest(f"internal-{time.monotonic_ns()}", path, json.dumps(payload).encode())
+    sink = ResponseSink(0, request, collect)
+    async with asyncio.timeout(timeout_s):
+        await AsgiCall(app, request, sink).run()
+    if ended and ended[0].error:
+        raise RuntimeError(ended[0].error)
+    return sink.status, json.loads(bytes(body)) if body else None

@@ -7,7 +7,6 @@ importing this module starts nothing.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -22,7 +21,7 @@ from serve_app.engine.types import EngineDeadError
 from serve_app.observability.logs import ReplicaRequestLog, install_json_logging
 from serve_app.observability.recorder import ServeAppMetrics
 from serve_app.replica.adapters import ReplicaAdapters, with_local_adapters
-from serve_app.replica.asgi_call import AsgiCall, ResponseSink
+from serve_app.replica.asgi_call import AsgiCall, ResponseSink, call_json
 from serve_app.replica.contract import (
     BatchOpened,
     CancelRequests,
@@ -31,6 +30,7 @@ from serve_app.replica.contract import (
     ResponseBody,
     ResponseEnd,
 )
+from serve_app.replica.engine_start import EngineFactory, resolve_model_path, vllm_engine_factory
 from serve_app.replica.server_routes import ServerRoutes
 
 logger = logging.getLogger("serve_app.replica")
@@ -40,32 +40,11 @@ _ENGINE_FAILED = "the engine failed its health check; the replica is being repla
 # engine requests before their tasks are cancelled outright.
 _DISCONNECT_GRACE_S = 5.0
 
-EngineFactory = Callable[[ModelConfig, Path], Engine]
-
-
-def vllm_engine_factory(config: ModelConfig, path: Path) -> Engine:
-    """vLLM over the engine part of the config; of the deployment part only what the engine's
-    start needs (GPU sharing, the multi-GPU pre-flight)."""
-    from serve_app.engine.vllm_engine import VllmEngine
-
-    return VllmEngine(config.engine(), path, config.ray_actor_options.num_gpus, config.placement.preflight_timeout_s)
-
 
 def _replica_name() -> str:
     from ray import serve
 
     return serve.get_replica_context().replica_id.unique_id
-
-
-def resolve_model_path(config: ModelConfig, cache_dir: str | None) -> Path:
-    """The model folder on this node; a quantized one must pass the deployment gate here too,
-    since the app may have been built where the folder was not readable."""
-    from serve_app.models.embedded import resolve_source
-    from serve_app.quantize.gate import check_deployable
-
-    path = resolve_source(config.source, Path(cache_dir) if cache_dir else None)
-    check_deployable(config, path)
-    return path
 
 
 class LLMReplica:
@@ -213,22 +192,7 @@ class LLMReplica:
 
     async def call_json(self, path: str, payload: dict[str, Any], timeout_s: float) -> tuple[int, Any]:
         """One request to this replica's server, answered as (status, parsed JSON body)."""
-        body = bytearray()
-        ended: list[ResponseEnd] = []
-
-        def collect(event: Event) -> None:
-            if isinstance(event, ResponseBody):
-                body.extend(event.data)
-            elif isinstance(event, ResponseEnd):
-                ended.append(event)
-
-        request = RelayRequest(f"internal-{time.monotonic_ns()}", path, json.dumps(payload).encode())
-        sink = ResponseSink(0, request, collect)
-        async with asyncio.timeout(timeout_s):
-            await AsgiCall(self.engine.app, request, sink).run()
-        if ended and ended[0].error:
-            raise RuntimeError(ended[0].error)
-        return sink.status, json.loads(bytes(body)) if body else None
+        return await call_json(self.engine.app, path, payload, timeout_s)
 
     async def probe(self, prompt: str, max_tokens: int = 16) -> str:
         """A short greedy generation: the readiness check that the model really answers."""

@@ -27,7 +27,7 @@ from serve_app.replica.contract import LOADED_ON_HEADER, RelayRequest
 from serve_app.router.errors import OpenAIError
 
 if TYPE_CHECKING:
-    from serve_app.router.ingress import ModelDirectory
+    from serve_app.router.models import ModelDirectory
     from serve_app.router.relay import Relay
 
 LOAD_PATH = "/v1/load_lora_adapter"
@@ -65,7 +65,9 @@ def install_adapter_routes(app: FastAPI, models: ModelDirectory, relay: Relay) -
         await view.current()
         _raise(view.directory.refuse_load(name, path, model.id))
         # Placed like the adapter's requests (see load_request), so they find it where it loaded.
-        answer = await relay.forward(model, load_request(str(request.state.request_id), name, path), request.state.log)
+        answer = await relay.forward(
+            model.id, load_request(str(request.state.request_id), name, path), request.state.log
+        )
         loaded_on = _take_loaded_on(answer)
         if answer.status_code == 200:
             # The catalog decides between loads of one name through several router replicas at once.

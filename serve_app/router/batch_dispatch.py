@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
-from serve_app.config import ModelConfig
+from serve_app.config_model import BatchingConfig
 from serve_app.core.batching import AsyncBatcher
 from serve_app.observability.recorder import ServeAppMetrics
 from serve_app.replica.contract import Event, RelayRequest, ResponseEnd
@@ -38,15 +38,16 @@ class BatchDispatcher:
     def __init__(
         self,
         client: ReplicaClient,
-        model: ModelConfig,
+        model_id: str,
+        batching: BatchingConfig,
         metrics: ServeAppMetrics,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.metrics = metrics
-        self.model_id = model.id
+        self.model_id = model_id
         self.clock = clock  # monotonic seconds: batch deadlines and queue waits
-        self._batcher: AsyncBatcher[_Job] = AsyncBatcher.from_config(self._dispatch, model.batching, clock)
+        self._batcher: AsyncBatcher[_Job] = AsyncBatcher.from_config(self._dispatch, batching, clock)
         self._cancels: set[asyncio.Task[None]] = set()
 
     @property

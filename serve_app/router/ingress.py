@@ -17,9 +17,9 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve_app.config import AppConfig, ModelConfig
+from serve_app.config import AppConfig
 from serve_app.core.adapters import AdapterDirectory, AdapterRef, reconcile_cards
-from serve_app.core.engine_priority import stamp_priority, uses_priority_scheduling
+from serve_app.core.engine_priority import stamp_priority
 from serve_app.core.request_facts import check_limits, read_facts
 from serve_app.observability.logs import RequestLog
 from serve_app.replica.contract import RelayRequest
@@ -30,6 +30,7 @@ from serve_app.router.body_limit import BodySizeLimit
 from serve_app.router.errors import OpenAIError, install_error_handlers
 from serve_app.router.flow_gate import PRIORITY_HEADER, Caller
 from serve_app.router.head_limits import RequestHeadLimits
+from serve_app.router.models import ModelDirectory, RoutedModel, adapter_directory, routed_models
 from serve_app.router.readiness import Readiness
 from serve_app.router.relay import Relay
 from serve_app.router.request_identity import RequestIdentity
@@ -52,30 +53,6 @@ class GenerateRequest(BaseModel):
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.0
 
 
-class ModelDirectory:
-    """The names clients may send as ``model``: each model's id and aliases, and its LoRA adapters
-    (those in the config and those added at run time: ``self.adapters``, this router replica's view
-    of the app's catalog)."""
-
-    def __init__(self, config: AppConfig, adapters: AdapterView) -> None:
-        self.default = config.models[0]
-        self.by_id = {m.id: m for m in config.models}
-        self._by_name = {n: m for m in config.models for n in (m.id, *m.openai_server.served_model_aliases)}
-        self.adapters = adapters
-
-    async def find(self, name: str | None) -> tuple[ModelConfig, AdapterRef | None]:
-        """The model ``name`` names, and the adapter when it names one; a 404 when neither."""
-        if name is None:
-            return self.default, None  # vLLM serves a request without a model with its own model
-        found = self._by_name.get(name)
-        if found is not None:
-            return found, None
-        adapter = await self.adapters.find(name)
-        if adapter is None:
-            raise OpenAIError(404, f"The model `{name}` does not exist.", param="model", code="model_not_found")
-        return self.by_id[adapter.model_id], adapter
-
-
 def parse_object(body: bytes) -> dict[str, Any]:
     try:
         payload = json.loads(body)
@@ -87,7 +64,7 @@ def parse_object(body: bytes) -> dict[str, Any]:
 
 
 def relay_request(
-    model: ModelConfig,
+    model: RoutedModel,
     path: str,
     payload: dict[str, Any],
     body: bytes,
@@ -97,7 +74,7 @@ def relay_request(
 ) -> RelayRequest:
     """Check the router's caps, then package the request for the replica, ``body`` as given."""
     facts = read_facts(payload)
-    breach = check_limits(facts, model.max_n, model.max_tokens_limit)
+    breach = check_limits(facts, model.limits.max_n, model.limits.max_tokens_limit)
     if breach is not None:
         raise OpenAIError(400, breach.message, param=breach.param)
     return RelayRequest(
@@ -106,7 +83,7 @@ def relay_request(
         body,
         headers=JSON_HEADERS,
         routing_text=facts.routing_text,
-        cost_hint=facts.cost(model.default_max_tokens),
+        cost_hint=facts.cost(model.limits.default_max_tokens),
         adapter=adapter.name if adapter else "",
         adapter_path=(adapter.path or "") if adapter else "",
         adapter_replica=adapter_replica,
@@ -122,19 +99,32 @@ def build_fastapi(
 ) -> FastAPI:
     """The router's HTTP app. ``adapter_catalog``: the app's catalog of run-time LoRA adapters,
     shared by its router replicas (None: one of this router's own); ``adapters``: the directory of
-    the config's models and adapters, the one its catalog was chosen by (None: one made here)."""
+    the config's models and adapters, the one its catalog was chosen by (None: one made here).
+    The config is split here: each route and middleware gets only its part."""
     app = FastAPI(title="serve-app", version="0.1.0")
     install_error_handlers(app)
     server = config.server
-    directory = adapters if adapters is not None else AdapterDirectory(config.models)
+    directory = adapters if adapters is not None else adapter_directory(config.models)
     view = AdapterView(directory, adapter_catalog or LocalCatalog(), clock=relay.clock)
-    models = ModelDirectory(config, view)
+    models = ModelDirectory(routed_models(config.models), view)
     metrics = relay.metrics
     # Middleware added later runs earlier: CORS, request id, head limits, body cap, then keys and rate limits.
-    install_security(app, config, metrics.request_rejected)  # reads the API keys, once
+    tenants = config.flow_control.tenants if config.flow_control else []
+    install_security(app, server, tenants, models.all, metrics.request_rejected)  # reads the API keys, once
     app.add_middleware(BodySizeLimit, max_bytes=server.max_body_bytes)
     app.add_middleware(RequestHeadLimits, max_header_bytes=server.max_header_bytes, max_headers=server.max_headers)
     app.add_middleware(RequestIdentity, on_finished=metrics.request_finished, log_prompts=server.log_prompts)
+    _install_own_routes(app, models, relay, readiness)
+    install_adapter_routes(app, models, relay)  # before the catch-all routes, which would take their paths
+    if relay.flow is not None:
+        install_usage_routes(app, relay.flow)
+    _install_relay_routes(app, models, relay)
+    install_cors(app, server.cors_allow_origins)
+    return app
+
+
+def _install_own_routes(app: FastAPI, models: ModelDirectory, relay: Relay, readiness: Readiness) -> None:
+    """``/health``, ``/ready``, ``/v1/models`` over all models, and ``/generate``."""
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -149,8 +139,9 @@ def build_fastapi(
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
         data = []
+        view = models.adapters
         await view.current()
-        for model in config.models:
+        for model in models.all:
             cards = await _model_cards(relay, model, request.state.log)
             data += reconcile_cards(cards, model.id, view.directory) if model.lora else cards
         return {"object": "list", "data": data}
@@ -165,7 +156,7 @@ def build_fastapi(
         caller = _caller(relay, request)
         raw = _with_engine_priority(model, "/v1/completions", payload, json.dumps(payload).encode(), caller)
         forwarded = relay_request(model, "/v1/completions", payload, raw, _rid(request))
-        answer = await relay.forward(model, forwarded, request.state.log, caller)
+        answer = await relay.forward(model.id, forwarded, request.state.log, caller)
         if answer.status_code != 200:
             return answer  # vLLM's own error, unchanged
         completion = json.loads(bytes(answer.body))
@@ -173,9 +164,9 @@ def build_fastapi(
         text = {"text": choice["text"], "model": model.id, "finish_reason": choice.get("finish_reason")}
         return JSONResponse(text | {k: usage.get(k, 0) for k in ("prompt_tokens", "completion_tokens")})
 
-    install_adapter_routes(app, models, relay)  # before the catch-all routes, which would take their paths
-    if relay.flow is not None:
-        install_usage_routes(app, relay.flow)
+
+def _install_relay_routes(app: FastAPI, models: ModelDirectory, relay: Relay) -> None:
+    """The catch-all routes: every other path goes to the model's vLLM server, unchanged."""
 
     async def forward_other(path: str, request: Request) -> Response:
         # The model's server decides: its routes answer, a route without this method is a 405
@@ -187,7 +178,7 @@ def build_fastapi(
         target = "/" + path + (f"?{request.url.query}" if request.url.query else "")
         body = b"" if request.method == "GET" else await request.body()
         forwarded = RelayRequest(_rid(request), target, body, method=request.method, headers=())
-        return await relay.forward(models.default, forwarded, request.state.log)
+        return await relay.forward(models.default.id, forwarded, request.state.log)
 
     for method in ("GET", "PUT", "DELETE", "PATCH"):
         app.add_api_route(
@@ -209,10 +200,7 @@ def build_fastapi(
         caller = _caller(relay, request)
         body = _with_engine_priority(model, "/" + path, payload, body, caller)
         forwarded = relay_request(model, "/" + path, payload, body, _rid(request), adapter, placed_on)
-        return await relay.forward(model, forwarded, log, caller)
-
-    install_cors(app, server.cors_allow_origins)
-    return app
+        return await relay.forward(model.id, forwarded, log, caller)
 
 
 def _own_methods(app: FastAPI, path: str) -> set[str]:
@@ -221,11 +209,12 @@ def _own_methods(app: FastAPI, path: str) -> set[str]:
     return {method for route in routes for method in route.methods}
 
 
-def _max_new_tokens(body: GenerateRequest, model: ModelConfig) -> int:
+def _max_new_tokens(body: GenerateRequest, model: RoutedModel) -> int:
+    limit = model.limits.max_tokens_limit
     if "max_new_tokens" not in body.model_fields_set:
-        return min(body.max_new_tokens, model.max_tokens_limit)  # the API's default must not fail on a lower limit
-    if body.max_new_tokens > model.max_tokens_limit:
-        message = f"max_new_tokens is {body.max_new_tokens}; this model allows at most {model.max_tokens_limit}"
+        return min(body.max_new_tokens, limit)  # the API's default must not fail on a lower limit
+    if body.max_new_tokens > limit:
+        message = f"max_new_tokens is {body.max_new_tokens}; this model allows at most {limit}"
         raise OpenAIError(400, message, param="max_new_tokens")
     return body.max_new_tokens
 
@@ -238,12 +227,12 @@ def _caller(relay: Relay, request: Request) -> Caller | None:
 
 
 def _with_engine_priority(
-    model: ModelConfig, path: str, payload: dict[str, Any], body: bytes, caller: Caller | None
+    model: RoutedModel, path: str, payload: dict[str, Any], body: bytes, caller: Caller | None
 ) -> bytes:
     """The body with vLLM's ``priority`` set from the caller's class when the model's engine
     schedules by priority (serve_app.core.engine_priority: a client's own value is overwritten);
     otherwise ``body`` unchanged."""
-    if not uses_priority_scheduling(model.engine_options):
+    if not model.priority_scheduling:
         return body
     stamped = stamp_priority(payload, path, caller.priority if caller is not None else None)
     return body if stamped is None else json.dumps(stamped).encode()
@@ -253,14 +242,13 @@ def _rid(request: Request) -> str:
     return str(request.state.request_id)
 
 
-async def _model_cards(relay: Relay, model: ModelConfig, log: RequestLog) -> list[dict[str, Any]]:
+async def _model_cards(relay: Relay, model: RoutedModel, log: RequestLog) -> list[dict[str, Any]]:
     """vLLM's own model cards (with their context length, and any adapters it serves); a model
     scaled to zero is listed from its config instead of being woken up to list itself."""
-    if model.autoscaling is not None and model.autoscaling.min_replicas == 0:
-        names = (model.id, *model.openai_server.served_model_aliases)
-        return [{"id": n, "object": "model", "created": int(time.time()), "owned_by": "vllm"} for n in names]
+    if model.scales_to_zero:
+        return [{"id": n, "object": "model", "created": int(time.time()), "owned_by": "vllm"} for n in model.names]
     request = RelayRequest(f"{log.request_id}-models-{model.id}", "/v1/models", b"", method="GET")
-    answer = await relay.forward(model, request, log)
+    answer = await relay.forward(model.id, request, log)
     if answer.status_code != 200:
         raise OpenAIError(503, f"model {model.id!r} could not list itself", type="service_unavailable")
     return list(json.loads(bytes(answer.body))["data"])

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
 from starlette.responses import Response, StreamingResponse
 
-from serve_app.config import AppConfig, ModelConfig
+from serve_app.config_model import BatchingConfig
+from serve_app.config_router import AdmissionConfig
 from serve_app.core.admission import AdmissionController, AdmissionTicket, Rejection
 from serve_app.observability.logs import RequestLog
 from serve_app.observability.recorder import ServeAppMetrics, StreamTimer
@@ -54,23 +55,29 @@ def _ended_early(end: ResponseEnd) -> OpenAIError:
 
 
 class Relay:
+    """Over the router's admission part and each model's ``batching`` section, by model id
+    (built in serve_app.router.models)."""
+
     def __init__(
         self,
-        config: AppConfig,
+        admission: AdmissionConfig,
+        batching: Mapping[str, BatchingConfig],
         client: ReplicaClient,
         metrics: ServeAppMetrics,
         replica_name: str = "local",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.config = config
+        self.request_timeout_s = admission.request_timeout_s
         self.clock = clock  # monotonic seconds: deadlines, queue waits, token timings
         self.client = client
         self.metrics = metrics
         self.replica_name = replica_name  # this router replica: the label of its admission gauges
         self.flow: FlowGate | None = None  # flow control (tenants, quotas, classes) when configured
-        self.admission = AdmissionController.from_config(config.router.admission())
+        self.admission = AdmissionController.from_config(admission)
         self._batchers = {
-            m.id: BatchDispatcher(client, m, metrics, clock) for m in config.models if m.batching.max_batch_size > 1
+            model_id: BatchDispatcher(client, model_id, section, metrics, clock)
+            for model_id, section in batching.items()
+            if section.max_batch_size > 1
         }
 
     def admit(self, cost: int) -> AdmissionTicket:
@@ -96,30 +103,30 @@ class Relay:
     def _record_queue(self) -> None:
         self.metrics.router_queue(self.replica_name, self.admission.queued_requests, self.admission.queued_tokens)
 
-    def _source(self, model: ModelConfig, request: RelayRequest, admitted_at: float) -> EventSource:
-        batcher = self._batchers.get(model.id)
+    def _source(self, model_id: str, request: RelayRequest, admitted_at: float) -> EventSource:
+        batcher = self._batchers.get(model_id)
         if batcher:
             return batcher.stream(request)  # the dispatcher records batch size and queue wait at dispatch
-        self.metrics.router_batch(model.id, 1)
-        self.metrics.queue_wait(model.id, self.clock() - admitted_at)
-        return self.client.stream(model.id, [request])
+        self.metrics.router_batch(model_id, 1)
+        self.metrics.queue_wait(model_id, self.clock() - admitted_at)
+        return self.client.stream(model_id, [request])
 
     async def forward(
-        self, model: ModelConfig, request: RelayRequest, log: RequestLog, caller: Caller | None = None
+        self, model_id: str, request: RelayRequest, log: RequestLog, caller: Caller | None = None
     ) -> Response:
         """The response, once its first bytes are here (or it failed before them). With flow
         control and a ``caller``, the request first passes its quotas and admission queue."""
-        deadline = self.clock() + self.config.router.request_timeout_s
+        deadline = self.clock() + self.request_timeout_s
         flow_pass = None
         if self.flow is not None and caller is not None:
-            flow_pass = await self.flow.enter(caller, request.cost_hint, self.config.router.request_timeout_s)
+            flow_pass = await self.flow.enter(caller, request.cost_hint, self.request_timeout_s)
         try:
             ticket = self.admit(request.cost_hint)
         except BaseException:
             self._leave(flow_pass, ResponseEnd(0))
             raise
         admitted_at = self.clock()
-        source = self._source(model, request, admitted_at)
+        source = self._source(model_id, request, admitted_at)
         try:
             head = await self._head(source, deadline)
         except BaseException:
@@ -131,10 +138,10 @@ class Relay:
         if head.end is not None:  # the whole answer is here (JSON)
             self.release(ticket)
             await source.aclose()
-            self._finish(model.id, request.adapter, log, head.end, flow_pass)
+            self._finish(model_id, request.adapter, log, head.end, flow_pass)
             return _response(head.start, b"".join(head.bodies))
-        timer = self.metrics.stream_timer(model.id, admitted_at)
-        body = self._rest(model.id, request.adapter, head, source, deadline, (ticket, flow_pass), log, timer)
+        timer = self.metrics.stream_timer(model_id, admitted_at)
+        body = self._rest(model_id, request.adapter, head, source, deadline, (ticket, flow_pass), log, timer)
         response = StreamingResponse(body, status_code=head.start.status)
         response.raw_headers = list(head.start.headers)
         return response

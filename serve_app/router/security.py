@@ -12,16 +12,20 @@ import hashlib
 import hmac
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from serve_app.config import AppConfig, ConfigError, ServerConfig
+from serve_app.config import ConfigError, ServerConfig
+from serve_app.config_tenants import TenantConfig
 from serve_app.core.ratelimit import KeyedRateLimiter, RateDecision
 from serve_app.router.errors import OpenAIError
+
+if TYPE_CHECKING:
+    from serve_app.router.models import RoutedModel
 
 OPEN_PATHS = frozenset({"/health", "/ready"})
 MIN_KEY_CHARS = 16
@@ -109,16 +113,18 @@ def estimate_tokens(body: bytes, completion_budget: Callable[[str | None, Any], 
     return len(body) // 4 + choices * completion_budget(model if isinstance(model, str) else None, requested)
 
 
-def model_completion_budget(config: AppConfig) -> Callable[[str | None, Any], int]:
-    """Tokens a request may generate: what it asks for, capped by the model's limit; embeddings none."""
+def model_completion_budget(models: Sequence[RoutedModel]) -> Callable[[str | None, Any], int]:
+    """Tokens a request may generate: what it asks for, capped by the model's limit; embeddings none.
+    ``model_name`` is looked up by id (None: the first model)."""
+    by_id = {m.id: m for m in models}
 
     def budget(model_name: str | None, requested: Any) -> int:
-        model = config.model(model_name) if model_name else config.models[0]
-        if model is None or model.task != "generate":
+        model = by_id.get(model_name) if model_name else models[0]
+        if model is None or not model.generates:
             return 0
         if isinstance(requested, int) and not isinstance(requested, bool) and requested > 0:
-            return min(requested, model.max_tokens_limit)
-        return model.default_max_tokens
+            return min(requested, model.limits.max_tokens_limit)
+        return model.limits.default_max_tokens
 
     return budget
 
@@ -222,12 +228,16 @@ class SecurityGuard:
         await self.app(scope, receive, send)
 
 
-def install_security(app: FastAPI, config: AppConfig, on_reject: Callable[[str], None]) -> None:
+def install_security(
+    app: FastAPI,
+    server: ServerConfig,
+    tenants: Sequence[TenantConfig],
+    models: Sequence[RoutedModel],
+    on_reject: Callable[[str], None],
+) -> None:
     """Reads the API keys (once, now) and adds the guard; call it before adding BodySizeLimit so
     that the size cap runs first. Adds nothing when neither keys nor limits are configured."""
-    server = config.server
     keys = load_api_keys(server)
-    tenants = config.flow_control.tenants if config.flow_control else []
     digests = tuple(bytes.fromhex(d) for t in tenants for d in t.api_key_sha256)
     limits = (server.rate_limit_requests_per_minute, server.rate_limit_tokens_per_minute)
     limiter = KeyedRateLimiter(*limits) if any(v is not None for v in limits) else None
@@ -236,7 +246,7 @@ def install_security(app: FastAPI, config: AppConfig, on_reject: Callable[[str],
             SecurityGuard,
             keys=ApiKeys(keys, digests) if keys or digests else None,
             limiter=limiter,
-            completion_budget=model_completion_budget(config),
+            completion_budget=model_completion_budget(models),
             on_reject=on_reject,
         )
 

@@ -39,7 +39,8 @@ def test_matches_ray_serve_schema(name: str, doc: dict[str, Any]) -> None:
 def test_every_shipped_placement_is_accepted_by_ray(name: str, doc: dict[str, Any]) -> None:
     for app in doc["applications"]:
         for model in load_config(app["args"]).models:
-            placement = plan_replica_placement(model, load_model_shape(model))
+            engine, deployment = model.engine(), model.deployment()
+            placement = plan_replica_placement(engine, deployment, load_model_shape(engine, deployment))
             ray_accepts(model, placement.deployment_options())
 
 
@@ -52,7 +53,8 @@ def test_every_shipped_placement_is_accepted_by_ray(name: str, doc: dict[str, An
 )
 def test_multi_gpu_placements_are_accepted_by_ray(fields: dict[str, Any], strategy: str) -> None:
     m = ModelConfig.model_validate({"id": "m", "source": "/nonexistent/model"} | fields)
-    options = plan_replica_placement(m, load_model_shape(m)).deployment_options()
+    engine, deployment = m.engine(), m.deployment()
+    options = plan_replica_placement(engine, deployment, load_model_shape(engine, deployment)).deployment_options()
     assert ray_accepts(m, options).placement_group_strategy == strategy
 
 

@@ -21,8 +21,7 @@ from serve_app.router.client import LocalReplicaClient, ReplicaClient
 from serve_app.router.cluster_quota import LocalBank
 from serve_app.router.flow_gate import build_flow_gate
 from serve_app.router.ingress import build_fastapi
-from serve_app.router.readiness import Readiness
-from serve_app.router.relay import Relay
+from serve_app.router.models import build_readiness, build_relay
 from tests.unit.virtual_time import VirtualTimeLoop
 
 # The unit tier imports none of these (tests/unit/test_unit_tier.py checks every module's imports;
@@ -121,12 +120,12 @@ def build_app(
     """The router's HTTP app as its deployment builds it, over ``replica_client``; in a running
     loop (an async test), on that loop's clock. Router replicas of one app share ``adapter_catalog``
     (a ``LocalCatalog`` instead of the Ray actor); None: one of its own."""
-    relay = Relay(
+    relay = build_relay(
         config, replica_client, metrics or ServeAppMetrics.disabled(), replica_name, loop_clock_or_monotonic()
     )
     if config.flow_control is not None:  # the quota bank in this process instead of a Ray actor
         relay.flow = build_flow_gate(config, LocalBank(), relay.metrics, replica_name, relay.clock)
-    return build_fastapi(config, relay, Readiness(config, replica_client), adapter_catalog)
+    return build_fastapi(config, relay, build_readiness(config, replica_client), adapter_catalog)
 
 
 def loop_clock_or_monotonic() -> Callable[[], float]:

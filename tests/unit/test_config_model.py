@@ -12,7 +12,7 @@ from serve_app.config import AppConfig, BatchingConfig, ConfigError, ModelConfig
 from serve_app.config_engine import EngineConfig
 from serve_app.config_model import DeploymentConfig, HealthConfig, LimitsConfig
 from serve_app.engine.vllm_engine import VllmEngine, engine_args_dict, engine_env_vars, server_argv
-from serve_app.replica.deployment import vllm_engine_factory
+from serve_app.replica.engine_start import vllm_engine_factory
 from tests.unit.test_serve_configs import IDS, SERVE_CONFIGS
 
 PARTS = (EngineConfig, DeploymentConfig, LimitsConfig, HealthConfig)

@@ -125,7 +125,7 @@ def test_the_app_admits_allow_ungated(tmp_path: Path) -> None:
 
 
 def test_the_replica_checks_the_gate_where_it_loads_the_weights(tmp_path: Path) -> None:
-    from serve_app.replica.deployment import resolve_model_path
+    from serve_app.replica.engine_start import resolve_model_path
 
     folder = _checkpoint(tmp_path / "q")
     with pytest.raises(GateError, match=r"no evaluation_report\.json"):

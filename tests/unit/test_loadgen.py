@@ -22,9 +22,10 @@ from serve_app.bench.endpoints import send_request
 from serve_app.bench.loadgen import BenchError, poisson_offsets, run_load
 from serve_app.bench.prompts import PromptSetError, chat_prompts, file_prompts, random_prompts
 from serve_app.bench.records import Prompt, RequestRecord
+from serve_app.bench.report import level_from_run, markdown_table
 from serve_app.bench.settings import LoadPlan, Target
 from serve_app.bench.sse import SseParser
-from serve_app.bench.stats import summarize
+from serve_app.bench.stats import Slo, summarize
 
 # Real time, not the virtual-time loop (tests/unit/virtual_time.py): the load generator is timed
 # over a real TCP connection, and a loop that moved its clock on while bytes were in flight would
@@ -162,6 +163,21 @@ async def test_concurrency_cap_holds(fake: tuple[FakeOpenAI, str]) -> None:
     # 7 requests of ~0.35 s, 3 at a time: three waves.
     assert 3 * 0.35 <= result.duration_s < 3 * 0.35 + 1.0
     assert sorted(r.index for r in result.records) == list(range(7))
+
+
+async def test_a_streamed_run_reports_ttft_tpot_and_itl(fake: tuple[FakeOpenAI, str]) -> None:
+    """The load generator's own streamed requests (the fault ledger's loads) keep every streaming
+    figure: the summary and the report's table carry them, as for vLLM's benchmark's runs."""
+    plan = LoadPlan(concurrency=2, num_requests=4, warmup_requests=0)
+    result = await run_load(Target(url=fake[1], model="ok"), plan, [PROMPT], progress=False)
+    summary = summarize(result.records, result.duration_s, Slo(ttft_ms=1000, tpot_ms=1000))
+    assert (summary.ttft.count, summary.tpot.count, summary.itl.count) == (4, 4, 4 * (TOKENS - 1))
+    assert FIRST_TOKEN_S * 1000 <= summary.ttft.p50_ms < (FIRST_TOKEN_S + 0.1) * 1000
+    assert summary.tpot.p50_ms == pytest.approx(GAP_S * 1000, abs=20)  # (latency - ttft) / 4 gaps
+    assert summary.request_goodput == pytest.approx(4 / result.duration_s)
+    row = markdown_table([level_from_run(result, summary)]).splitlines()[2].split(" | ")
+    ttft, tpot, itl = row[7:10]
+    assert "-" not in (ttft, tpot, itl) and ttft.startswith(f"{summary.ttft.p50_ms:.1f} / ")
 
 
 async def test_poisson_arrivals_spread_over_count_over_rate(fake: tuple[FakeOpenAI, str]) -> None:

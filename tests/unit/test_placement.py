@@ -30,7 +30,12 @@ def write_config(folder: Path, **overrides: Any) -> Path:
 
 
 def plan_for(m: ModelConfig, folder: Path | None = None):  # type: ignore[no-untyped-def]
-    return plan_replica_placement(m, load_model_shape(m, folder))
+    engine, deployment = m.engine(), m.deployment()
+    return plan_replica_placement(engine, deployment, load_model_shape(engine, deployment, folder))
+
+
+def shape_of(m: ModelConfig, folder: Path | None = None):  # type: ignore[no-untyped-def]
+    return load_model_shape(m.engine(), m.deployment(), folder)
 
 
 def test_single_gpu_replica_needs_no_placement_group() -> None:
@@ -152,13 +157,13 @@ def test_quantization_group_must_not_split_across_ranks(tmp_path: Path) -> None:
 
 def test_readable_config_json_wins_over_preset(tmp_path: Path) -> None:
     folder = write_config(tmp_path / "m", num_attention_heads=40, num_key_value_heads=40)
-    info = load_model_shape(model(source=str(folder), shape_preset="llama-2-7b"))
+    info = shape_of(model(source=str(folder), shape_preset="llama-2-7b"))
     assert info is not None and info.shape.num_attention_heads == 40 and "config.json" in info.origin
 
 
 def test_shape_sources_for_presets_embedded_and_unknown() -> None:
-    info = load_model_shape(model(source="embedded:smollm2-135m-instruct"), Path("/nonexistent"))
+    info = shape_of(model(source="embedded:smollm2-135m-instruct"), Path("/nonexistent"))
     assert info is not None and info.shape.num_kv_heads == 3
-    assert load_model_shape(model()) is None
+    assert shape_of(model()) is None
     placement = plan_for(model(tensor_parallel_size=2))  # nothing to check the heads against
     assert placement.world_size == 2 and "unchecked" in placement.notes[0]

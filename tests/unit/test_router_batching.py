@@ -214,7 +214,7 @@ async def _dispatcher(token_delay_s: float, max_batch_size: int, batch_timeout_m
     batching = {"max_batch_size": max_batch_size, "batch_timeout_ms": batch_timeout_ms}
     model = ModelConfig(id="fake", source="/x", batching=batching)
     client = CountingClient({"fake": await make_replica_async(model, engine)})
-    return engine, client, BatchDispatcher(client, model, ServeAppMetrics.disabled(), loop_clock())
+    return engine, client, BatchDispatcher(client, "fake", model.batching, ServeAppMetrics.disabled(), loop_clock())
 
 
 def _request(rid: str, max_tokens: int, stream: bool = False) -> RelayRequest:

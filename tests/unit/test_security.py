@@ -17,6 +17,7 @@ from serve_app.engine.fake import FakeEngine
 from serve_app.observability import InMemoryMetricsBackend, ServeAppMetrics
 from serve_app.router import security
 from serve_app.router.client import LocalReplicaClient
+from serve_app.router.models import routed_models
 from tests.unit.conftest import app_client as served_app
 from tests.unit.conftest import build_app, make_replica
 
@@ -191,7 +192,7 @@ def test_without_keys_limits_apply_per_client_address() -> None:
 
 def test_estimate_counts_body_and_completion_budget() -> None:
     budget = security.model_completion_budget(
-        AppConfig(models=[ModelConfig(id="m", max_tokens_limit=50, default_max_tokens=10)])
+        routed_models([ModelConfig(id="m", max_tokens_limit=50, default_max_tokens=10)])
     )
     body = b'{"model": "m", "max_tokens": 40, "n": 2}'
     assert security.estimate_tokens(body, budget) == len(body) // 4 + 80

@@ -47,7 +47,8 @@ def test_args_are_a_valid_app_config_with_workable_placement(name: str, doc: dic
         assert app["import_path"] == "serve_app.app:build_app"
         config = load_config(app["args"])
         for model in config.models:
-            placement = plan_replica_placement(model, load_model_shape(model))
+            engine, deployment = model.engine(), model.deployment()
+            placement = plan_replica_placement(engine, deployment, load_model_shape(engine, deployment))
             if placement.world_size > 1:
                 assert model.ray_actor_options.num_gpus == 0
             assert not placement.notes, placement.notes  # every multi-GPU config names its shape
