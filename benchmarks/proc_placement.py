@@ -63,11 +63,36 @@ def sample() -> list[dict[str, Any]]:
     return [p for p in procs if p is not None]
 
 
+def digest(samples: Path, min_cpu_s: float) -> str:
+    """A markdown row per process that used at least ``min_cpu_s`` of CPU, from its last sample."""
+    last: dict[int, dict[str, Any]] = {}
+    for line in samples.read_text().splitlines():
+        for proc in json.loads(line)["procs"]:
+            last[proc["pid"]] = proc
+    head = "| pid | process | nice | CPUs allowed | threads | OMP_NUM_THREADS | GOMP_CPU_AFFINITY | CPU s |"
+    rows = [head, "|---:|---|---:|---|---:|---|---|---:|"]
+    for pid, proc in sorted(last.items()):
+        cpu_s = sum(t["cpu_ticks"] for t in proc["threads"]) / 100  # USER_HZ
+        if cpu_s < min_cpu_s:
+            continue
+        env, nice = proc["env"], proc["threads"][0].get("nice", "?")
+        rows.append(
+            f"| {pid} | `{proc['cmd'][:70]}` | {nice} | {proc['allowed']} | {len(proc['threads'])}"
+            f" | {env.get('OMP_NUM_THREADS', '-')} | {env.get('GOMP_CPU_AFFINITY', '-')} | {cpu_s:.1f} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="JSON lines, one sample of every process per line")
     parser.add_argument("--every", type=float, default=15.0)
+    parser.add_argument("--digest", action="store_true", help="print a table of --out's processes and exit")
+    parser.add_argument("--min-cpu-s", type=float, default=2.0, help="--digest: leave out processes under this")
     args = parser.parse_args()
+    if args.digest:
+        print(digest(args.out, args.min_cpu_s), end="")
+        return
     with args.out.open("a") as out:
         while True:
             out.write(json.dumps({"t": time.time(), "procs": sample()}) + "\n")
