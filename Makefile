@@ -48,9 +48,12 @@ quant-env:
 
 ## Set up, prepare the embedded model and serve it on http://127.0.0.1:8000 (Ctrl-C stops), behind
 ## the shipped door: Ray Serve's HAProxy, which Ray reads from the environment that starts it.
+## RAY_worker_niceness=0: Ray runs its workers (the replicas, their vLLM engine processes, HAProxy)
+## at nice 15 by default, below its own daemons and anything else on the machine; on a small CPU
+## host that starves the engine whenever another process wants a core.
 serve: install
 	$(VENV)/bin/serve-app prepare-model
-	RAY_SERVE_ENABLE_HA_PROXY=1 $(VENV)/bin/serve run configs/local.yaml
+	RAY_SERVE_ENABLE_HA_PROXY=1 RAY_worker_niceness=0 $(VENV)/bin/serve run configs/local.yaml
 
 ## Set up and run every test (unit + integration on the real stack).
 test: install-test

@@ -54,6 +54,8 @@ HAPROXY_ENV = (
     }
     | {"RAY_SERVE_HAPROXY_SERVER_STATE_BASE": HAPROXY_DIR}
 )
+# `make serve` starts Ray with its workers at the engine's niceness (0) rather than Ray's default 15.
+DOOR_ENV = HAPROXY_ENV | {"RAY_worker_niceness": "0"}
 SHAPES = {"fixed": [], "variable": ["--random-range-ratio", "0.5"]}
 FIGURES = [  # (column, vLLM's JSON key)
     ("output tok/s", "output_throughput"),
@@ -80,7 +82,9 @@ def servers(args: argparse.Namespace) -> list[Server]:
     ray_llm_env = VLLM_ENV | {"PYTHONPATH": args.ray_llm_site} if args.ray_llm_site else VLLM_ENV
     every = [
         Server("plain-vllm", plain_vllm_command(fp32_model(), PORT), "/health", VLLM_ENV),
-        Server("stack-haproxy", stack, "/ready", HAPROXY_ENV),
+        Server("stack-haproxy", stack, "/ready", DOOR_ENV),
+        # the same door with Ray's default worker niceness (as `make serve` started it before)
+        Server("stack-haproxy-nice15", stack, "/ready", HAPROXY_ENV),
         Server("stack-ray-proxy", stack, "/ready"),
         Server("ray-serve-llm", [PY, __file__, "_ray_llm"], "/v1/models", ray_llm_env),
     ]

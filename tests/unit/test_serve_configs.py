@@ -4,6 +4,7 @@ checks of the same files: tests/integration/test_ray_accepts.py)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +72,24 @@ def test_a_broken_config_is_caught() -> None:
     doc["applications"][0]["args"]["models"][0]["tensor_paralel_size"] = 8
     with pytest.raises(ConfigError, match="tensor_paralel_size: unknown key"):
         load_config(doc["applications"][0]["args"])
+
+
+def make_serve_env() -> dict[str, str]:
+    """The variables `make serve` sets on the `serve run configs/local.yaml` line (Ray reads them)."""
+    recipe = (REPO / "Makefile").read_text().split("\nserve:", 1)[1]
+    line = next(x for x in recipe.splitlines() if "serve run configs/local.yaml" in x)
+    return dict(w.split("=", 1) for w in line.split() if "=" in w and not w.startswith("$"))
+
+
+def test_make_serve_runs_ray_workers_at_the_engines_niceness() -> None:
+    # Ray's default (15) puts the replicas' vLLM engine below every other process on the host.
+    assert make_serve_env() == {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_worker_niceness": "0"}
+
+
+def test_cpu_compare_measures_the_door_as_make_serve_starts_it() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import cpu_compare
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    assert make_serve_env().items() <= cpu_compare.DOOR_ENV.items()
