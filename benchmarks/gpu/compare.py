@@ -60,10 +60,12 @@ def _get(url: str) -> int:
 def wait_for(url: str, timeout_s: float, proc: subprocess.Popen | None = None) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
-        if _get(url) == 200:
-            return time.monotonic() - started
+        # The process first: a server that died (say, its port was taken) must not pass on the
+        # health of whatever else answers that port.
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server for {url} exited with {proc.returncode}")
+        if _get(url) == 200:
+            return time.monotonic() - started
         time.sleep(3)
     raise TimeoutError(f"{url} not 200 after {timeout_s} s")
 

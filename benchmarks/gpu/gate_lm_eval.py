@@ -4,8 +4,9 @@ and golden answers come from ``goodput.py gate``; this adds the task scores thro
 
     python benchmarks/gpu/gate_lm_eval.py --out $OUT --lm-eval-python /tmp/lm-eval-python
 
-Each variant is served in turn by plain vLLM's api_server, eager (no graph capture: starts take
-seconds, and greedy answers do not depend on it); lm-eval sends one request at a time. The report
+Each variant is served in turn by plain vLLM's api_server, eager (greedy answers do not depend on
+graph capture), on its own port, and stopped before the next starts; lm-eval sends one request at a
+time. The report
 (``lm-eval.json``) holds each variant's scores and, for the FP8 variants, the change against bf16
 with a verdict: no score may fall by more than ``--max-score-drop``.
 """
@@ -26,8 +27,7 @@ import compare  # this folder's: model cache, spawning, waiting
 sys.path.insert(0, str(compare.REPO))
 from serve_app.quantize.lm_eval_task import MC_TASK, TASKS, lm_eval_command, read_scores
 
-PORT = 8102
-URL = f"http://127.0.0.1:{PORT}"
+FIRST_PORT = 8102  # each variant its own port: a server left over cannot answer for the next one
 SERVED_NAME = "smollm2-135m-instruct"
 MODEL_DIR = compare.CACHE / SERVED_NAME
 FP8 = ["--quantization", "fp8"]
@@ -43,26 +43,54 @@ def prepare_model() -> None:
         subprocess.run(cmd, cwd=compare.REPO, check=True)
 
 
-def serve(variant: str, flags: list[str], out: Path, timeout_s: float) -> subprocess.Popen:
+def url_of(index: int) -> str:
+    return f"http://127.0.0.1:{FIRST_PORT + index}"
+
+
+def spawn(variant: str, flags: list[str], url: str, out: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(MODEL_DIR)]
-    cmd += ["--served-model-name", SERVED_NAME, "--port", str(PORT), *ENGINE_FLAGS, *flags]
-    proc = compare._spawn(cmd, out / f"vllm-{variant}.log", {"CUDA_VISIBLE_DEVICES": "0"})
-    compare.wait_for(URL + "/health", timeout_s, proc)
-    return proc
+    cmd += ["--served-model-name", SERVED_NAME, "--port", url.rsplit(":", 1)[1], *ENGINE_FLAGS, *flags]
+    return compare._spawn(cmd, out / f"vllm-{variant}.log", {"CUDA_VISIBLE_DEVICES": "0"})
 
 
-def score(variant: str, out: Path, python: str) -> dict[str, dict[str, float]]:
+def score(variant: str, url: str, out: Path, python: str) -> dict[str, dict[str, float]]:
     scores = {}
     for task in TASKS:
         folder = out / "lm-eval" / variant / task
         tokenizer = MODEL_DIR if task == MC_TASK else None
-        run = lm_eval_command(task, URL, SERVED_NAME, folder, tokenizer=tokenizer, python=python)
+        run = lm_eval_command(task, url, SERVED_NAME, folder, tokenizer=tokenizer, python=python)
         with (out / f"lm-eval-{variant}-{task}.log").open("w") as log:
             env = os.environ | run.env
             subprocess.run(run.argv, cwd=run.cwd, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
         scores[task] = read_scores(folder, task)
         print(variant, task, scores[task], flush=True)
     return scores
+
+
+def run_variant(variant: str, flags: list[str], url: str, args: argparse.Namespace) -> dict:
+    """Serve one variant, score it, and stop it whatever happened: its scores only if its own server
+    started and was still the one running when lm-eval finished."""
+    proc = spawn(variant, flags, url, args.out)
+    try:
+        compare.wait_for(url + "/health", args.timeout, proc)
+        scores = score(variant, url, args.out, args.lm_eval_python)
+        if proc.poll() is not None:
+            raise RuntimeError(f"the {variant} server exited with {proc.returncode} while it was scored")
+        return {"flags": flags, "scores": scores}
+    except Exception as err:  # one variant's failure is recorded, the others still run
+        return {"flags": flags, "error": f"{type(err).__name__}: {err}"}
+    finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
 
 
 def verdicts(results: dict[str, dict], max_drop: float) -> dict[str, dict]:
@@ -85,7 +113,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--lm-eval-python", required=True, help="an interpreter that imports lm_eval")
-    parser.add_argument("--timeout", type=float, default=180, help="seconds for each engine to start")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds for each engine to start")
     parser.add_argument("--max-score-drop", type=float, default=0.05)
     parser.add_argument("--variants", default=",".join(v for v, _ in VARIANTS), help="comma-separated subset")
     args = parser.parse_args()
@@ -93,18 +121,9 @@ def main() -> None:
     prepare_model()
     results: dict[str, dict] = {}
     chosen = args.variants.split(",")
-    for variant, flags in (v for v in VARIANTS if v[0] in chosen):
+    for index, (variant, flags) in enumerate(v for v in VARIANTS if v[0] in chosen):
         started = time.monotonic()
-        proc = None
-        try:
-            proc = serve(variant, flags, args.out, args.timeout)
-            results[variant] = {"flags": flags, "scores": score(variant, args.out, args.lm_eval_python)}
-        except Exception as err:  # one variant's failure is recorded, the others still run
-            results[variant] = {"flags": flags, "error": f"{type(err).__name__}: {err}"}
-        finally:
-            if proc is not None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=60)
+        results[variant] = run_variant(variant, flags, url_of(index), args)
         results[variant]["seconds"] = round(time.monotonic() - started, 1)
     report = {
         "model": SERVED_NAME,

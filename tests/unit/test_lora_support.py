@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,7 @@ def test_only_measured_failures_are_refused_and_every_entry_is_a_known_scheme() 
     problem = lora_quantization_problem(["w4a16", "w8a8-int8"], "cpu")
     assert problem is not None and problem.startswith("LoRA cannot run on an int8 W8A8 checkpoint on CPU: ")
     assert lora_quantization_problem(["w4a16", "w4a16-asym"], "cpu") is None
-    assert lora_quantization_problem(["w8a8-int8", "fp8", "fp8-kv"], "gpu") is None  # nothing measured to fail
+    assert lora_quantization_problem(["w8a8-int8", "fp8", "fp8-kv"], "gpu") is None  # measured to serve on a GPU
 
 
 def test_a_gpu_failure_filled_in_the_table_is_refused_on_gpu_only(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,3 +70,24 @@ def test_quantize_on_load_and_kv_cache_reach_the_config_check(monkeypatch: pytes
     with pytest.raises(ConfigError, match=r"models\[0\].lora: LoRA cannot run on FP8 weights on GPU: measured: no$"):
         check_adapters(load_config({"models": [model]}))
     check_adapters(load_config({"models": [model | {"quantization": None, "kv_cache_dtype": "fp8"}]}))
+
+
+# The --device gpu run's base names, as the table's schemes.
+GPU_RUN_SCHEMES = {"fp8": ["fp8"], "fp8-fp8kv": ["fp8", "fp8-kv"], "w8a8-int8": ["w8a8-int8"]}
+
+
+def test_the_gpu_rows_are_what_the_committed_gpu_run_measured() -> None:
+    run = json.loads(
+        (Path(__file__).resolve().parents[2] / "benchmarks/results/lora/quantized-base-gpu.json").read_text()
+    )
+    assert run["device"] == "gpu"
+    for base, schemes in GPU_RUN_SCHEMES.items():
+        answers = run["bases"][base]["answers"]
+        base_answers = answers["smollm2-135m-instruct"]
+        for adapter in ("pirate", "robot"):
+            assert all(answers[adapter][p] != base_answers[p] for p in run["prompts"]), (base, adapter)
+        for scheme in schemes:
+            assert ("gpu", scheme) in lora_support.LORA_ON_QUANTIZED, scheme
+            assert lora_support.LORA_ON_QUANTIZED[("gpu", scheme)] is None, scheme
+    measured_gpu = {s for schemes in GPU_RUN_SCHEMES.values() for s in schemes}
+    assert {s for d, s in lora_support.LORA_ON_QUANTIZED if d == "gpu"} == measured_gpu

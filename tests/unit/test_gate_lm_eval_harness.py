@@ -1,0 +1,65 @@
+"""The GPU lm-eval harness (benchmarks/gpu/gate_lm_eval.py) scores a variant only on its own server:
+its first GPU run scored the FP8 variants on a bf16 server left over from a timed-out start, because
+their own servers could not bind the shared port and the health check passed on the leftover."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks" / "gpu"))
+
+import compare
+import gate_lm_eval
+
+
+class _Healthy(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def someone_elses_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Healthy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_dead_server_does_not_pass_on_another_ones_health(someone_elses_server: str) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"])
+    dead.wait()
+    with pytest.raises(RuntimeError, match="exited with 1"):
+        compare.wait_for(someone_elses_server + "/health", 5, dead)
+
+
+def test_a_variant_that_never_starts_is_stopped_and_recorded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    started: list[subprocess.Popen] = []
+
+    def spawn(variant: str, flags: list[str], url: str, out: Path) -> subprocess.Popen:
+        started.append(subprocess.Popen(["sleep", "600"], start_new_session=True))
+        return started[-1]
+
+    monkeypatch.setattr(gate_lm_eval, "spawn", spawn)
+    args = argparse.Namespace(out=tmp_path, timeout=0.2, lm_eval_python=sys.executable)
+    result = gate_lm_eval.run_variant("bf16", [], "http://127.0.0.1:9", args)
+    assert result["error"].startswith("TimeoutError")
+    assert "scores" not in result
+    assert started[0].poll() is not None, "the server that did not start in time is still running"
+
+
+def test_each_variant_has_its_own_port() -> None:
+    urls = [gate_lm_eval.url_of(i) for i in range(len(gate_lm_eval.VARIANTS))]
+    assert len(set(urls)) == len(urls)
