@@ -38,9 +38,10 @@ import httpx
 import psutil
 
 from serve_app.bench.readiness import wait_until_ok
-from serve_app.config import AppConfig, ModelConfig, app_args_from_serve_file, load_config
+from serve_app.config import AppConfig, app_args_from_serve_file, load_config
 from serve_app.engine.fake import FakeEngine
 from serve_app.replica.deployment import LLMReplica
+from serve_app.replica.parts import ReplicaParts, replica_parts
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
@@ -87,8 +88,8 @@ class CountingReplica(LLMReplica):
 
 
 def fake_engine_factory(delay_s: float) -> Any:
-    def factory(model: ModelConfig, path: Path) -> FakeEngine:
-        return FakeEngine(token_delay_s=delay_s, model_id=model.id)
+    def factory(parts: ReplicaParts, path: Path) -> FakeEngine:
+        return FakeEngine(token_delay_s=delay_s, model_id=parts.engine.id)
 
     return factory
 
@@ -159,7 +160,9 @@ def deploy(config: AppConfig, name: str, engine_factory: Any, extra_env: dict[st
     replicas = {
         m.id: serve.deployment(CountingReplica)
         .options(**replica_options(m, config.router.replica_choice(), config.nccl, env))
-        .bind(m, config.model_cache_dir, engine_factory=engine_factory, export_metrics=True, json_logs=True)
+        .bind(
+            replica_parts(m), config.model_cache_dir, engine_factory=engine_factory, export_metrics=True, json_logs=True
+        )
         for m in config.models
     }
     router = serve.deployment(serve.ingress()(RouterDeployment)).options(

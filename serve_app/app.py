@@ -19,6 +19,7 @@ from serve_app.config_router import ReplicaChoiceConfig, RouterDeploymentConfig
 from serve_app.core.placement import load_model_shape, plan_replica_placement
 from serve_app.engine.vllm_engine import engine_env_vars
 from serve_app.replica.deployment import LLMReplica
+from serve_app.replica.parts import replica_parts
 from serve_app.router.deployment import RouterDeployment
 from serve_app.validate import validate_app
 
@@ -126,7 +127,7 @@ def build_app(args: AppConfig) -> Application:
     replicas = {
         m.id: serve.deployment()(LLMReplica)
         .options(**replica_options(m, config.router.replica_choice(), config.nccl, serve_env))
-        .bind(m, config.model_cache_dir, export_metrics=True, json_logs=True)
+        .bind(replica_parts(m), config.model_cache_dir, export_metrics=True, json_logs=True)
         for m in config.models
     }
     size = config.router.deployment()

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from serve_app.config import ModelConfig
+from serve_app.config_engine import EngineConfig
 from serve_app.errors import ServeAppError
 from serve_app.models.lora_adapters import adapter_problem, resolve_adapter_path
 from serve_app.observability.recorder import ServeAppMetrics
@@ -29,7 +29,7 @@ class AdapterError(ServeAppError, ValueError):
     """A static adapter that cannot be served: the replica does not start (a config error)."""
 
 
-def with_local_adapters(model: ModelConfig, base: Path, cache_dir: Path | None) -> ModelConfig:
+def with_local_adapters(model: EngineConfig, base: Path, cache_dir: Path | None) -> EngineConfig:
     """``model`` with its static adapters' paths resolved to local folders, each checked."""
     if model.lora is None or not model.lora.adapters:
         return model
@@ -77,7 +77,7 @@ class ReplicaAdapters:
 
     def __init__(
         self,
-        model: ModelConfig,
+        model: EngineConfig,
         base: Path,
         app: Any,
         metrics: ServeAppMetrics | None = None,

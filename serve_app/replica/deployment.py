@@ -10,10 +10,10 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from serve_app.config import ModelConfig
 from serve_app.core.autoscaling import ReplicaSignals
 from serve_app.core.policies import ROUTING_STAT_ADAPTERS
 from serve_app.engine.protocol import Engine
@@ -31,6 +31,7 @@ from serve_app.replica.contract import (
     ResponseEnd,
 )
 from serve_app.replica.engine_start import EngineFactory, resolve_model_path, vllm_engine_factory
+from serve_app.replica.parts import ReplicaParts
 from serve_app.replica.server_routes import ServerRoutes
 
 logger = logging.getLogger("serve_app.replica")
@@ -52,7 +53,7 @@ class LLMReplica:
 
     async def __init__(  # type: ignore[misc]  # Ray Serve awaits an async constructor
         self,
-        model: ModelConfig,
+        parts: ReplicaParts,
         cache_dir: str | None = None,
         engine_factory: EngineFactory | None = None,
         drain_timeout_s: float = 60.0,
@@ -62,7 +63,6 @@ class LLMReplica:
     ) -> None:
         if json_logs:
             install_json_logging()  # serve_app.observability.logs says why not Ray Serve's JSON encoding
-        self.model = model
         self.clock = clock  # monotonic seconds: progress (check_health) and request logs
         self.metrics = ServeAppMetrics.for_ray() if export_metrics else ServeAppMetrics.disabled()
         self.replica_name = _replica_name() if export_metrics else "local"  # cancel calls target it
@@ -75,15 +75,16 @@ class LLMReplica:
         self._idle.set()
         self._last_progress = self.clock()  # the last bytes out of the server (see check_health)
         self._engine_failed = False  # set when check_health fails: nothing left to drain
-        path = await asyncio.to_thread(resolve_model_path, model, cache_dir)
+        path = await asyncio.to_thread(resolve_model_path, parts.engine, cache_dir)
         # Static LoRA adapters resolved to local folders and checked before the engine starts.
-        local = await asyncio.to_thread(with_local_adapters, model, path, Path(cache_dir) if cache_dir else None)
-        self.engine: Engine = (engine_factory or vllm_engine_factory)(local, path)
+        local = await asyncio.to_thread(with_local_adapters, parts.engine, path, Path(cache_dir) if cache_dir else None)
+        self.engine_config, self.health = local, parts.health
+        self.engine: Engine = (engine_factory or vllm_engine_factory)(replace(parts, engine=local), path)
         started = self.clock()
         await self.engine.start()
         self.routes = ServerRoutes.of(self.engine.app)
         self.adapters = ReplicaAdapters(local, path, self.engine.app, self.metrics, self.replica_name)
-        logger.info("model %s ready in %.1f s from %s", model.id, self.clock() - started, path)
+        logger.info("model %s ready in %.1f s from %s", local.id, self.clock() - started, path)
 
     async def stream(self, requests: list[RelayRequest]) -> AsyncIterator[BatchOpened | list[Event]]:
         """Answer a router batch: every request runs concurrently in the server (the engine batches
@@ -128,7 +129,9 @@ class LLMReplica:
         return len(running)
 
     async def _serve(self, index: int, request: RelayRequest, emit: Callable[[Event], None]) -> None:
-        log = ReplicaRequestLog(request.request_id, request.path, self.model.id, self.replica_name, self.clock())
+        log = ReplicaRequestLog(
+            request.request_id, request.path, self.engine_config.id, self.replica_name, self.clock()
+        )
 
         def emit_and_note(event: Event) -> None:
             if isinstance(event, ResponseBody):
@@ -196,18 +199,18 @@ class LLMReplica:
 
     async def probe(self, prompt: str, max_tokens: int = 16) -> str:
         """A short greedy generation: the readiness check that the model really answers."""
-        if self.model.task == "embed":
+        if self.engine_config.task == "embed":
             status, body = await self.call_json(
-                "/v1/embeddings", {"model": self.model.id, "input": prompt}, self.model.readiness_timeout_s
+                "/v1/embeddings", {"model": self.engine_config.id, "input": prompt}, self.health.readiness_timeout_s
             )
             return "ok" if status == 200 and body["data"][0]["embedding"] else ""
         payload = {
-            "model": self.model.id,
+            "model": self.engine_config.id,
             "messages": [{"role": "user", "content": prompt}],
             "max_tokens": max_tokens,
             "temperature": 0.0,
         }
-        status, body = await self.call_json("/v1/chat/completions", payload, self.model.readiness_timeout_s)
+        status, body = await self.call_json("/v1/chat/completions", payload, self.health.readiness_timeout_s)
         if status != 200:
             raise RuntimeError(f"status {status}: {body}")
         return str(body["choices"][0]["message"]["content"] or "")
@@ -224,12 +227,12 @@ class LLMReplica:
             await self.engine.check_health()
             if self._shutting_down:
                 return
-            stall_s = self.model.engine_stall_timeout_s
+            stall_s = self.health.engine_stall_timeout_s
             if self._inflight:
                 silent_s = self.clock() - self._last_progress
                 if silent_s > stall_s:
                     raise EngineDeadError(f"engine made no progress for {silent_s:.0f} s ({len(self._inflight)} reqs)")
-            elif self.model.task == "generate":
+            elif self.engine_config.task == "generate":
                 await self._liveness_probe(stall_s)
         except EngineDeadError:
             # Fail what waits on this engine now (the disconnect aborts each request, whose
@@ -244,7 +247,7 @@ class LLMReplica:
 
     async def _liveness_probe(self, timeout_s: float) -> None:
         # Straight to the server: not counted as load, not refused while draining.
-        payload = {"model": self.model.id, "prompt": "Hi", "max_tokens": 1, "temperature": 0.0}
+        payload = {"model": self.engine_config.id, "prompt": "Hi", "max_tokens": 1, "temperature": 0.0}
         try:
             await self.call_json("/v1/completions", payload, timeout_s)
         except TimeoutError:
@@ -254,11 +257,11 @@ class LLMReplica:
         """Called by Ray Serve every couple of seconds: routing load, the adapters the engine
         holds (adapter affinity), and the engine gauges."""
         stats = self.engine.stats()
-        adapters = await self.engine.loaded_adapters() if self.model.lora else []
+        adapters = await self.engine.loaded_adapters() if self.engine_config.lora else []
         self.adapters.note_cached(adapters)
         outstanding_tokens = sum(self._inflight.values())
-        self.metrics.engine_stats(self.model.id, self.replica_name, stats)
-        self.metrics.replica_load(self.model.id, self.replica_name, len(self._inflight), outstanding_tokens)
+        self.metrics.engine_stats(self.engine_config.id, self.replica_name, stats)
+        self.metrics.replica_load(self.engine_config.id, self.replica_name, len(self._inflight), outstanding_tokens)
         return {
             "outstanding_requests": len(self._inflight),
             "outstanding_tokens": outstanding_tokens,

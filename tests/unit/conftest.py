@@ -16,6 +16,7 @@ from serve_app.config import AppConfig, ModelConfig
 from serve_app.engine.fake import FakeEngine
 from serve_app.observability.recorder import ServeAppMetrics
 from serve_app.replica.deployment import LLMReplica
+from serve_app.replica.parts import replica_parts
 from serve_app.router.adapter_catalog import Catalog
 from serve_app.router.client import LocalReplicaClient, ReplicaClient
 from serve_app.router.cluster_quota import LocalBank
@@ -75,7 +76,7 @@ async def _new_replica(
     model: ModelConfig, engine: FakeEngine, clock: Callable[[], float] = time.monotonic
 ) -> LLMReplica:
     replica = LLMReplica.__new__(LLMReplica)
-    await LLMReplica.__init__(replica, model, None, engine_factory=lambda _m, _p: engine, clock=clock)  # type: ignore[misc]
+    await LLMReplica.__init__(replica, replica_parts(model), None, engine_factory=lambda _m, _p: engine, clock=clock)  # type: ignore[misc]
     return replica
 
 

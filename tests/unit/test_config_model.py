@@ -13,6 +13,7 @@ from serve_app.config_engine import EngineConfig
 from serve_app.config_model import DeploymentConfig, HealthConfig, LimitsConfig
 from serve_app.engine.vllm_engine import VllmEngine, engine_args_dict, engine_env_vars, server_argv
 from serve_app.replica.engine_start import vllm_engine_factory
+from serve_app.replica.parts import replica_parts
 from tests.unit.test_serve_configs import IDS, SERVE_CONFIGS
 
 PARTS = (EngineConfig, DeploymentConfig, LimitsConfig, HealthConfig)
@@ -117,7 +118,7 @@ def test_every_shipped_model_is_its_parts_put_together(name: str, doc: dict[str,
 
 def test_the_engine_adapter_is_built_from_the_engine_part() -> None:
     model = ModelConfig.model_validate(ENTRY | {"ray_actor_options": {"num_gpus": 0.5}})
-    engine = vllm_engine_factory(model, Path("/models/m"))
+    engine = vllm_engine_factory(replica_parts(model), Path("/models/m"))
     assert isinstance(engine, VllmEngine) and type(engine.config) is EngineConfig
     assert (engine.actor_gpus, engine.preflight_timeout_s) == (0.5, 5)
     path = Path("/models/m")
