@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -68,6 +69,17 @@ def wait_for(url: str, timeout_s: float, proc: subprocess.Popen | None = None) -
             return time.monotonic() - started
         time.sleep(3)
     raise TimeoutError(f"{url} not 200 after {timeout_s} s")
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """Stop a server started by ``_spawn`` (its own session): TERM, then KILL after a minute."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
 
 
 def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:

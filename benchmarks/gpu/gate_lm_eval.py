@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -80,17 +79,7 @@ def run_variant(variant: str, flags: list[str], url: str, args: argparse.Namespa
     except Exception as err:  # one variant's failure is recorded, the others still run
         return {"flags": flags, "error": f"{type(err).__name__}: {err}"}
     finally:
-        stop(proc)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        compare.stop_process(proc)
 
 
 def verdicts(results: dict[str, dict], max_drop: float) -> dict[str, dict]:
