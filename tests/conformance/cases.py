@@ -70,6 +70,10 @@ class Case:
     json_content: bool = False
     # The reference must answer with at least one parsed tool call.
     tool_call: bool = False
+    # The target's stream must come in several chunks when the reference's does. Only long answers
+    # set it: vLLM folds the tokens its reader has not taken yet into one chunk, so on a busy machine
+    # a short answer can arrive whole from either server.
+    streams_in_pieces: bool = False
     # The stack's own, stricter answer where it deliberately differs from plain vLLM (its caps).
     stack_status: int | None = None
     # Plain vLLM does not answer in time: the reference is not asked, and with two plain servers the

@@ -35,6 +35,7 @@ MULTI_TURN = [
 BASICS = [
     chat("chat_greedy"),
     chat("chat_greedy_stream", stream=True),
+    chat("chat_long_stream", stream=True, max_tokens=64, extra_body={"ignore_eos": True}, streams_in_pieces=True),
     chat("chat_multi_turn", messages=MULTI_TURN),
     chat("chat_stop_string", stop=["."], max_tokens=24),
     chat("chat_stop_list_stream", stream=True, stop=[" is", "\n"], max_tokens=24),

@@ -22,6 +22,7 @@ SAMPLED = {"temperature": 0.8, "seed": 99}
 COMPLETIONS = [
     completion("cmpl_greedy"),
     completion("cmpl_greedy_stream", stream=True),
+    completion("cmpl_long_stream", stream=True, max_tokens=64, extra_body={"ignore_eos": True}, streams_in_pieces=True),
     completion("cmpl_prompt_list", prompt=["The capital of France is", "One, two, three,"]),
     completion("cmpl_prompt_list_stream", stream=True, prompt=["The capital of France is", "One, two, three,"]),
     completion("cmpl_token_ids", prompt=FRANCE_IDS),
