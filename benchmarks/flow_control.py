@@ -15,8 +15,6 @@ Ray Serve's Python proxy. Both start through the integration tests' ``running_se
 
 ``--engine-scheduling-policy priority`` runs vLLM's priority scheduler (``engine_options``), and
 the router then sets each request's ``priority`` from its class (serve_app.core.engine_priority).
-``--batch-max-preemptions N`` lets an interactive start preempt running batch requests that have
-sent nothing yet (serve_app.core.preemption); pair it with ``--batch-max-in-flight-when-higher-active 0``.
 """
 
 from __future__ import annotations
@@ -56,7 +54,6 @@ def app_config(
     batch_max_in_flight: int = MAX_IN_FLIGHT // 2,
     batch_yield: int | None = None,
     scheduling_policy: str = "fcfs",
-    batch_max_preemptions: int = 0,
 ) -> dict[str, Any]:
     model = {"id": MODEL, "source": f"embedded:{MODEL}", "dtype": "float32", "enforce_eager": True}
     model |= {"max_model_len": 512, "readiness_expect": "Paris"}
@@ -75,8 +72,6 @@ def app_config(
     batch: dict[str, Any] = {"max_wait_s": 10, "max_in_flight": batch_max_in_flight}
     if batch_yield is not None:  # batch's cap while interactive requests wait or are in flight
         batch["max_in_flight_when_higher_active"] = batch_yield
-    if batch_max_preemptions:  # a batch request not yet answering is stopped when interactive starts
-        batch["max_preemptions"] = batch_max_preemptions
     flow |= {"interactive": {"max_wait_s": 10}, "batch": batch}
     return {"models": [model], "flow_control": flow}
 
@@ -172,17 +167,11 @@ def main() -> None:
         default="fcfs",
         help="vLLM's scheduling_policy; priority: the router sets each request's priority from its class",
     )
-    parser.add_argument(
-        "--batch-max-preemptions",
-        type=int,
-        default=0,
-        help="how often a batch request may be preempted before its first byte for an interactive start",
-    )
     parser.add_argument("--door", choices=sorted(DOORS), default="haproxy", help="how clients reach the stack")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/flow-control/noisy-neighbour.json"))
     args = parser.parse_args()
     flow_args = (args.a_tokens_per_minute, args.batch_max_in_flight, args.batch_max_in_flight_when_higher_active)
-    flow_args += (args.engine_scheduling_policy, args.batch_max_preemptions)
+    flow_args += (args.engine_scheduling_policy,)
 
     from serve_app.config import load_config
     from tests.integration.conftest import running_serve

@@ -62,11 +62,6 @@ class ClassQueueConfig(_Strict):
     # router replica (0: start none then; those in flight finish): the class yields the engine to
     # higher-class traffic and uses up to max_in_flight when there is none. None: no such cap.
     max_in_flight_when_higher_active: int | None = Field(None, ge=0)
-    # How often one request of the class may be preempted when a higher-class request starts on
-    # the router replica: stopped in the engine while none of its answer has reached the client,
-    # and queued again at the head of its tenant's line to start over (serve_app.core.preemption).
-    # 0: never. Pair it with max_in_flight_when_higher_active: 0, or the request starts again at once.
-    max_preemptions: int = Field(0, ge=0, le=8)
 
 
 class FlowControlConfig(_Strict):

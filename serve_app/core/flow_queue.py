@@ -137,15 +137,6 @@ class FlowQueue:
         self.in_flight_by_class[waiter.priority] -= 1
         self.attained[waiter.tenant] = self.attained.get(waiter.tenant, 0.0) + actual_cost - waiter.cost
 
-    def requeue(self, waiter: Waiter, deadline: float) -> None:
-        """A started request goes back to the head of its tenant's line (preempted: it starts
-        over), with a new deadline; its slot frees and its pre-charged service is taken back."""
-        self.in_flight -= 1
-        self.in_flight_by_class[waiter.priority] -= 1
-        self.attained[waiter.tenant] = self.attained.get(waiter.tenant, 0.0) - waiter.cost
-        waiter.started, waiter.deadline = False, deadline
-        self._classes[waiter.priority].by_tenant.setdefault(waiter.tenant, deque()).appendleft(waiter)
-
     def next_ready(self, now: float) -> tuple[list[Waiter], list[Waiter]]:
         """Waiters to start now (free slots, best first) and waiters dropped past their deadline."""
         started: list[Waiter] = []

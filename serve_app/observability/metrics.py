@@ -234,8 +234,7 @@ ADAPTER_EVICTIONS = MetricSpec(
 TENANT_REQUESTS = MetricSpec(
     "serve_app_tenant_requests", _C,
     "Requests by tenant (configured names only), class and flow-control outcome: admitted, quota, "
-    "concurrency, queue_full, shed, deadline, late (would wait past its deadline), preempted (stopped "
-    "before its first byte for a higher class and queued again).",
+    "concurrency, queue_full, shed, deadline, late (would wait past its deadline).",
     ("tenant", "priority", "outcome"), "requests", _ROUTER, "tenant_request",
 )  # fmt: skip
 TENANT_TOKENS = MetricSpec(

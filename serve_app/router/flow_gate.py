@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from serve_app.config import AppConfig
 from serve_app.config_tenants import PRIORITY_ORDER, FlowControlConfig, TenantLimits
 from serve_app.core.flow_queue import FlowQueue, Waiter, effective_priority
-from serve_app.core.preemption import PreemptionRule
 from serve_app.core.quota import Charge, QuotaLedger
 from serve_app.observability.recorder import ServeAppMetrics
 from serve_app.router.cluster_quota import Bank, ClusterQuota, QuotaRefusal, quota_limits
@@ -66,14 +65,6 @@ class FlowPass:
     waiter: Waiter
     charge: Charge | None
     done: bool = False
-    preemptions: int = 0
-    answering: bool = False  # some of the answer reached the client: never preempted from then on
-    # Set when a higher-class start preempts the request; None while it cannot be preempted.
-    preempted: asyncio.Event | None = None
-
-    @property
-    def priority(self) -> int:
-        return self.caller.priority
 
 
 class FlowGate:
@@ -98,8 +89,6 @@ class FlowGate:
         self.queue = FlowQueue(flow.max_in_flight, flow.max_waiting, len(PRIORITY_ORDER), caps, contended)
         self._active: dict[str, int] = {}
         self._futures: dict[Waiter, asyncio.Future[None]] = {}
-        self.preemption = PreemptionRule(tuple(flow.class_queue(name).max_preemptions for name in PRIORITY_ORDER))
-        self._preemptible: set[FlowPass] = set()  # started, not answering, may still be preempted
 
     async def enter(self, caller: Caller, cost: int, timeout_s: float) -> FlowPass:
         """Admitted and started, or an OpenAIError (429 quota/concurrency, 503 capacity)."""
@@ -125,51 +114,13 @@ class FlowGate:
         self.metrics.flow_queue_wait(caller.priority_name, self.clock() - now)
         self.metrics.tenant_request(caller.tenant, caller.priority_name, "admitted")
         self._record_queue()
-        self._on_start(flow_pass)
         return flow_pass
-
-    async def requeue(self, flow_pass: FlowPass, timeout_s: float) -> None:
-        """A preempted request queues again at the head of its tenant's line; returns once it has
-        started again, or raises the queue's 503 (its pass is then settled)."""
-        wait_s = min(self.flow.class_queue(flow_pass.caller.priority_name).max_wait_s, timeout_s)
-        self.queue.requeue(flow_pass.waiter, self.clock() + wait_s)
-        self._pump()  # may start it again at once (a free slot, nothing better waiting)
-        if not flow_pass.waiter.started:
-            try:
-                await self._wait(flow_pass, wait_s)
-            except BaseException:
-                flow_pass.done = True  # _wait settled it
-                raise
-        self._on_start(flow_pass)
-
-    def answered(self, flow_pass: FlowPass) -> None:
-        """The first bytes of the answer are going to the client: no preemption from now on."""
-        flow_pass.answering = True
-        flow_pass.preempted = None
-        self._preemptible.discard(flow_pass)
-
-    def _on_start(self, flow_pass: FlowPass) -> None:
-        """A request started (again): it preempts the lower-class requests that may be preempted."""
-        if not self.preemption.enabled:
-            return
-        for victim in self.preemption.victims(flow_pass.priority, self._preemptible):
-            self._preemptible.discard(victim)  # until it starts again
-            victim.preemptions += 1
-            assert victim.preempted is not None
-            victim.preempted.set()
-            self.metrics.tenant_request(victim.caller.tenant, victim.caller.priority_name, "preempted")
-        if self.preemption.preemptible(flow_pass):
-            flow_pass.preempted = asyncio.Event()
-            self._preemptible.add(flow_pass)
-        else:
-            flow_pass.preempted = None
 
     def leave(self, flow_pass: FlowPass, prompt_tokens: int, completion_tokens: int) -> None:
         """The request ended (any way): settle its quota and free its slot; idempotent."""
         if flow_pass.done:
             return
         flow_pass.done = True
-        self._preemptible.discard(flow_pass)
         actual = prompt_tokens + completion_tokens
         if flow_pass.charge is not None:
             self.quota.settle(flow_pass.charge, actual)

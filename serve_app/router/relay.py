@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from starlette.responses import Response, StreamingResponse
 
@@ -126,11 +126,13 @@ class Relay:
             self._leave(flow_pass, ResponseEnd(0))
             raise
         admitted_at = self.clock()
+        source = self._source(model_id, request, admitted_at)
         try:
-            head, source = await self._answer_head(model_id, request, deadline, flow_pass, admitted_at)
+            head = await self._head(source, deadline)
         except BaseException:
             self.release(ticket)
             self._leave(flow_pass, ResponseEnd(0))
+            await source.aclose()
             raise
         assert head.start is not None
         if head.end is not None:  # the whole answer is here (JSON)
@@ -143,48 +145,6 @@ class Relay:
         response = StreamingResponse(body, status_code=head.start.status)
         response.raw_headers = list(head.start.headers)
         return response
-
-    async def _answer_head(
-        self, model_id: str, request: RelayRequest, deadline: float, flow_pass: FlowPass | None, admitted_at: float
-    ) -> tuple[_Head, EventSource]:
-        """The head of the answer and the source of the rest. A request preempted before its first
-        byte (serve_app.core.preemption) is stopped, queues again and starts over under a new id
-        (the engine may still be ending the old one)."""
-        attempt = request
-        while True:
-            source = self._source(model_id, attempt, admitted_at)
-            try:
-                head = await self._head_unless_preempted(source, deadline, flow_pass)
-            except BaseException:
-                await source.aclose()
-                raise
-            if head is not None:
-                if flow_pass is not None and self.flow is not None:
-                    self.flow.answered(flow_pass)
-                return head, source
-            await source.aclose()
-            assert flow_pass is not None and self.flow is not None
-            attempt = replace(request, request_id=f"{request.request_id}.p{flow_pass.preemptions}")
-            await self.flow.requeue(flow_pass, max(0.0, deadline - self.clock()))
-
-    async def _head_unless_preempted(
-        self, source: EventSource, deadline: float, flow_pass: FlowPass | None
-    ) -> _Head | None:
-        """The head, or None when the request was preempted first (its head then is abandoned,
-        which cancels it in the replica as a client leaving would)."""
-        preempted = flow_pass.preempted if flow_pass is not None else None
-        if preempted is None:
-            return await self._head(source, deadline)
-        head = asyncio.ensure_future(self._head(source, deadline))
-        signal = asyncio.ensure_future(preempted.wait())
-        try:
-            await asyncio.wait((head, signal), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            signal.cancel()
-            if not head.done():
-                head.cancel()
-                await asyncio.gather(head, return_exceptions=True)
-        return head.result() if not head.cancelled() else None
 
     async def _next(self, source: EventSource, deadline: float) -> list[Event]:
         """The source's next message, TimeoutError past the request's deadline. A timeout scope in
