@@ -5,8 +5,8 @@
   stack must answer exactly that.
 - A successful answer is equal to vLLM's field by field: the same keys, the same strings (greedy
   texts), floats within the case's tolerance (``Case.tol``), only ``IGNORED_KEYS`` left out;
-  tool-call ``arguments`` compare as parsed JSON; streams compare folded (``fold_stream``), and the
-  target must stream in pieces where vLLM does.
+  tool-call ``arguments`` compare as parsed JSON; streams compare folded (``fold_stream``), and on
+  the long-answer cases (``Case.streams_in_pieces``) the target must stream in pieces where vLLM does.
 - Every error body of the target is OpenAI-shaped: ``{"error": {"message": str, "type": str,
   "param": str | None, "code": ...}}``. vLLM 0.32 puts the HTTP status in ``code``; the router's
   own errors (unknown model, its caps, JSON it cannot read, admission) put OpenAI's machine-readable
