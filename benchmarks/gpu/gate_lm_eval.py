@@ -4,11 +4,14 @@ and golden answers come from ``goodput.py gate``; this adds the task scores thro
 
     python benchmarks/gpu/gate_lm_eval.py --out $OUT --lm-eval-python /tmp/lm-eval-python
 
-Each variant is served in turn by plain vLLM's api_server, eager (greedy answers do not depend on
-graph capture), on its own port, and stopped before the next starts; lm-eval sends one request at a
-time. The report
-(``lm-eval.json``) holds each variant's scores and, for the FP8 variants, the change against bf16
-with a verdict: no score may fall by more than ``--max-score-drop``.
+All chosen variants are served at once, each by plain vLLM's api_server on its own port, eager
+(greedy answers do not depend on graph capture), and scored concurrently, a thread per variant (one
+engine start's time instead of three: a first start took ~150 s on a fresh H200). Each variant is
+scored only on its own server, which is stopped whatever happened; one variant's failure is
+recorded as its ``error`` and the others go on. lm-eval sends one request at a time to each server.
+The report (``lm-eval.json``) holds each variant's scores and wall ``seconds`` (start to stop, the
+engines sharing the GPU) and, for the FP8 variants, the change against bf16 with a verdict: no
+score may fall by more than ``--max-score-drop``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import compare  # this folder's: model cache, spawning, waiting
@@ -32,7 +36,13 @@ MODEL_DIR = compare.CACHE / SERVED_NAME
 FP8 = ["--quantization", "fp8"]
 VARIANTS = (("bf16", []), ("fp8", FP8), ("fp8-fp8kv", [*FP8, "--kv-cache-dtype", "fp8"]))
 ENGINE_FLAGS = ["--dtype", "bfloat16", "--enforce-eager", "--seed", "0", "--max-model-len", "2048"]
-ENGINE_FLAGS += ["--gpu-memory-utilization", "0.2"]
+# A fixed KV cache per engine: engines starting together on one GPU cannot size their caches from
+# free memory (each would count the others'). vLLM's gpu_worker.determine_available_memory returns
+# kv_cache_memory_bytes as it is, skipping the utilization-based sizing, but Worker.init_device
+# still checks at start that free memory >= gpu_memory_utilization x total (v1/worker/utils.py,
+# request_memory): a low utilization keeps that check from failing on the other engines' memory.
+KV_CACHE_BYTES = 2 * 1024**3  # ~90k tokens of SmolLM2-135M at bf16; lm-eval runs one request at a time
+ENGINE_FLAGS += ["--kv-cache-memory-bytes", str(KV_CACHE_BYTES), "--gpu-memory-utilization", "0.2"]
 
 
 def prepare_model() -> None:
@@ -68,18 +78,36 @@ def score(variant: str, url: str, out: Path, python: str) -> dict[str, dict[str,
 
 def run_variant(variant: str, flags: list[str], url: str, args: argparse.Namespace) -> dict:
     """Serve one variant, score it, and stop it whatever happened: its scores only if its own server
-    started and was still the one running when lm-eval finished."""
-    proc = spawn(variant, flags, url, args.out)
+    started and was still the one running when lm-eval finished. Never raises an Exception: a
+    failure (the spawn's too) is the result's ``error``, so the other variants' threads go on."""
+    started = time.monotonic()
+    proc = None
     try:
+        proc = spawn(variant, flags, url, args.out)
         compare.wait_for(url + "/health", args.timeout, proc)
         scores = score(variant, url, args.out, args.lm_eval_python)
         if proc.poll() is not None:
             raise RuntimeError(f"the {variant} server exited with {proc.returncode} while it was scored")
-        return {"flags": flags, "scores": scores}
+        result = {"flags": flags, "scores": scores}
     except Exception as err:  # one variant's failure is recorded, the others still run
-        return {"flags": flags, "error": f"{type(err).__name__}: {err}"}
+        result = {"flags": flags, "error": f"{type(err).__name__}: {err}"}
     finally:
-        compare.stop_process(proc)
+        if proc is not None:
+            compare.stop_process(proc)
+    return result | {"seconds": round(time.monotonic() - started, 1)}
+
+
+def run_all(chosen: list[tuple[str, list[str]]], args: argparse.Namespace) -> dict[str, dict]:
+    """Every chosen variant at once, a thread each (port by its index), results in the given order."""
+    with ThreadPoolExecutor(max_workers=max(1, len(chosen))) as pool:
+        futures = [pool.submit(run_variant, v, flags, url_of(i), args) for i, (v, flags) in enumerate(chosen)]
+    results = {}
+    for (variant, flags), future in zip(chosen, futures, strict=True):
+        try:
+            results[variant] = future.result()
+        except Exception as err:  # stopping the server failed: still a result, the report is written
+            results[variant] = {"flags": flags, "error": f"{type(err).__name__}: {err}"}
+    return results
 
 
 def verdicts(results: dict[str, dict], max_drop: float) -> dict[str, dict]:
@@ -108,12 +136,8 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     prepare_model()
-    results: dict[str, dict] = {}
-    chosen = args.variants.split(",")
-    for index, (variant, flags) in enumerate(v for v in VARIANTS if v[0] in chosen):
-        started = time.monotonic()
-        results[variant] = run_variant(variant, flags, url_of(index), args)
-        results[variant]["seconds"] = round(time.monotonic() - started, 1)
+    names = args.variants.split(",")
+    results = run_all([v for v in VARIANTS if v[0] in names], args)
     report = {
         "model": SERVED_NAME,
         "engine_flags": ENGINE_FLAGS,

@@ -4,12 +4,18 @@ machine (servers outlive a call: they run in sessions of their own):
 
     python benchmarks/gpu/goodput.py gate    --out $OUT   # SmolLM2 (real weights): each FP8 variant vs bf16
     python benchmarks/gpu/goodput.py profile --out $OUT   # 8B shape: bf16, fp8, fp8-fp8kv profiled; plan; stack
-                                                          # (--gate-reports DIR: an earlier gate run's reports)
+                                                          # (--gate-reports DIR: an earlier gate run's reports;
+                                                          # --profile P: steady points, rates from P)
     python benchmarks/gpu/goodput.py serve --out $OUT --profile P --gate-reports G  # plain + stack, no profiling
                                                           # (--variant V: V profiled beside plain's start)
     python benchmarks/gpu/goodput.py profile-variant --out $OUT --profile P --variant fp8-fp8kv
                                                           # one variant alone, added to profile P (then serve)
     python benchmarks/gpu/goodput.py ladder  --out $OUT --runs 0:fixed,0:spread   # (round:lengths)s
+
+Profile points (``profile_points.py``): ``burst`` (all ``c`` requests at once; ``profile`` without
+``--profile``) or ``steady`` (``c`` kept in flight by Poisson arrivals at rates from an earlier
+profile's points for the variant, as the flow queue starts requests; whenever an earlier profile
+holds the variant: ``serve --variant V``, ``profile-variant``, ``profile --profile P``).
 
 Accuracy evidence comes from the real SmolLM2 (``gate``), speed evidence from the 8B shape with
 dummy weights (``profile``, ``ladder``): dummy weights have no accuracy to measure.
@@ -30,6 +36,7 @@ import time
 from pathlib import Path
 
 import compare  # this folder's: models, servers, waiting
+import profile_points  # this folder's: the points each variant is measured at
 import yaml
 
 HERE = Path(__file__).resolve().parent
@@ -47,7 +54,6 @@ BF16_WEIGHTS_GIB, ACTIVATIONS_GIB = 13.8, 3.0
 FP8 = ["--quantization", "fp8"]
 FP8_KV = [*FP8, "--kv-cache-dtype", "fp8"]
 GATE_VARIANTS = (("fp8", FP8), ("fp8-fp8kv", FP8_KV))
-PROFILE_POINTS = ((1, 12), (64, 128), (192, 192), (384, 384))  # (concurrency, prompts), closed loop
 LADDER_LOADS = (0.5, 1.0, 1.25, 1.5, 2.0)  # offered rates, in units of plain vLLM's capacity
 LADDER_SECONDS = 10  # of Poisson arrivals per rate
 SLO = {"ttft": 500, "tpot": 50}  # ms, the goal's
@@ -83,21 +89,9 @@ def _bench(url: str, extra: list[str]) -> dict:
     return compare.vllm_bench.measure(argv)  # in this process: vLLM imported once for all runs
 
 
-def _profile_points(url: str, batched_tokens: int | None) -> list[dict]:
-    points = []
-    for concurrency, prompts in PROFILE_POINTS:
-        extra = ["--num-prompts", str(prompts), "--max-concurrency", str(concurrency), "--seed", str(concurrency)]
-        percentiles = ["--percentile-metrics", "ttft,tpot", "--metric-percentiles", "50,99"]
-        m = _bench(url, [*extra, "--request-rate", "inf", *percentiles])
-        points.append(
-            {"concurrency": concurrency, "tpot_ms": round(m["mean_tpot_ms"], 2)}
-            | {"output_tokens_per_s": round(m["output_throughput"], 1), "ttft_p50_ms": round(m["median_ttft_ms"], 1)}
-            # the planner caps the flow queue's in-flight requests from these (serve_app/quantize/flow_cap.py)
-            | {"ttft_p99_ms": round(m["p99_ttft_ms"], 1), "tpot_p99_ms": round(m["p99_tpot_ms"], 2)}
-            | ({"max_num_batched_tokens": batched_tokens} if batched_tokens else {})
-        )
-        print(url, points[-1], flush=True)
-    return points
+def _profile_points(url: str, batched_tokens: int | None, earlier: list[dict] | None = None) -> list[dict]:
+    """Burst points, or steady ones at rates from ``earlier`` (this variant's points in an earlier profile)."""
+    return profile_points.measure(lambda extra: _bench(url, extra), batched_tokens, earlier, OUTPUT_TOKENS, url)
 
 
 def engine_batched_tokens(log: Path) -> int | None:
@@ -107,19 +101,22 @@ def engine_batched_tokens(log: Path) -> int | None:
     return int(found[-1]) if found else None
 
 
-def _profile_alone(variant: str, flags: list[str], kv_bytes: int, timeout_s: float) -> list[dict]:
+def _profile_alone(
+    variant: str, flags: list[str], kv_bytes: int, timeout_s: float, earlier: list[dict] | None = None
+) -> list[dict]:
     log = Path(f"/tmp/plain-{variant}.log")
     proc = _plain(8101, [*flags, "--kv-cache-memory-bytes", str(kv_bytes)], str(log))
     compare.wait_for(FP8_URL + "/health", timeout_s, proc)
-    points = _profile_points(FP8_URL, engine_batched_tokens(log))
+    points = _profile_points(FP8_URL, engine_batched_tokens(log), earlier)
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=60)
     return points
 
 
-def profile(out: Path, timeout_s: float) -> None:
+def profile(out: Path, timeout_s: float, earlier: dict[str, list[dict]]) -> None:
     """bf16 and fp8 side by side, profiled, then fp8 with an FP8 KV cache; the planner on gate
-    reports + profile; plain bf16 stays for the ladder and the stack starts with the planner's config."""
+    reports + profile; plain bf16 stays for the ladder and the stack starts with the planner's config.
+    ``earlier``: an earlier profile's points per variant, for steady points (none: burst)."""
     compare.stop_servers()
     compare.prepare_models()
     total = _gpu_memory_bytes()
@@ -132,24 +129,27 @@ def profile(out: Path, timeout_s: float) -> None:
     for url, proc in ((compare.PLAIN_URL, bf16), (FP8_URL, fp8)):
         compare.wait_for(url + "/health", timeout_s, proc)
     engines_s = time.monotonic() - started
-    variants = {"bf16": _profile_points(compare.PLAIN_URL, engine_batched_tokens(bf16_log))}
-    variants["fp8"] = _profile_points(FP8_URL, engine_batched_tokens(fp8_log))
+    variants = {"bf16": _profile_points(compare.PLAIN_URL, engine_batched_tokens(bf16_log), earlier.get("bf16"))}
+    variants["fp8"] = _profile_points(FP8_URL, engine_batched_tokens(fp8_log), earlier.get("fp8"))
     os.killpg(fp8.pid, signal.SIGTERM)
     fp8.wait(timeout=60)
-    variants["fp8-fp8kv"] = _profile_alone("fp8-fp8kv", ["--dtype", "bfloat16", *FP8_KV], kv_bytes, timeout_s)
+    kv_flags = ["--dtype", "bfloat16", *FP8_KV]
+    variants["fp8-fp8kv"] = _profile_alone("fp8-fp8kv", kv_flags, kv_bytes, timeout_s, earlier.get("fp8-fp8kv"))
     (STATE / "profile.json").write_text(json.dumps({"gpu": "h200", "variants": variants}, indent=1))
     plan_and_start_stack(out, {"engines_ready_s": engines_s, "plain_kv_cache_bytes": kv_bytes, "gpu_bytes": total})
 
 
 def profile_variant(out: Path, earlier_profile: Path, variant: str, timeout_s: float) -> None:
     """One variant profiled alone, in the same KV budget as the profile phase's engines, and added
-    to an earlier profile: that phase's three engines do not fit one device call."""
-    flags = dict(GATE_VARIANTS)[variant]
+    to an earlier profile: that phase's three engines do not fit one device call. Steady points
+    when that profile already holds the variant (its rates), else burst."""
+    flags = ["--dtype", "bfloat16", *dict(GATE_VARIANTS)[variant]]
     compare.stop_servers()
     compare.prepare_models()
     kv_bytes = _plain_kv_bytes(_gpu_memory_bytes())
     data = json.loads(earlier_profile.read_text())
-    data["variants"][variant] = _profile_alone(variant, ["--dtype", "bfloat16", *flags], kv_bytes, timeout_s)
+    earlier = data["variants"].get(variant)
+    data["variants"][variant] = _profile_alone(variant, flags, kv_bytes, timeout_s, earlier)
     (STATE / "profile.json").write_text(json.dumps(data, indent=1))
     shutil.copy(STATE / "profile.json", out / "profile.json")
 
@@ -159,7 +159,8 @@ def serve(out: Path, earlier_profile: Path, timeout_s: float, variant: str | Non
     skipped to save device time): that profile's engines ran vLLM's defaults, whose
     max_num_batched_tokens this plain engine's log states, so its points are marked with it.
     With ``variant``, that variant starts beside plain bf16 and is profiled into the profile first
-    (one engine start's time instead of two)."""
+    (one engine start's time instead of two), at steady load with rates from its earlier points
+    (burst when the profile lacks it): its points replace the earlier ones."""
     compare.stop_servers()
     compare.prepare_models()
     total = _gpu_memory_bytes()
@@ -170,7 +171,7 @@ def serve(out: Path, earlier_profile: Path, timeout_s: float, variant: str | Non
     data = json.loads(earlier_profile.read_text())
     if variant:  # starts while plain bf16 does
         flags = ["--dtype", "bfloat16", *dict(GATE_VARIANTS)[variant]]
-        data["variants"][variant] = _profile_alone(variant, flags, kv_bytes, timeout_s)
+        data["variants"][variant] = _profile_alone(variant, flags, kv_bytes, timeout_s, data["variants"].get(variant))
     compare.wait_for(compare.PLAIN_URL + "/health", timeout_s, bf16)
     engines_s = time.monotonic() - started
     batched = engine_batched_tokens(log)
@@ -266,7 +267,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=400)
     parser.add_argument("--runs", default="0:fixed", help="ladder: round:lengths pairs, lengths fixed or spread")
     parser.add_argument("--gate-reports", type=Path, help="profile, serve: earlier gate reports (no gate phase)")
-    parser.add_argument("--profile", type=Path, help="serve, profile-variant: an earlier profile.json")
+    parser.add_argument("--profile", type=Path, help="serve, profile-variant, profile: an earlier profile.json")
     parser.add_argument("--variant", choices=[v for v, _ in GATE_VARIANTS], help="profile-variant, serve: profile it")
     args = parser.parse_args()
     if args.phase in ("serve", "profile-variant") and args.profile is None:
@@ -284,7 +285,8 @@ def main() -> None:
             if args.gate_reports:
                 shutil.copytree(args.gate_reports, STATE / "gate", dirs_exist_ok=True)
             if args.phase == "profile":
-                profile(args.out, args.timeout)
+                earlier = json.loads(args.profile.read_text())["variants"] if args.profile else {}
+                profile(args.out, args.timeout, earlier)
             else:
                 serve(args.out, args.profile, args.timeout, args.variant)
         else:

@@ -63,3 +63,48 @@ def test_a_variant_that_never_starts_is_stopped_and_recorded(monkeypatch: pytest
 def test_each_variant_has_its_own_port() -> None:
     urls = [gate_lm_eval.url_of(i) for i in range(len(gate_lm_eval.VARIANTS))]
     assert len(set(urls)) == len(urls)
+
+
+def test_variants_start_at_once_and_one_failure_does_not_stop_the_others(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """All variants' servers start together (each spawn waits for the others': a harness that ran them
+    in turn would break the barrier), each is scored on its own URL, fp8's failure is its error only,
+    and every server is stopped."""
+    chosen = list(gate_lm_eval.VARIANTS)
+    all_started = threading.Barrier(len(chosen), timeout=10)
+    servers: dict[str, subprocess.Popen] = {}
+    scored_on: dict[str, str] = {}
+
+    def spawn(variant: str, flags: list[str], url: str, out: Path) -> subprocess.Popen:
+        servers[variant] = subprocess.Popen(["sleep", "600"], start_new_session=True)
+        all_started.wait()
+        return servers[variant]
+
+    def score(variant: str, url: str, out: Path, python: str) -> dict[str, dict[str, float]]:
+        scored_on[variant] = url
+        if variant == "fp8":
+            raise RuntimeError("lm-eval failed")
+        return {"task": {"acc": 0.5}}
+
+    monkeypatch.setattr(gate_lm_eval, "spawn", spawn)
+    monkeypatch.setattr(gate_lm_eval, "score", score)
+    monkeypatch.setattr(compare, "wait_for", lambda url, timeout_s, proc=None: 0.0)
+    args = argparse.Namespace(out=tmp_path, timeout=5, lm_eval_python=sys.executable)
+    results = gate_lm_eval.run_all(chosen, args)
+
+    assert list(results) == [variant for variant, _ in chosen]
+    assert results["fp8"]["error"] == "RuntimeError: lm-eval failed"
+    assert "scores" not in results["fp8"]
+    for variant in ("bf16", "fp8-fp8kv"):
+        assert results[variant]["scores"] == {"task": {"acc": 0.5}}, results[variant]
+    assert all("seconds" in result for result in results.values())
+    assert scored_on == {variant: gate_lm_eval.url_of(i) for i, (variant, _) in enumerate(chosen)}
+    assert all(proc.poll() is not None for proc in servers.values()), "a server is still running"
+    verdicts = gate_lm_eval.verdicts(results, 0.05)
+    assert set(verdicts) == {"fp8-fp8kv"} and verdicts["fp8-fp8kv"]["passed"]
+
+
+def test_engines_have_a_fixed_kv_cache() -> None:
+    flags = gate_lm_eval.ENGINE_FLAGS
+    assert int(flags[flags.index("--kv-cache-memory-bytes") + 1]) > 0
