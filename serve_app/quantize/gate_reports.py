@@ -5,6 +5,11 @@ A gate report is the ``evaluation_report.json`` that ``serve-app evaluate`` writ
 checkpoint it judged. The planner finds one per variant id in a folder, either as
 ``DIR/<variant>.json`` or as ``DIR/<variant>/evaluation_report.json``.
 
+The same folder may hold ``lm-eval.json``, the report of ``benchmarks/gpu/gate_lm_eval.py``: the
+project's lm-eval tasks through the OpenAI API per variant, with a verdict for each variant against
+the baseline (``verdicts.<variant>.passed`` and ``deltas``). A variant with a verdict there passes
+only if both reports pass; a variant it scored but could not judge (an ``error``) fails.
+
 The planner does not re-check the report's checkpoint fingerprint: the checkpoint may live on
 another machine. The deployment gate (serve_app.quantize.gate) still checks it when a replica
 loads the checkpoint, so a stale verdict stops the deployment rather than the plan.
@@ -22,6 +27,7 @@ from serve_app.quantize.report import EVAL_REPORT
 from serve_app.quantize.variants import Variant
 
 NO_PASSING_REPORT = "no passing gate report"
+LM_EVAL_REPORT = "lm-eval.json"
 
 
 @dataclass(frozen=True)
@@ -56,9 +62,56 @@ def _report_file(folder: Path, variant_id: str) -> Path | None:
     return None
 
 
+def lm_eval_failures(report: Mapping[str, Any], variant_id: str) -> tuple[str, ...] | None:
+    """What the lm-eval report holds against ``variant_id``: None when it says nothing about it,
+    () when its verdict passed, else the reasons (each score that fell too far, or the error)."""
+    verdict = (report.get("verdicts") or {}).get(variant_id)
+    scored = (report.get("variants") or {}).get(variant_id)
+    if verdict is None:
+        if isinstance(scored, Mapping) and scored.get("error"):
+            return (f"lm-eval: {scored['error']}",)
+        return None
+    if verdict.get("passed") is True:
+        return ()
+    limit = report.get("max_score_drop")
+    drops = [
+        f"{metric} {delta:+.3f}" for metric, delta in (verdict.get("deltas") or {}).items() if delta < -(limit or 0)
+    ]
+    return (f"lm-eval: {', '.join(drops) or 'failed'} against the baseline (max drop {limit})",)
+
+
+def _with_lm_eval(verdict: GateVerdict, failures: tuple[str, ...], origin: str) -> GateVerdict:
+    return GateVerdict(
+        passed=verdict.passed and not failures,
+        origin=f"{verdict.origin} + {origin}",
+        checkpoint=verdict.checkpoint,
+        failures=verdict.failures + failures,
+    )
+
+
 def read_gate_reports(folder: Path, variant_ids: list[str]) -> dict[str, GateVerdict]:
-    """The verdict of each variant that has a report in ``folder``; an unreadable report counts
-    as a failing one, so a broken file never lets a variant through."""
+    """The verdict of each variant that has a report in ``folder`` (and, where ``lm-eval.json``
+    judges it, that verdict too); an unreadable report counts as a failing one, so a broken file
+    never lets a variant through."""
+    verdicts = _read_evaluate_reports(folder, variant_ids)
+    lm_eval = folder / LM_EVAL_REPORT
+    if not lm_eval.is_file():
+        return verdicts
+    try:
+        report = json.loads(lm_eval.read_text(encoding="utf-8"))
+        if not isinstance(report, dict):
+            raise ValueError("expected a JSON object")
+    except (OSError, ValueError) as err:
+        unreadable = (f"lm-eval report unreadable: {err}",)
+        return {v: _with_lm_eval(verdict, unreadable, str(lm_eval)) for v, verdict in verdicts.items()}
+    for variant_id, verdict in verdicts.items():
+        failures = lm_eval_failures(report, variant_id)
+        if failures is not None:
+            verdicts[variant_id] = _with_lm_eval(verdict, failures, str(lm_eval))
+    return verdicts
+
+
+def _read_evaluate_reports(folder: Path, variant_ids: list[str]) -> dict[str, GateVerdict]:
     verdicts = {}
     for variant_id in variant_ids:
         path = _report_file(folder, variant_id)

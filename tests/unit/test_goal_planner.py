@@ -93,6 +93,37 @@ def test_gate_reports_are_read_from_either_layout_and_a_broken_one_fails(tmp_pat
     assert "w8a8" not in verdicts
 
 
+def test_an_lm_eval_verdict_must_pass_too(tmp_path: Path) -> None:
+    for variant in ("fp8", "fp8-fp8kv", "w8a8"):
+        (tmp_path / f"{variant}.json").write_text(json.dumps({"passed": True, "failures": []}))
+    lm_eval = {
+        "max_score_drop": 0.05,
+        "variants": {"fp8": {}, "fp8-fp8kv": {}, "w8a8": {"error": "RuntimeError: server exited with 1"}},
+        "verdicts": {
+            "fp8": {"deltas": {"qa/contains": -0.12, "mc/acc": -0.025}, "passed": False},
+            "fp8-fp8kv": {"deltas": {"qa/contains": 0.0}, "passed": True},
+        },
+    }
+    (tmp_path / "lm-eval.json").write_text(json.dumps(lm_eval))
+    verdicts = read_gate_reports(tmp_path, ["fp8", "fp8-fp8kv", "w8a8"])
+    assert not verdicts["fp8"].passed
+    assert "qa/contains -0.120" in verdicts["fp8"].reason and "mc/acc" not in verdicts["fp8"].reason
+    assert verdicts["fp8-fp8kv"].passed and "lm-eval.json" in verdicts["fp8-fp8kv"].origin
+    assert not verdicts["w8a8"].passed and "server exited" in verdicts["w8a8"].reason
+    (tmp_path / "lm-eval.json").write_text("[1]")
+    assert not any(v.passed for v in read_gate_reports(tmp_path, ["fp8", "fp8-fp8kv"]).values())
+
+
+def test_the_h200_gate_with_lm_eval_drops_both_fp8_variants_of_smollm2() -> None:
+    """The committed GPU evidence (benchmarks/results/goodput-h200-r7/gate): perplexity and golden
+    answers passed both FP8 variants; lm-eval through the API did not."""
+    gate = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "goodput-h200-r7" / "gate"
+    verdicts = read_gate_reports(gate, ["fp8", "fp8-fp8kv"])
+    assert set(verdicts) == {"fp8", "fp8-fp8kv"}
+    assert not any(v.passed for v in verdicts.values())
+    assert all("serve_app_facts_qa/contains" in v.reason for v in verdicts.values())
+
+
 def test_a_checkpoint_variant_without_a_checkpoint_is_dropped_and_a_gate_report_can_name_one() -> None:
     verdicts = {"awq": GateVerdict(True, "awq.json", checkpoint="/from/report"), **passing("gptq")}
     result = run_plan(verdicts=verdicts, checkpoints={})
