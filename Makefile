@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-cpu
 TEST_STAMP := $(VENV)/.installed-test
+EVAL_STAMP := .venv-eval/.installed-eval
 # Opt-in: PyTorch's CPU wheel index. The pinned torch==2.13.0+cpu is not on PyPI (no +cpu builds there);
 # pass it where pip has no other source for that wheel, e.g.
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
@@ -26,10 +27,14 @@ $(STAMP): requirements/cpu.txt requirements/cpu-nodeps.txt requirements/models.t
 	@$(PY) -c "import importlib.util as u; bad=[m for m in ('torchvision','torchaudio','torchcodec') if u.find_spec(m)]; assert not bad, bad"
 	touch $@
 
-$(TEST_STAMP): $(STAMP) requirements/test.txt requirements/eval.txt
-	$(PIP) install -r requirements/test.txt
-	# lm-eval in a venv of its own (tests/conformance/test_lm_eval.py; scripts/setup_eval_env.sh says why)
+# lm-eval in a venv of its own (tests/conformance/test_lm_eval.py; scripts/setup_eval_env.sh says why).
+# It needs nothing from $(VENV): `make -j2 install-test` (.ci/run) builds the two venvs side by side.
+$(EVAL_STAMP): requirements/eval.txt scripts/setup_eval_env.sh
 	PYTHON=$(PYTHON) scripts/setup_eval_env.sh
+	touch $@
+
+$(TEST_STAMP): $(STAMP) $(EVAL_STAMP) requirements/test.txt
+	$(PIP) install -r requirements/test.txt
 	touch $@
 
 install: $(STAMP)
@@ -88,4 +93,4 @@ format: install-test
 check: lint test
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .import_linter_cache
+	rm -rf $(VENV) .venv-eval .pytest_cache .ruff_cache .mypy_cache .import_linter_cache

@@ -38,6 +38,7 @@ pytestmark = pytest.mark.integration
 DEADLINE_S = 300.0
 REPLACED_WITHIN_S = 360.0  # a new vLLM replica starting on 2 busy cores
 CAUGHT_WITHIN_S = 30.0  # requests reaching the frozen replica
+START_BOTH_WITHIN_S = 180.0  # the second replica's engine after the first one's, on 2 busy cores
 
 
 @dataclass
@@ -69,6 +70,10 @@ def two_replicas() -> AppConfig:
 def nodes(scale: Scale) -> Iterator[Nodes]:
     with multi_node_cluster() as (cluster, deploy):
         ready_s = deploy(two_replicas())
+        # /ready answers once one replica of each model is; a scenario must start with both: a
+        # replica that came up as the load started was once never sent a request in the scenario.
+        both = wait_for(lambda: running_replicas() >= 2, START_BOTH_WITHIN_S, 0.5)
+        assert both is not None, f"the second replica was not running {START_BOTH_WITHIN_S} s after /ready"
         count = token_counter()
         yield Nodes(cluster, ledger_prompts(count, variants=48, max_tokens=scale.max_tokens), count, ready_s, deploy)
 
@@ -125,6 +130,9 @@ def test_node_loss_under_load(nodes: Nodes, scale: Scale, report_scenario: Calla
     seen: list[int] = []
     with FaultLoad(nodes.target(), nodes.prompts, ledger, clients=scale.clients) as load:
         time.sleep(3)
+        # Freeze it while the router is using it (a stream of the load on it), not before.
+        used = wait_for(lambda: outstanding(doomed_actor) >= 1, CAUGHT_WITHIN_S, 0.2)
+        assert used is not None, f"the router sent the doomed replica nothing within {CAUGHT_WITHIN_S} s of load"
         engine.send_signal(signal.SIGSTOP)  # streams stall, new requests wait before their first token
         try:
             # The load has at most `clients` streams on the doomed replica, so one request more there
