@@ -56,16 +56,16 @@ MODEL_REPLICAS_STOP_TIMEOUT_S = 120
 PLAIN_VLLM_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "1"}
 
 
-def model_replica_processes() -> list[str]:
+def model_replica_processes() -> list[psutil.Process]:
     """Ray's worker processes hosting a Serve replica other than the router (its title names it)."""
-    titles = []
+    found = []
     for proc in psutil.process_iter(["cmdline"]):
         title = " ".join(proc.info["cmdline"] or []).strip()
         # "ray::ServeReplica:<app>:<deployment>[.<method running>]"
         deployment = title.split(":")[-1] if title.startswith("ray::ServeReplica:") else "router"
         if deployment != "router" and not deployment.startswith("router."):
-            titles.append(title)
-    return titles
+            found.append(proc)
+    return found
 
 
 def haproxy_processes() -> list[psutil.Process]:
@@ -81,19 +81,22 @@ def haproxy_processes() -> list[psutil.Process]:
 
 
 def stop_serve_and_ray() -> None:
-    """Every app deleted, its model replicas stopped gracefully (each engine shuts its own
-    processes down), then Ray. Not serve.shutdown(): it also waits out the router's direct-ingress
-    drain period (30 s in Ray 2.60), which exists for load balancers still sending to it; nothing
-    sends here, and ray.shutdown() ends the router at once."""
+    """The model replicas and everything under them (each engine's processes) killed at once, then
+    Ray, then the door's HAProxy. Ray goes next anyway, so a graceful stop here only costs time: the
+    graceful paths (drain, shutdown under load) are the fault suite's to test. Not
+    serve.shutdown(): it also waits out the router's direct-ingress drain period (30 s in Ray
+    2.60), which exists for load balancers still sending to it."""
     import ray
-    from ray import serve
     from ray.serve.context import _disconnect
 
-    for name in serve.status().applications:
-        serve.delete(name, _blocking=False)
-    deadline = time.monotonic() + MODEL_REPLICAS_STOP_TIMEOUT_S
-    while model_replica_processes() and time.monotonic() < deadline:
-        time.sleep(0.5)
+    doomed: list[psutil.Process] = []
+    for replica in model_replica_processes():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            doomed += [replica, *replica.children(recursive=True)]
+    for proc in doomed:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(doomed, timeout=MODEL_REPLICAS_STOP_TIMEOUT_S)
     haproxies = haproxy_processes()  # the door's binary outlives its Ray actor unless stopped
     _disconnect()  # forget this session's Serve controller (what serve.shutdown() ends with)
     ray.shutdown()
