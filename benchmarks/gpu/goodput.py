@@ -77,6 +77,11 @@ def gate(out: Path) -> None:
     shutil.copytree(folder, STATE / "gate", dirs_exist_ok=True)
 
 
+def variant_flags(variant: str) -> list[str]:
+    """A gated variant's engine flags on the 8B shape (bf16 activations)."""
+    return ["--dtype", "bfloat16", *dict(GATE_VARIANTS)[variant]]
+
+
 def _plain(port: int, extra: list[str], log: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(compare.DUMMY)]
     cmd += ["--served-model-name", compare.MODEL, "--load-format", "dummy", "--port", str(port), *extra]
@@ -128,7 +133,7 @@ def profile(out: Path, timeout_s: float, earlier: dict[str, list[dict]]) -> None
     bf16_log = Path("/tmp/plain.log")
     bf16 = _plain(8100, ["--dtype", "bfloat16", "--kv-cache-memory-bytes", str(kv_bytes)], str(bf16_log))
     fp8_log = Path("/tmp/plain-fp8.log")
-    fp8 = _plain(8101, ["--dtype", "bfloat16", *FP8, "--kv-cache-memory-bytes", str(kv_bytes)], str(fp8_log))
+    fp8 = _plain(8101, [*variant_flags("fp8"), "--kv-cache-memory-bytes", str(kv_bytes)], str(fp8_log))
     started = time.monotonic()
     for url, proc in ((compare.PLAIN_URL, bf16), (FP8_URL, fp8)):
         compare.wait_for(url + "/health", timeout_s, proc)
@@ -137,7 +142,7 @@ def profile(out: Path, timeout_s: float, earlier: dict[str, list[dict]]) -> None
     variants["fp8"] = _profile_points(FP8_URL, engine_batched_tokens(fp8_log), earlier.get("fp8"))
     os.killpg(fp8.pid, signal.SIGTERM)
     fp8.wait(timeout=60)
-    kv_flags = ["--dtype", "bfloat16", *FP8_KV]
+    kv_flags = variant_flags("fp8-fp8kv")
     variants["fp8-fp8kv"] = _profile_alone("fp8-fp8kv", kv_flags, kv_bytes, timeout_s, earlier.get("fp8-fp8kv"))
     (STATE / "profile.json").write_text(json.dumps({"gpu": "h200", "variants": variants}, indent=1))
     plan_and_start_stack(out, {"engines_ready_s": engines_s, "plain_kv_cache_bytes": kv_bytes, "gpu_bytes": total})
@@ -147,7 +152,7 @@ def profile_variant(out: Path, earlier_profile: Path, variant: str, timeout_s: f
     """One variant profiled alone, in the same KV budget as the profile phase's engines, and added
     to an earlier profile: that phase's three engines do not fit one device call. Steady points
     when that profile already holds the variant (its rates), else burst."""
-    flags = ["--dtype", "bfloat16", *dict(GATE_VARIANTS)[variant]]
+    flags = variant_flags(variant)
     compare.stop_servers()
     compare.prepare_models()
     kv_bytes = _plain_kv_bytes(_gpu_memory_bytes())
@@ -174,8 +179,9 @@ def serve(out: Path, earlier_profile: Path, timeout_s: float, variant: str | Non
     bf16 = _plain(8100, ["--dtype", "bfloat16", "--kv-cache-memory-bytes", str(kv_bytes)], str(log))
     data = json.loads(earlier_profile.read_text())
     if variant:  # starts while plain bf16 does
-        flags = ["--dtype", "bfloat16", *dict(GATE_VARIANTS)[variant]]
-        data["variants"][variant] = _profile_alone(variant, flags, kv_bytes, timeout_s, data["variants"].get(variant))
+        data["variants"][variant] = _profile_alone(
+            variant, variant_flags(variant), kv_bytes, timeout_s, data["variants"].get(variant)
+        )
     compare.wait_for(compare.PLAIN_URL + "/health", timeout_s, bf16)
     engines_s = time.monotonic() - started
     batched = engine_batched_tokens(log)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -31,7 +30,7 @@ import psutil
 from serve_app.bench.readiness import wait_until_ok
 from serve_app.config import AppConfig
 from tests.faults.processes import APP, ROUTER_DEPLOYMENT, replica_processes
-from tests.integration.conftest import START_TIMEOUT_S, free_port
+from tests.integration.conftest import START_TIMEOUT_S, free_port, kill_tree
 
 ROUTER_RESOURCE = "router_node"
 REPLICA_RESOURCE = "replica_slot"
@@ -65,24 +64,10 @@ class MultiNodeCluster:
         """Lose ``node`` as a machine is lost: SIGKILL its raylet and every process under it at
         once (replicas, engine cores, agents), then let the cluster forget it. Returns how many
         processes were killed."""
-        killed = _kill_tree(self.raylet(node))
+        killed = len(kill_tree(self.raylet(node)))
         self.workers.remove(node)
         self.cluster.remove_node(node, allow_graceful=False)
         return killed
-
-
-def _kill_tree(root: psutil.Process) -> int:
-    """SIGKILL ``root`` and every process under it at once; returns how many there were."""
-    try:
-        doomed = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    for proc in doomed:
-        try:
-            proc.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    return len(doomed)
 
 
 def pin(config: AppConfig) -> AppConfig:
@@ -214,4 +199,4 @@ def _serving(state: MultiNodeCluster) -> Iterator[tuple[MultiNodeCluster, Callab
         os.environ.pop("RAY_ADDRESS", None)
         for node in [cluster.head_node, *state.workers]:
             with suppress(psutil.NoSuchProcess, KeyError, IndexError):
-                _kill_tree(state.raylet(node))
+                kill_tree(state.raylet(node))

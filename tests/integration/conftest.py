@@ -80,6 +80,18 @@ def haproxy_processes() -> list[psutil.Process]:
     return children
 
 
+def kill_tree(root: psutil.Process) -> list[psutil.Process]:
+    """SIGKILL ``root`` and every process under it at once; returns the processes signalled."""
+    try:
+        doomed = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+    for proc in doomed:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    return doomed
+
+
 def stop_serve_and_ray() -> None:
     """The model replicas and everything under them (each engine's processes) killed at once, then
     Ray, then the door's HAProxy. Ray goes next anyway, so a graceful stop here only costs time: the
@@ -89,13 +101,7 @@ def stop_serve_and_ray() -> None:
     import ray
     from ray.serve.context import _disconnect
 
-    doomed: list[psutil.Process] = []
-    for replica in model_replica_processes():
-        with contextlib.suppress(psutil.NoSuchProcess):
-            doomed += [replica, *replica.children(recursive=True)]
-    for proc in doomed:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
+    doomed = [proc for replica in model_replica_processes() for proc in kill_tree(replica)]
     psutil.wait_procs(doomed, timeout=MODEL_REPLICAS_STOP_TIMEOUT_S)
     haproxies = haproxy_processes()  # the door's binary outlives its Ray actor unless stopped
     _disconnect()  # forget this session's Serve controller (what serve.shutdown() ends with)
