@@ -55,6 +55,7 @@ BF16_WEIGHTS_GIB, ACTIVATIONS_GIB = 13.8, 3.0
 FP8 = ["--quantization", "fp8"]
 FP8_KV = [*FP8, "--kv-cache-dtype", "fp8"]
 GATE_VARIANTS = (("fp8", FP8), ("fp8-fp8kv", FP8_KV))
+PROFILED_VARIANTS = (("bf16", []), *GATE_VARIANTS)  # bf16: the gate's baseline, profiled like the others
 LADDER_LOADS = (0.5, 1.0, 1.25, 1.5, 2.0)  # offered rates, in units of plain vLLM's capacity
 LADDER_SECONDS = 10  # of Poisson arrivals per rate
 SLO = {"ttft": 500, "tpot": 50}  # ms, the goal's
@@ -79,7 +80,7 @@ def gate(out: Path) -> None:
 
 def variant_flags(variant: str) -> list[str]:
     """A gated variant's engine flags on the 8B shape (bf16 activations)."""
-    return ["--dtype", "bfloat16", *dict(GATE_VARIANTS)[variant]]
+    return ["--dtype", "bfloat16", *dict(PROFILED_VARIANTS)[variant]]
 
 
 def _plain(port: int, extra: list[str], log: str) -> subprocess.Popen:
@@ -178,6 +179,9 @@ def serve(out: Path, earlier_profile: Path, timeout_s: float, variant: str | Non
     started = time.monotonic()
     bf16 = _plain(8100, ["--dtype", "bfloat16", "--kv-cache-memory-bytes", str(kv_bytes)], str(log))
     data = json.loads(earlier_profile.read_text())
+    # The ladder's rates stay the earlier profile's (its largest closed loop of bf16), even when
+    # bf16 itself is re-profiled here: rounds of different runs then share their offered loads.
+    rates = ladder_rates(data["variants"]["bf16"])
     if variant:  # starts while plain bf16 does
         data["variants"][variant] = _profile_alone(
             variant, variant_flags(variant), kv_bytes, timeout_s, data["variants"].get(variant)
@@ -190,13 +194,18 @@ def serve(out: Path, earlier_profile: Path, timeout_s: float, variant: str | Non
             point.update({"max_num_batched_tokens": batched} if batched else {})
     data["engine_setting"] = f"max_num_batched_tokens {batched}, read from plain vLLM's start-up log in this run"
     (STATE / "profile.json").write_text(json.dumps(data, indent=1))
-    plan_and_start_stack(out, {"plain_ready_s": engines_s, "plain_kv_cache_bytes": kv_bytes, "gpu_bytes": total})
+    meta = {"plain_ready_s": engines_s, "plain_kv_cache_bytes": kv_bytes, "gpu_bytes": total, "rates": rates}
+    plan_and_start_stack(out, meta)
+
+
+def ladder_rates(bf16_points: list[dict]) -> list[float]:
+    capacity = bf16_points[-1]["output_tokens_per_s"] / OUTPUT_TOKENS  # requests/s, largest closed loop
+    return [round(capacity * load, 1) for load in LADDER_LOADS]
 
 
 def plan_and_start_stack(out: Path, meta: dict) -> None:
-    variants = json.loads((STATE / "profile.json").read_text())["variants"]
-    capacity = variants["bf16"][-1]["output_tokens_per_s"] / OUTPUT_TOKENS  # requests/s, largest closed loop
-    meta["rates"] = [round(capacity * load, 1) for load in LADDER_LOADS]
+    if "rates" not in meta:
+        meta["rates"] = ladder_rates(json.loads((STATE / "profile.json").read_text())["variants"]["bf16"])
     plan = [sys.executable, "-m", "serve_app.cli", "plan", "--goal", str(GOAL), "--gate-reports", str(STATE / "gate")]
     plan += ["--profile", str(STATE / "profile.json"), "--out", str(STATE / "planned.yaml")]
     subprocess.run(plan, cwd=compare.REPO, check=True)
@@ -278,7 +287,8 @@ def main() -> None:
     parser.add_argument("--runs", default="0:fixed", help="ladder: round:lengths pairs, lengths fixed or spread")
     parser.add_argument("--gate-reports", type=Path, help="profile, serve: earlier gate reports (no gate phase)")
     parser.add_argument("--profile", type=Path, help="serve, profile-variant, profile: an earlier profile.json")
-    parser.add_argument("--variant", choices=[v for v, _ in GATE_VARIANTS], help="profile-variant, serve: profile it")
+    variants = [v for v, _ in PROFILED_VARIANTS]
+    parser.add_argument("--variant", choices=variants, help="profile-variant, serve: profile it")
     args = parser.parse_args()
     if args.phase in ("serve", "profile-variant") and args.profile is None:
         parser.error(f"{args.phase} needs --profile (an earlier profile.json)")
