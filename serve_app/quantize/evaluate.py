@@ -6,13 +6,17 @@ shared CPU it measures the neighbours as much as the model.
 
 * perplexity on the held-out text may rise by at most ``max_perplexity_increase_pct`` percent;
 * of the golden questions the baseline answers correctly, at least ``min_golden_kept`` (a
-  fraction) must still be answered correctly.
+  fraction) must still be answered correctly;
+* with ``--lm-eval``, no score of the project's lm-eval tasks may fall more than the maximum drop
+  (:mod:`serve_app.quantize.lm_eval_verdict`); :func:`with_lm_eval` adds that verdict to a report.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from serve_app.quantize.lm_eval_verdict import Scores, judge
 
 EVAL_REPORT_VERSION = 1
 
@@ -123,3 +127,20 @@ def summary(m: ModelMeasurement) -> dict[str, Any]:
         "decode_tokens_per_s": round(m.decode_tokens_per_s, 1),
         "load_s": m.load_s,
     }
+
+
+def with_lm_eval(report: dict[str, Any], model: Scores, baseline: Scores, max_drop: float) -> dict[str, Any]:
+    """``report`` with an ``lm_eval`` section (both models' scores, the deltas and the verdict); its
+    failures join the report's, so the gate, which reads only ``passed`` and ``failures``, refuses a
+    model that lm-eval fails."""
+    verdict = judge(model, baseline, max_drop)
+    section: dict[str, Any] = {
+        "max_score_drop": max_drop,
+        "scores": {"model": model, "baseline": baseline},
+        "deltas": verdict.deltas,
+        "passed": verdict.passed,
+    }
+    if verdict.missing:
+        section["missing"] = verdict.missing
+    failures = [*report["failures"], *verdict.failures]
+    return report | {"passed": report["passed"] and verdict.passed, "failures": failures, "lm_eval": section}

@@ -24,8 +24,10 @@ from serve_app.quantize.evaluate import ModelMeasurement
 REPO_ROOT = Path(__file__).resolve().parents[2]
 QUANT_VENV = REPO_ROOT / ".venv-quant"
 SETUP_HINT = "create it with `make quant-env` (scripts/setup_quant_env.sh)"
-# vLLM's CPU backend sizes its KV cache from this variable (GiB); 1 GiB is plenty for evaluation.
-_CPU_KV_SPACE = ("VLLM_CPU_KVCACHE_SPACE", "1")
+# vLLM's CPU backend sizes its KV cache from this variable (GiB); 1 GiB is plenty for evaluation, and
+# an explicit size skips vLLM's start-up check that free memory covers --gpu-memory-utilization of
+# the host's, which fails while other processes (benchmarks, a second engine) hold memory.
+CPU_KV_SPACE = ("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
 class RunnerError(ServeAppError, RuntimeError):
@@ -82,7 +84,7 @@ def measure_model(
 ) -> ModelMeasurement:
     """One evaluation worker (a fresh vLLM process) for one model."""
     env = dict(os.environ)
-    env.setdefault(*_CPU_KV_SPACE)
+    env.setdefault(*CPU_KV_SPACE)
     with tempfile.TemporaryDirectory(prefix="serve-app-eval-") as tmp:
         out = Path(tmp) / "measurement.json"
         cmd = [
