@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from serve_app.config import load_config
 from serve_app.models.shapes import preset
@@ -124,3 +127,15 @@ def test_the_profile_parser_reads_tail_latencies_and_rejects_bad_ones() -> None:
     bad = {"gpu": "h200", "variants": {"bf16": [{"concurrency": 1, "tpot_ms": 4, "ttft_p99_ms": -1}]}}
     with pytest.raises(ValueError, match="ttft_p99_ms must be a number > 0"):
         parse_profile(bad, "h200")
+
+
+def test_the_h200_bf16_profile_gives_the_cap_the_eighth_ladder_ran_with() -> None:
+    """The committed GPU evidence (benchmarks/results/goodput-h200-r8): bf16's steady profile gives
+    the flow cap its planned.yaml holds, 114 in flight, between c=64 (meets) and c=128 (misses)."""
+    folder = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "goodput-h200-r8"
+    points, note = parse_profile(json.loads((folder / "profile.json").read_text()), "h200")
+    assert note is None
+    cap = in_flight_cap(points["bf16"], SLO, SLO_HEADROOM, max_num_seqs=344)
+    assert cap.seqs == 114 and cap.from_profile
+    planned = yaml.safe_load((folder / "planned.yaml").read_text())
+    assert planned["applications"][0]["args"]["flow_control"]["max_in_flight"] == cap.seqs
