@@ -13,9 +13,10 @@ import yaml
 from serve_app.config import load_config
 from serve_app.models.shapes import preset
 from serve_app.quantize.flow_cap import in_flight_cap
+from serve_app.quantize.gate_reports import GateVerdict
 from serve_app.quantize.goal import Slo, parse_goal
 from serve_app.quantize.goal_output import flow_for, plan_json, serve_config
-from serve_app.quantize.goal_planner import SLO_HEADROOM, GoalPlan, plan_goal
+from serve_app.quantize.goal_planner import SLO_HEADROOM, GoalPlan, goodput_rps, plan_goal
 from serve_app.quantize.speed import SpeedPoint, parse_profile
 
 SLO = Slo(ttft_p99_ms=500, tpot_p99_ms=50)  # with the 0.8 headroom: TTFT p99 <= 400 ms, TPOT p99 <= 40 ms
@@ -77,19 +78,20 @@ def _profile(with_tails: bool) -> dict[str, Any]:
     return {"gpu": "h200", "variants": {"bf16": [*bf16, point(384, 30, 6100, 1500, 60)]}}
 
 
-def _plan(profile: dict[str, Any], router_replicas: int = 1) -> GoalPlan:
+def _plan(profile: dict[str, Any], router_replicas: int = 1, variants: tuple[str, ...] = ("bf16",)) -> GoalPlan:
     goal = {
         "model": "llama-3-8b",
         "source": "/models/llama-3-8b",
         "gpu": "h200",
         "slo": {"ttft_p99_ms": 500, "tpot_p99_ms": 50},
         "traffic": {"input_tokens": 512, "output_tokens_mean": 128},
-        "variants": ["bf16"],
+        "variants": list(variants),
         "router_replicas": router_replicas,
     }
     points, note = parse_profile(profile, "h200")
     assert note is None
-    return plan_goal(parse_goal(goal), preset("llama-3-8b"), {}, points, "fake-profile.json")
+    verdicts = {v: GateVerdict(True, f"{v}.json") for v in variants if v != "bf16"}
+    return plan_goal(parse_goal(goal), preset("llama-3-8b"), verdicts, points, "fake-profile.json")
 
 
 def test_the_planned_flow_queue_holds_the_profiled_cap_not_max_num_seqs() -> None:
@@ -104,6 +106,32 @@ def test_the_planned_flow_queue_holds_the_profiled_cap_not_max_num_seqs() -> Non
     sidecar = plan_json(result)["flow_control"]
     assert sidecar["engine_cap"] == 112 and sidecar["cap_from_profile"]
     assert "c=64" in sidecar["reason"] and "c=192" in sidecar["reason"]
+
+
+def test_the_goodput_a_plan_reports_and_compares_is_the_one_at_the_flow_cap() -> None:
+    result = _plan(_profile(with_tails=True))
+    vp = result.chosen
+    assert vp is not None and vp.flow_estimate is not None
+    at_cap = goodput_rps(result.goal, 112, vp.flow_estimate)
+    assert vp.goodput_rps == at_cap < goodput_rps(result.goal, vp.max_num_seqs, vp.estimate)
+    assert vp.reasons["goodput"].startswith(f"{at_cap:.2f} requests/s estimated at the flow cap of 112 in flight")
+
+
+def test_a_variant_faster_at_max_num_seqs_loses_when_its_tail_caps_it_lower() -> None:
+    """fp8 here outruns bf16 at high concurrency, but its TTFT p99 crosses 400 ms at c=40 (bf16's at
+    112): at their caps bf16 lets more good requests through, so the plan serves bf16."""
+    profile = _profile(with_tails=True)
+    fp8 = [(1, 3, 300, 40, 5), (32, 5, 4000, 300, 10), (64, 6, 7000, 700, 15), (192, 10, 9000, 900, 20)]
+    fp8 += [(384, 20, 9500, 1800, 40)]
+    profile["variants"]["fp8"] = [
+        {"concurrency": c, "tpot_ms": t, "output_tokens_per_s": r, "ttft_p99_ms": p, "tpot_p99_ms": q}
+        for c, t, r, p, q in fp8
+    ]
+    result = _plan(profile, variants=("bf16", "fp8"))
+    assert result.chosen is not None and result.chosen.variant.id == "bf16"
+    fp8_plan = next(c for c in result.candidates if c.variant.id == "fp8")
+    assert fp8_plan.flow_cap is not None and fp8_plan.flow_cap.seqs == 40
+    assert goodput_rps(result.goal, fp8_plan.max_num_seqs, fp8_plan.estimate) > result.chosen.goodput_rps
 
 
 def test_the_cap_is_split_over_router_replicas() -> None:
