@@ -25,8 +25,9 @@ import pytest
 
 from serve_app.models.embedded import resolve_source
 from serve_app.quantize.evaluate import with_lm_eval
-from serve_app.quantize.lm_eval_runner import ServedModel, score_model
+from serve_app.quantize.lm_eval_runner import ServedModel, check_lm_eval, score_model
 from serve_app.quantize.lm_eval_task import MC_TASK, QA_TASK, TASKS, lm_eval_python
+from serve_app.quantize.runner import RunnerError
 
 pytestmark = pytest.mark.integration
 
@@ -37,11 +38,12 @@ ITEMS_PER_TASK = 10
 @pytest.fixture
 def lm_eval_interpreter() -> str:
     python = lm_eval_python()
-    if subprocess.run([python, "-c", "import lm_eval"], capture_output=True, check=False).returncode != 0:
-        missing = f"lm-eval is not importable by {python}; run scripts/setup_eval_env.sh (make install-test does)"
+    try:
+        check_lm_eval(python)  # the probe evaluate itself runs before any model loads
+    except RunnerError as err:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(missing)  # CI installs it: a skip there would hide a broken set-up
-        pytest.skip(missing)
+            pytest.fail(str(err))  # CI installs it: a skip there would hide a broken set-up
+        pytest.skip(str(err))
     return python
 
 
