@@ -34,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 DUMMY = Path("/tmp/llama8b-dummy")
 AWQ_DUMMY = Path("/tmp/llama8b-awq-dummy")  # the same shape with an AWQ int4 quantization_config
+FP8_DYNAMIC_DUMMY = Path("/tmp/llama8b-fp8-dynamic-dummy")  # ... with an FP8_DYNAMIC one
 CACHE = Path("/tmp/mc")
 PLAIN_URL = "http://127.0.0.1:8100"
 STACK_URL = "http://127.0.0.1:8000"
@@ -103,12 +104,13 @@ def _stack_env(gpus: str, door: str = "haproxy") -> dict[str, str]:
 
 def prepare_models() -> None:
     """SmolLM2 converted in its own process (see ../shared/gpu/README.md), then the 8B-shaped folder."""
-    if not DUMMY.exists():
+    smollm2 = CACHE / "smollm2-135m-instruct"
+    if not smollm2.exists():
         subprocess.run([sys.executable, "-m", "serve_app.cli", "prepare-model", "--cache-dir", str(CACHE)], check=True)
-        smollm2 = CACHE / "smollm2-135m-instruct"
-        subprocess.run([sys.executable, str(HERE / "make_8b_dummy.py"), str(smollm2), str(DUMMY)], check=True)
-        make = [sys.executable, str(HERE / "make_8b_dummy.py"), str(smollm2), str(AWQ_DUMMY), "--awq"]
-        subprocess.run(make, check=True)
+    for folder, flags in ((DUMMY, []), (AWQ_DUMMY, ["--awq"]), (FP8_DYNAMIC_DUMMY, ["--fp8-dynamic"])):
+        if not folder.exists():
+            make = [sys.executable, str(HERE / "make_8b_dummy.py"), str(smollm2), str(folder), *flags]
+            subprocess.run(make, check=True)
 
 
 def start(out: Path, timeout_s: float, tp: int, config: str, plain_memory: float, awq: bool, door: str) -> None:

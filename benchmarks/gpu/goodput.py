@@ -3,11 +3,13 @@
 machine (servers outlive a call: they run in sessions of their own):
 
     python benchmarks/gpu/goodput.py gate    --out $OUT   # SmolLM2 (real weights): each FP8 variant vs bf16
+                                                          # (--gate-variants fp8-dynamic: a subset)
     python benchmarks/gpu/goodput.py profile --out $OUT   # 8B shape: bf16, fp8, fp8-fp8kv profiled; plan; stack
                                                           # (--gate-reports DIR: an earlier gate run's reports;
                                                           # --profile P: steady points, rates from P)
     python benchmarks/gpu/goodput.py serve --out $OUT --profile P --gate-reports G  # plain + stack, no profiling
-                                                          # (--variant V: V profiled beside plain's start)
+                                                          # (--variant V: V profiled beside plain's start;
+                                                          # --rates R1,R2,..: the ladder's, else from P)
     python benchmarks/gpu/goodput.py profile-variant --out $OUT --profile P --variant fp8-fp8kv
                                                           # one variant alone, added to profile P (then serve)
     python benchmarks/gpu/goodput.py ladder  --out $OUT --runs 0:fixed,0:spread   # (round:lengths)s
@@ -54,8 +56,18 @@ BF16_WEIGHTS_GIB, ACTIVATIONS_GIB = 13.8, 3.0
 # (variant id, serve-app evaluate flags): FP8 weights, and with an FP8 KV cache, gated on SmolLM2.
 FP8 = ["--quantization", "fp8"]
 FP8_KV = [*FP8, "--kv-cache-dtype", "fp8"]
-GATE_VARIANTS = (("fp8", FP8), ("fp8-fp8kv", FP8_KV))
+GATE_VARIANTS = (("fp8", FP8), ("fp8-fp8kv", FP8_KV), ("fp8-dynamic", []))
 PROFILED_VARIANTS = (("bf16", []), *GATE_VARIANTS)  # bf16: the gate's baseline, profiled like the others
+# A checkpoint variant's folder: SmolLM2's for the gate (made here by `serve-app quantize --method
+# fp8-dynamic` and shipped to the GPU), the 8B shape's for speed (make_8b_dummy.py --fp8-dynamic).
+SMOLLM2 = "embedded:smollm2-135m-instruct"
+GATE_MODELS = {"fp8-dynamic": compare.CACHE / "smollm2-135m-instruct-fp8-dynamic"}
+SHAPE_MODELS = {"fp8-dynamic": compare.FP8_DYNAMIC_DUMMY}
+# A variant no earlier profile holds takes its steady points' offered rates from one with the same
+# kernels (only the rates: the points are its own), so it is profiled at steady load, not in a burst.
+RATE_SOURCES = {"fp8-dynamic": "fp8"}
+# evaluate beside other engines on the GPU (gate_lm_eval.py's): vLLM's default share would not fit.
+GATE_GPU_MEMORY = "0.2"
 LADDER_LOADS = (0.5, 1.0, 1.25, 1.5, 2.0)  # offered rates, in units of plain vLLM's capacity
 LADDER_SECONDS = 10  # of Poisson arrivals per rate
 SLO = {"ttft": 500, "tpot": 50}  # ms, the goal's
@@ -63,14 +75,18 @@ INPUT_TOKENS, OUTPUT_TOKENS = 512, 128  # the goal's traffic
 LENGTH_SPREAD = {"fixed": 0.0, "spread": 0.5}
 
 
-def gate(out: Path) -> None:
+def gate(out: Path, variants: list[str]) -> None:
     compare.prepare_models()
     folder = out / "gate"
     folder.mkdir(parents=True, exist_ok=True)
     for variant, flags in GATE_VARIANTS:
+        if variant not in variants:
+            continue
         report = folder / f"{variant}.json"
-        cmd = [sys.executable, "-m", "serve_app.cli", "evaluate", "--model", "embedded:smollm2-135m-instruct"]
+        model = str(GATE_MODELS.get(variant, SMOLLM2))
+        cmd = [sys.executable, "-m", "serve_app.cli", "evaluate", "--model", model, "--baseline", SMOLLM2]
         cmd += ["--cache-dir", str(compare.CACHE), "--dtype", "bfloat16", "--report", str(report), *flags]
+        cmd += ["--gpu-memory-utilization", GATE_GPU_MEMORY]
         with (folder / f"{variant}.log").open("w") as log:
             code = subprocess.run(cmd, cwd=compare.REPO, stdout=log, stderr=subprocess.STDOUT).returncode
         print(variant, "exit", code, "report" if report.exists() else "NO REPORT", flush=True)
@@ -83,8 +99,8 @@ def variant_flags(variant: str) -> list[str]:
     return ["--dtype", "bfloat16", *dict(PROFILED_VARIANTS)[variant]]
 
 
-def _plain(port: int, extra: list[str], log: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(compare.DUMMY)]
+def _plain(port: int, extra: list[str], log: str, model: Path = compare.DUMMY) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)]
     cmd += ["--served-model-name", compare.MODEL, "--load-format", "dummy", "--port", str(port), *extra]
     return compare._spawn(cmd, Path(log), {"CUDA_VISIBLE_DEVICES": "0"})
 
@@ -115,7 +131,8 @@ def _profile_alone(
     # vLLM still checks free memory >= utilization x total at start-up, after plain bf16 (starting
     # beside it) has taken its share: the default 0.92 fails there; the KV size is fixed by kv_bytes.
     memory = ["--gpu-memory-utilization", str(SIDE_ENGINE_UTILIZATION)]
-    proc = _plain(8101, [*flags, "--kv-cache-memory-bytes", str(kv_bytes), *memory], str(log))
+    model = SHAPE_MODELS.get(variant, compare.DUMMY)
+    proc = _plain(8101, [*flags, "--kv-cache-memory-bytes", str(kv_bytes), *memory], str(log), model)
     compare.wait_for(FP8_URL + "/health", timeout_s, proc)
     points = _profile_points(FP8_URL, engine_batched_tokens(log), earlier)
     os.killpg(proc.pid, signal.SIGTERM)
@@ -164,13 +181,13 @@ def profile_variant(out: Path, earlier_profile: Path, variant: str, timeout_s: f
     shutil.copy(STATE / "profile.json", out / "profile.json")
 
 
-def serve(out: Path, earlier_profile: Path, timeout_s: float, variant: str | None) -> None:
+def serve(out: Path, earlier_profile: Path, timeout_s: float, variant: str | None, rates: list[float] | None) -> None:
     """Plain bf16 for the ladder, then the stack planned on an earlier profile (the profile phase
     skipped to save device time): that profile's engines ran vLLM's defaults, whose
     max_num_batched_tokens this plain engine's log states, so its points are marked with it.
     With ``variant``, that variant starts beside plain bf16 and is profiled into the profile first
     (one engine start's time instead of two), at steady load with rates from its earlier points
-    (burst when the profile lacks it): its points replace the earlier ones."""
+    (or RATE_SOURCES' variant's; burst when the profile has neither): its points replace the earlier ones."""
     compare.stop_servers()
     compare.prepare_models()
     total = _gpu_memory_bytes()
@@ -181,11 +198,10 @@ def serve(out: Path, earlier_profile: Path, timeout_s: float, variant: str | Non
     data = json.loads(earlier_profile.read_text())
     # The ladder's rates stay the earlier profile's (its largest closed loop of bf16), even when
     # bf16 itself is re-profiled here: rounds of different runs then share their offered loads.
-    rates = ladder_rates(data["variants"]["bf16"])
+    rates = rates or ladder_rates(data["variants"]["bf16"])
     if variant:  # starts while plain bf16 does
-        data["variants"][variant] = _profile_alone(
-            variant, variant_flags(variant), kv_bytes, timeout_s, data["variants"].get(variant)
-        )
+        earlier = rate_source_points(data["variants"], variant)
+        data["variants"][variant] = _profile_alone(variant, variant_flags(variant), kv_bytes, timeout_s, earlier)
     compare.wait_for(compare.PLAIN_URL + "/health", timeout_s, bf16)
     engines_s = time.monotonic() - started
     batched = engine_batched_tokens(log)
@@ -196,6 +212,11 @@ def serve(out: Path, earlier_profile: Path, timeout_s: float, variant: str | Non
     (STATE / "profile.json").write_text(json.dumps(data, indent=1))
     meta = {"plain_ready_s": engines_s, "plain_kv_cache_bytes": kv_bytes, "gpu_bytes": total, "rates": rates}
     plan_and_start_stack(out, meta)
+
+
+def rate_source_points(variants: dict[str, list[dict]], variant: str) -> list[dict] | None:
+    """The earlier points that set ``variant``'s steady rates: its own, else RATE_SOURCES' variant's."""
+    return variants.get(variant) or variants.get(RATE_SOURCES.get(variant, ""))
 
 
 def ladder_rates(bf16_points: list[dict]) -> list[float]:
@@ -218,12 +239,18 @@ def plan_and_start_stack(out: Path, meta: dict) -> None:
 
 
 def write_stack_config(planned: Path, out: Path) -> None:
-    """The planner's config with dummy weights (the one change: no 8B checkpoint is on the machine)."""
+    """The planner's config with dummy weights (no 8B checkpoint is on the machine). A quantized
+    dummy folder also gets ``allow_ungated``: dummy weights have nothing to evaluate, the planner's
+    gate verdict for the variant is SmolLM2's, and the deployment gate is waived by name."""
     config = yaml.safe_load(planned.read_text())
+    changes = ["engine_options.load_format: dummy"]
     for model in config["applications"][0]["args"]["models"]:
         model.setdefault("engine_options", {})["load_format"] = "dummy"
+        if model.get("source") in {str(folder) for folder in SHAPE_MODELS.values()}:
+            model["allow_ungated"] = True
+            changes.append("allow_ungated: true (a dummy-weight checkpoint folder)")
     header = "".join(line + "\n" for line in planned.read_text().splitlines() if line.startswith("#"))
-    out.write_text(header + "# + engine_options.load_format: dummy (goodput.py)\n" + yaml.safe_dump(config))
+    out.write_text(header + f"# + {'; '.join(changes)} (goodput.py)\n" + yaml.safe_dump(config))
 
 
 def _plain_kv_bytes(gpu_bytes: int) -> int:
@@ -289,6 +316,9 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="serve, profile-variant, profile: an earlier profile.json")
     variants = [v for v, _ in PROFILED_VARIANTS]
     parser.add_argument("--variant", choices=variants, help="profile-variant, serve: profile it")
+    parser.add_argument("--rates", help="serve: the ladder's requests/s, comma-separated (default: from --profile)")
+    gated = ",".join(v for v, _ in GATE_VARIANTS)
+    parser.add_argument("--gate-variants", default=gated, help="gate: comma-separated subset of %(default)s")
     args = parser.parse_args()
     if args.phase in ("serve", "profile-variant") and args.profile is None:
         parser.error(f"{args.phase} needs --profile (an earlier profile.json)")
@@ -298,7 +328,7 @@ def main() -> None:
     STATE.mkdir(exist_ok=True)
     try:
         if args.phase == "gate":
-            gate(args.out)
+            gate(args.out, args.gate_variants.split(","))
         elif args.phase == "profile-variant":
             profile_variant(args.out, args.profile, args.variant, args.timeout)
         elif args.phase in ("profile", "serve"):
@@ -308,7 +338,8 @@ def main() -> None:
                 earlier = json.loads(args.profile.read_text())["variants"] if args.profile else {}
                 profile(args.out, args.timeout, earlier)
             else:
-                serve(args.out, args.profile, args.timeout, args.variant)
+                rates = [float(r) for r in args.rates.split(",")] if args.rates else None
+                serve(args.out, args.profile, args.timeout, args.variant, rates)
         else:
             compare.wait_for(compare.STACK_URL + "/ready", args.timeout)
             compare.wait_for(compare.PLAIN_URL + "/health", 60)

@@ -8,7 +8,12 @@ With ``--awq`` the config also carries an AWQ int4 ``quantization_config`` (grou
 layout of published AWQ Llama checkpoints): vLLM's dummy loader then allocates the packed int4
 weights and random scales, and picks its AWQ Marlin kernels on Hopper as for a real checkpoint.
 
-Usage: python benchmarks/gpu/make_8b_dummy.py TOKENIZER_DIR OUT_DIR [--awq]
+With ``--fp8-dynamic`` it carries the FP8_DYNAMIC ``quantization_config`` that ``serve-app quantize
+--method fp8-dynamic`` (llm-compressor) writes: compressed-tensors ``float-quantized``, FP8 weights
+with one scale per output channel, activations quantized per token at run time, ``lm_head`` left in
+16-bit. The same scheme as the SmolLM2 checkpoint the gate judges; vLLM picks its CUTLASS FP8 kernels.
+
+Usage: python benchmarks/gpu/make_8b_dummy.py TOKENIZER_DIR OUT_DIR [--awq | --fp8-dynamic]
 """
 
 from __future__ import annotations
@@ -35,9 +40,26 @@ LLAMA3_8B_SHAPE = {
     "torch_dtype": "bfloat16",
 }
 AWQ_INT4 = {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"}
+_FP8 = {"num_bits": 8, "type": "float", "symmetric": True, "group_size": None}
+FP8_DYNAMIC = {
+    "quant_method": "compressed-tensors",
+    "format": "float-quantized",
+    "quantization_status": "compressed",
+    "ignore": ["lm_head"],
+    "config_groups": {
+        "group_0": {
+            "targets": ["Linear"],
+            "format": "float-quantized",
+            "weights": _FP8 | {"strategy": "channel", "dynamic": False, "observer": "memoryless_minmax"},
+            "input_activations": _FP8 | {"strategy": "token", "dynamic": True, "observer": None},
+            "output_activations": None,
+        }
+    },
+    "kv_cache_scheme": None,
+}
 
 
-def main(tokenizer_dir: Path, out: Path, awq: bool = False) -> None:
+def main(tokenizer_dir: Path, out: Path, awq: bool = False, fp8_dynamic: bool = False) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
         if (tokenizer_dir / name).exists():
@@ -46,9 +68,11 @@ def main(tokenizer_dir: Path, out: Path, awq: bool = False) -> None:
     config = LLAMA3_8B_SHAPE | {k: source[k] for k in ("vocab_size", "bos_token_id", "eos_token_id")}
     if awq:
         config |= {"quantization_config": AWQ_INT4, "torch_dtype": "float16"}
+    if fp8_dynamic:
+        config |= {"quantization_config": FP8_DYNAMIC}
     (out / "config.json").write_text(json.dumps(config, indent=2))
     print(out)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]), awq="--awq" in sys.argv[3:])
+    main(Path(sys.argv[1]), Path(sys.argv[2]), awq="--awq" in sys.argv[3:], fp8_dynamic="--fp8-dynamic" in sys.argv[3:])

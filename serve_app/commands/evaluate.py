@@ -40,6 +40,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--min-golden-kept", type=float, default=0.9, help="fail below this fraction of golden answers")
     p.add_argument("--report", type=Path, default=None, help="report path (default: MODEL/evaluation_report.json)")
     p.add_argument("--cache-dir", type=Path, default=None, help="model cache folder for embedded models")
+    p.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=None,
+        help="vLLM's share of GPU memory for each measured model (default: vLLM's), lower on a shared GPU",
+    )
     _register_lm_eval(p)
     p.set_defaults(func=run)
 
@@ -80,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         thresholds = Thresholds(args.max_ppl_increase_pct, args.min_golden_kept)
+        if args.gpu_memory_utilization is not None and not 0 < args.gpu_memory_utilization <= 1:
+            raise ValueError(f"--gpu-memory-utilization must be in (0, 1], not {args.gpu_memory_utilization}")
         lm_eval_python = _lm_eval_python(args) if args.lm_eval else None
     except (ValueError, runner.RunnerError) as err:
         print(f"serve-app evaluate: error: {err}", file=sys.stderr)
@@ -96,9 +104,12 @@ def run(args: argparse.Namespace) -> int:
         print("serve-app evaluate: error: no checkpoint folder of its own to write to; pass --report", file=sys.stderr)
         return 2
     try:
-        base = runner.measure_model(baseline, args.baseline_dtype or args.dtype, heldout, golden, args.max_model_len)
+        memory = args.gpu_memory_utilization
+        base = runner.measure_model(
+            baseline, args.baseline_dtype or args.dtype, heldout, golden, args.max_model_len, memory=memory
+        )
         cand = runner.measure_model(
-            model, args.dtype, heldout, golden, args.max_model_len, args.quantization, args.kv_cache_dtype
+            model, args.dtype, heldout, golden, args.max_model_len, args.quantization, args.kv_cache_dtype, memory
         )
         report = compare(cand, base, thresholds)
         if lm_eval_python is not None:

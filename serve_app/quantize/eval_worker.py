@@ -80,6 +80,8 @@ def measure(args: argparse.Namespace) -> ModelMeasurement:
     options: dict[str, Any] = {"quantization": vllm_quantization_name(args.quantization)} if args.quantization else {}
     if args.kv_cache_dtype != "auto":
         options["kv_cache_dtype"] = args.kv_cache_dtype
+    if args.gpu_memory_utilization is not None:
+        options["gpu_memory_utilization"] = args.gpu_memory_utilization
     llm = LLM(
         model=args.model, dtype=args.dtype, enforce_eager=True, max_model_len=args.max_model_len, seed=0, **options
     )
@@ -116,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--quantization", default=None, help="quantize-on-load method (serve_app names)")
     p.add_argument("--kv-cache-dtype", default="auto", help="vLLM's kv_cache_dtype, e.g. fp8")
+    p.add_argument("--gpu-memory-utilization", type=float, default=None, help="vLLM's; default: vLLM's")
     p.add_argument("--heldout", required=True)
     p.add_argument("--golden", required=True)
     p.add_argument("--max-model-len", type=int, default=1024)

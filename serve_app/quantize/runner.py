@@ -81,8 +81,10 @@ def measure_model(
     max_model_len: int,
     quantization: str | None = None,
     kv_cache_dtype: str = "auto",
+    memory: float | None = None,
 ) -> ModelMeasurement:
-    """One evaluation worker (a fresh vLLM process) for one model."""
+    """One evaluation worker (a fresh vLLM process) for one model; ``memory``: its
+    gpu_memory_utilization (None: vLLM's default)."""
     env = dict(os.environ)
     env.setdefault(*CPU_KV_SPACE)
     with tempfile.TemporaryDirectory(prefix="serve-app-eval-") as tmp:
@@ -96,6 +98,8 @@ def measure_model(
             cmd += ["--quantization", quantization]
         if kv_cache_dtype != "auto":
             cmd += ["--kv-cache-dtype", kv_cache_dtype]
+        if memory is not None:
+            cmd += ["--gpu-memory-utilization", str(memory)]
         # The worker's (vLLM's) log goes to stderr so that stdout carries only our report.
         code = subprocess.run(cmd, check=False, env=env, stdout=sys.stderr).returncode
         if code != 0 or not out.is_file():

@@ -33,7 +33,7 @@ from typing import Any
 from serve_app.models.shapes import ModelShape
 from serve_app.quantize.goal import Traffic
 from serve_app.quantize.planner import Gpu
-from serve_app.quantize.variants import Variant, variant_by_id
+from serve_app.quantize.variants import FP8_WEIGHTS, Variant, variant_by_id
 
 ROOFLINE = "roofline estimate (no profile): weights + KV bytes over HBM bandwidth vs matmul FLOPs over peak"
 
@@ -61,7 +61,7 @@ class SpeedPoint:
 
 
 def compute_peak_flops(variant: Variant, gpu: Gpu) -> float:
-    if variant.weights == "fp8" and gpu.fp8_tflops:
+    if variant.weights in FP8_WEIGHTS and gpu.fp8_tflops:
         return gpu.fp8_tflops * 1e12
     if variant.weights == "w8a8":
         return gpu.int8_tops * 1e12

@@ -1,9 +1,12 @@
 """Serving variants the goal planner weighs, and which ones a GPU type runs (pure, stdlib only).
 
 A variant is a weight format and a KV-cache dtype. Weight formats, highest precision first:
-bf16 (the unquantized baseline), FP8 (vLLM's online dynamic quantization of the bf16 checkpoint),
-W8A8 int8, AWQ int4 and GPTQ int4 (the last three need a pre-quantized checkpoint, e.g. from
-``serve-app quantize``). Each comes with the KV cache in the model dtype or in FP8.
+bf16 (the unquantized baseline); FP8 from an FP8_DYNAMIC checkpoint (``fp8-dynamic``: one weight
+scale per output channel, activations scaled per token at run time); FP8 from vLLM's online
+quantization of the bf16 checkpoint (``fp8``: one scale per weight tensor, activations scaled per
+tensor at run time, so one outlier token coarsens every other token's scale); W8A8 int8, AWQ int4
+and GPTQ int4. ``fp8-dynamic`` and the last three need a pre-quantized checkpoint, e.g. from
+``serve-app quantize``. Each comes with the KV cache in the model dtype or in FP8.
 
 Hardware rules, as vLLM 0.32's CUDA code has them:
 
@@ -24,12 +27,14 @@ from dataclasses import dataclass
 
 from serve_app.quantize.planner import Gpu
 
-WEIGHT_FORMATS = ("bf16", "fp8", "w8a8", "awq", "gptq")  # highest precision first
+WEIGHT_FORMATS = ("bf16", "fp8-dynamic", "fp8", "w8a8", "awq", "gptq")  # highest precision first
+FP8_WEIGHTS = frozenset({"fp8-dynamic", "fp8"})  # both need FP8 tensor cores
 KV_DTYPES = ("auto", "fp8")  # auto = the model dtype
-CHECKPOINT_FORMATS = frozenset({"w8a8", "awq", "gptq"})
+CHECKPOINT_FORMATS = frozenset({"fp8-dynamic", "w8a8", "awq", "gptq"})
 # The planner's names for the weight formats (serve_app.quantize.planner.weight_format).
 PLANNER_QUANTIZATION: dict[str, str | None] = {
     "bf16": None,
+    "fp8-dynamic": "fp8-dynamic",
     "fp8": "fp8",
     "w8a8": "w8a8-int8",
     "awq": "awq",
@@ -92,7 +97,7 @@ def variant_by_id(variant_id: str) -> Variant:
 
 def unsupported_reason(variant: Variant, gpu: Gpu) -> str | None:
     """Why ``gpu`` cannot run ``variant`` the way the planner counts on, or None."""
-    if variant.weights == "fp8" and not gpu.fp8_compute:
+    if variant.weights in FP8_WEIGHTS and not gpu.fp8_compute:
         return (
             f"{gpu.name} has no FP8 tensor cores: vLLM would run FP8 weights as weight-only W8A16 (Marlin), "
             "no faster than 16-bit; W8A8 int8 and int4 save the same memory with kernels this GPU has"

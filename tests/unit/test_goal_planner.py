@@ -22,7 +22,10 @@ from serve_app.quantize.planner import GPUS
 from serve_app.quantize.speed import ROOFLINE, parse_profile
 
 SHAPE = preset("llama-3-8b")
-ALL_GATED = ("bf16-fp8kv", "fp8", "fp8-fp8kv", "w8a8", "w8a8-fp8kv", "awq", "awq-fp8kv", "gptq", "gptq-fp8kv")
+ALL_GATED = (
+    *("bf16-fp8kv", "fp8-dynamic", "fp8-dynamic-fp8kv", "fp8", "fp8-fp8kv"),
+    *("w8a8", "w8a8-fp8kv", "awq", "awq-fp8kv", "gptq", "gptq-fp8kv"),
+)
 
 
 def goal_dict(**overrides: Any) -> dict[str, Any]:
@@ -32,7 +35,12 @@ def goal_dict(**overrides: Any) -> dict[str, Any]:
         "gpu": "h200",
         "slo": {"ttft_p99_ms": 500, "tpot_p99_ms": 50},
         "traffic": {"input_tokens": 512, "output_tokens_mean": 128},
-        "checkpoints": {"w8a8": "/models/w8a8", "awq": "/models/awq", "gptq": "/models/gptq"},
+        "checkpoints": {
+            "fp8-dynamic": "/models/fp8-dynamic",
+            "w8a8": "/models/w8a8",
+            "awq": "/models/awq",
+            "gptq": "/models/gptq",
+        },
     }
     goal.update(overrides)
     return goal
@@ -58,12 +66,13 @@ def dropped(result: GoalPlan) -> dict[str, str]:
 def test_a100_drops_fp8_weights_with_a_reason_and_keeps_fp8_kv_with_a_note() -> None:
     result = run_plan(gpu="a100-80gb")
     reasons = dropped(result)
-    assert "no FP8 tensor cores" in reasons["fp8"] and "no FP8 tensor cores" in reasons["fp8-fp8kv"]
+    for fp8 in ("fp8", "fp8-fp8kv", "fp8-dynamic", "fp8-dynamic-fp8kv"):
+        assert "no FP8 tensor cores" in reasons[fp8]
     kept = {c.variant.id for c in result.candidates}
     assert {"bf16", "bf16-fp8kv", "w8a8", "awq", "gptq", "awq-fp8kv"} <= kept
     assert "FlashInfer" in candidate(result, "bf16-fp8kv").reasons["hardware"]
     hopper = run_plan(gpu="h100-80gb")
-    assert {"fp8", "fp8-fp8kv"} <= {c.variant.id for c in hopper.candidates}
+    assert {"fp8", "fp8-fp8kv", "fp8-dynamic", "fp8-dynamic-fp8kv"} <= {c.variant.id for c in hopper.candidates}
     assert "hardware" not in candidate(hopper, "bf16-fp8kv").reasons
 
 
@@ -205,6 +214,24 @@ def test_fp8_config_quantizes_on_load_on_a_gpu() -> None:
     model = load_config(serve_config(result)["applications"][0]["args"]).models[0]
     assert model.quantization == "fp8" and model.kv_cache_dtype == "fp8" and model.ray_actor_options.num_gpus == 1
     assert dropped(result)["awq"] == "not among the goal's variants"
+
+
+def test_an_fp8_dynamic_checkpoint_is_served_from_its_folder_with_no_quantize_on_load() -> None:
+    """FP8_DYNAMIC (per-channel weight scales, per-token activation scales) comes as a checkpoint:
+    vLLM reads its method from the checkpoint's config.json, so the config leaves quantization unset."""
+    result = run_plan(verdicts=passing("fp8-dynamic"), variants=["bf16", "fp8-dynamic"])
+    assert result.chosen is not None and result.chosen.variant.id == "fp8-dynamic"
+    model = load_config(serve_config(result)["applications"][0]["args"]).models[0]
+    assert model.quantization is None and model.source == "/models/fp8-dynamic"
+    fp8_weights = candidate(run_plan(), "fp8").memory.weight_bytes_total
+    assert candidate(result, "fp8-dynamic").memory.weight_bytes_total == fp8_weights
+    no_checkpoint = run_plan(verdicts=passing("fp8-dynamic"), variants=["bf16", "fp8-dynamic"], checkpoints={})
+    assert "no fp8-dynamic checkpoint" in dropped(no_checkpoint)["fp8-dynamic"]
+
+
+def test_with_equal_speed_fp8_dynamic_wins_over_online_fp8_for_its_precision() -> None:
+    result = run_plan(verdicts=passing("fp8", "fp8-dynamic"), variants=["bf16", "fp8", "fp8-dynamic"])
+    assert result.chosen is not None and result.chosen.variant.id == "fp8-dynamic"
 
 
 def test_admission_budget_holds_running_sequences_plus_what_meets_the_ttft_target() -> None:

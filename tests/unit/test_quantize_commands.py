@@ -88,7 +88,7 @@ def test_evaluate_of_an_fp8_kv_cache_measures_the_candidate_only_and_needs_an_ex
     baseline.mkdir()
     calls: dict[str, str] = {}
 
-    def measure(model: Path, *args: object) -> ModelMeasurement:
+    def measure(model: Path, *args: object, **_: object) -> ModelMeasurement:
         calls[str(model)] = str(args[5]) if len(args) > 5 else "auto"  # (dtype, ..., quantization, kv)
         return _measurement(str(model), 20.0, 10)
 
@@ -116,3 +116,29 @@ def test_the_worker_command_line_carries_the_kv_cache_dtype(tmp_path: Path, monk
     assert got.kv_cache_dtype == "fp8"
     runner.measure_model(tmp_path, "bfloat16", tmp_path, tmp_path, 1024)
     assert "--kv-cache-dtype" not in seen[1]
+
+
+def test_a_gpu_memory_share_reaches_both_workers_and_a_bad_one_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a GPU other engines share, each measured model takes the share given, not vLLM's 0.9."""
+    seen: list[list[str]] = []
+
+    def fake_run(cmd: list[str], **_: object) -> object:
+        seen.append(cmd)
+        Path(cmd[cmd.index("--out") + 1]).write_text(
+            json.dumps(_measurement(cmd[cmd.index("--model") + 1], 20.0, 10).to_dict())
+        )
+        return type("Done", (), {"returncode": 0})()
+
+    monkeypatch.setattr(runner.subprocess, "run", fake_run)
+    candidate, baseline = _checkpoint(tmp_path / "q"), tmp_path / "base"
+    baseline.mkdir()
+    argv = ["evaluate", "--model", str(candidate), "--baseline", str(baseline), "--report", str(tmp_path / "r.json")]
+    assert evaluate_command.run(_parser().parse_args([*argv, "--gpu-memory-utilization", "0.2"])) == 0
+    assert [cmd[cmd.index("--gpu-memory-utilization") + 1] for cmd in seen] == ["0.2", "0.2"]
+    assert evaluate_command.run(_parser().parse_args(argv)) == 0
+    assert all("--gpu-memory-utilization" not in cmd for cmd in seen[2:])
+    seen.clear()
+    assert evaluate_command.run(_parser().parse_args([*argv, "--gpu-memory-utilization", "1.5"])) == 2
+    assert seen == []
