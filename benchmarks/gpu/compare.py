@@ -35,6 +35,7 @@ REPO = HERE.parents[1]
 DUMMY = Path("/tmp/llama8b-dummy")
 AWQ_DUMMY = Path("/tmp/llama8b-awq-dummy")  # the same shape with an AWQ int4 quantization_config
 FP8_DYNAMIC_DUMMY = Path("/tmp/llama8b-fp8-dynamic-dummy")  # ... with an FP8_DYNAMIC one
+W8A8_DUMMY = Path("/tmp/llama8b-w8a8-dummy")  # ... with a W8A8 int8 one
 CACHE = Path("/tmp/mc")
 PLAIN_URL = "http://127.0.0.1:8100"
 STACK_URL = "http://127.0.0.1:8000"
@@ -107,7 +108,8 @@ def prepare_models() -> None:
     smollm2 = CACHE / "smollm2-135m-instruct"
     if not smollm2.exists():
         subprocess.run([sys.executable, "-m", "serve_app.cli", "prepare-model", "--cache-dir", str(CACHE)], check=True)
-    for folder, flags in ((DUMMY, []), (AWQ_DUMMY, ["--awq"]), (FP8_DYNAMIC_DUMMY, ["--fp8-dynamic"])):
+    folders = ((DUMMY, []), (AWQ_DUMMY, ["--awq"]), (FP8_DYNAMIC_DUMMY, ["--fp8-dynamic"]), (W8A8_DUMMY, ["--w8a8"]))
+    for folder, flags in folders:
         if not folder.exists():
             make = [sys.executable, str(HERE / "make_8b_dummy.py"), str(smollm2), str(folder), *flags]
             subprocess.run(make, check=True)

@@ -1,6 +1,6 @@
 """lm-eval through vLLM's OpenAI API on the GPU: the project's two tasks (``serve_app/data/lm_eval``)
 on the real SmolLM2 in bf16 and in each FP8 variant the goodput gate checks (issue #21): online FP8
-(``fp8``, ``fp8-fp8kv``) and an FP8_DYNAMIC checkpoint (``fp8-dynamic``). Perplexity
+(``fp8``, ``fp8-fp8kv``), and FP8_DYNAMIC and W8A8 int8 checkpoints (``fp8-dynamic``, ``w8a8``). Perplexity
 and golden answers come from ``goodput.py gate``; this adds the task scores through the API.
 
     python benchmarks/gpu/gate_lm_eval.py --out $OUT --lm-eval-python /tmp/lm-eval-python
@@ -36,10 +36,13 @@ FIRST_PORT = 8102  # each variant its own port: a server left over cannot answer
 SERVED_NAME = "smollm2-135m-instruct"
 MODEL_DIR = compare.CACHE / SERVED_NAME
 FP8 = ["--quantization", "fp8"]
-VARIANTS = (("bf16", []), ("fp8", FP8), ("fp8-fp8kv", [*FP8, "--kv-cache-dtype", "fp8"]), ("fp8-dynamic", []))
-# A checkpoint variant's own folder (`serve-app quantize --method fp8-dynamic` of SmolLM2, made on a
-# CPU machine and shipped); the others serve the converted GGUF with their flags.
-CHECKPOINTS = {"fp8-dynamic": compare.CACHE / f"{SERVED_NAME}-fp8-dynamic"}
+VARIANTS = (
+    *(("bf16", []), ("fp8", FP8), ("fp8-fp8kv", [*FP8, "--kv-cache-dtype", "fp8"])),
+    *(("fp8-dynamic", []), ("w8a8", [])),
+)
+# A checkpoint variant's own folder (`serve-app quantize --method fp8-dynamic` / `w8a8-int8` of
+# SmolLM2, made on a CPU machine and shipped); the others serve the converted GGUF with their flags.
+CHECKPOINTS = {v: compare.CACHE / f"{SERVED_NAME}-{v}" for v in ("fp8-dynamic", "w8a8")}
 ENGINE_FLAGS = ["--dtype", "bfloat16", "--enforce-eager", "--seed", "0", "--max-model-len", "2048"]
 # A fixed KV cache per engine: engines starting together on one GPU cannot size their caches from
 # free memory (each would count the others'). vLLM's gpu_worker.determine_available_memory returns

@@ -56,16 +56,17 @@ BF16_WEIGHTS_GIB, ACTIVATIONS_GIB = 13.8, 3.0
 # (variant id, serve-app evaluate flags): FP8 weights, and with an FP8 KV cache, gated on SmolLM2.
 FP8 = ["--quantization", "fp8"]
 FP8_KV = [*FP8, "--kv-cache-dtype", "fp8"]
-GATE_VARIANTS = (("fp8", FP8), ("fp8-fp8kv", FP8_KV), ("fp8-dynamic", []))
+GATE_VARIANTS = (("fp8", FP8), ("fp8-fp8kv", FP8_KV), ("fp8-dynamic", []), ("w8a8", []))
 PROFILED_VARIANTS = (("bf16", []), *GATE_VARIANTS)  # bf16: the gate's baseline, profiled like the others
-# A checkpoint variant's folder: SmolLM2's for the gate (made here by `serve-app quantize --method
-# fp8-dynamic` and shipped to the GPU), the 8B shape's for speed (make_8b_dummy.py --fp8-dynamic).
+# A checkpoint variant's folder: SmolLM2's for the gate (made on a CPU machine by `serve-app quantize
+# --method fp8-dynamic` / `w8a8-int8` and shipped to the GPU), the 8B shape's for speed
+# (make_8b_dummy.py --fp8-dynamic / --w8a8).
 SMOLLM2 = "embedded:smollm2-135m-instruct"
-GATE_MODELS = {"fp8-dynamic": compare.CACHE / "smollm2-135m-instruct-fp8-dynamic"}
-SHAPE_MODELS = {"fp8-dynamic": compare.FP8_DYNAMIC_DUMMY}
+GATE_MODELS = {v: compare.CACHE / f"smollm2-135m-instruct-{v}" for v in ("fp8-dynamic", "w8a8")}
+SHAPE_MODELS = {"fp8-dynamic": compare.FP8_DYNAMIC_DUMMY, "w8a8": compare.W8A8_DUMMY}
 # A variant no earlier profile holds takes its steady points' offered rates from one with the same
 # kernels (only the rates: the points are its own), so it is profiled at steady load, not in a burst.
-RATE_SOURCES = {"fp8-dynamic": "fp8"}
+RATE_SOURCES = {"fp8-dynamic": "fp8", "w8a8": "fp8"}  # W8A8: int8 tensor cores, FP8's peak on Hopper
 # evaluate beside other engines on the GPU (gate_lm_eval.py's): vLLM's default share would not fit.
 GATE_GPU_MEMORY = "0.2"
 LADDER_LOADS = (0.5, 1.0, 1.25, 1.5, 2.0)  # offered rates, in units of plain vLLM's capacity

@@ -8,12 +8,13 @@ With ``--awq`` the config also carries an AWQ int4 ``quantization_config`` (grou
 layout of published AWQ Llama checkpoints): vLLM's dummy loader then allocates the packed int4
 weights and random scales, and picks its AWQ Marlin kernels on Hopper as for a real checkpoint.
 
-With ``--fp8-dynamic`` it carries the FP8_DYNAMIC ``quantization_config`` that ``serve-app quantize
---method fp8-dynamic`` (llm-compressor) writes: compressed-tensors ``float-quantized``, FP8 weights
-with one scale per output channel, activations quantized per token at run time, ``lm_head`` left in
-16-bit. The same scheme as the SmolLM2 checkpoint the gate judges; vLLM picks its CUTLASS FP8 kernels.
+With ``--fp8-dynamic`` or ``--w8a8`` it carries the compressed-tensors ``quantization_config`` that
+``serve-app quantize --method fp8-dynamic`` / ``--method w8a8-int8`` (llm-compressor) writes: FP8
+(``float-quantized``) or int8 (``int-quantized``) weights with one scale per output channel,
+activations quantized per token at run time, ``lm_head`` left in 16-bit. The same schemes as the
+SmolLM2 checkpoints the gate judges; vLLM picks its CUTLASS FP8 or int8 kernels.
 
-Usage: python benchmarks/gpu/make_8b_dummy.py TOKENIZER_DIR OUT_DIR [--awq | --fp8-dynamic]
+Usage: python benchmarks/gpu/make_8b_dummy.py TOKENIZER_DIR OUT_DIR [--awq | --fp8-dynamic | --w8a8]
 """
 
 from __future__ import annotations
@@ -40,39 +41,48 @@ LLAMA3_8B_SHAPE = {
     "torch_dtype": "bfloat16",
 }
 AWQ_INT4 = {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"}
-_FP8 = {"num_bits": 8, "type": "float", "symmetric": True, "group_size": None}
-FP8_DYNAMIC = {
-    "quant_method": "compressed-tensors",
-    "format": "float-quantized",
-    "quantization_status": "compressed",
-    "ignore": ["lm_head"],
-    "config_groups": {
-        "group_0": {
-            "targets": ["Linear"],
-            "format": "float-quantized",
-            "weights": _FP8 | {"strategy": "channel", "dynamic": False, "observer": "memoryless_minmax"},
-            "input_activations": _FP8 | {"strategy": "token", "dynamic": True, "observer": None},
-            "output_activations": None,
-        }
-    },
-    "kv_cache_scheme": None,
+
+
+def _compressed_tensors(kind: str, format_: str) -> dict:
+    """llm-compressor's FP8_DYNAMIC (kind float) or W8A8 (kind int) scheme as its config.json has it."""
+    args = {"num_bits": 8, "type": kind, "symmetric": True, "group_size": None}
+    return {
+        "quant_method": "compressed-tensors",
+        "format": format_,
+        "quantization_status": "compressed",
+        "ignore": ["lm_head"],
+        "config_groups": {
+            "group_0": {
+                "targets": ["Linear"],
+                "format": format_,
+                "weights": args | {"strategy": "channel", "dynamic": False},
+                "input_activations": args | {"strategy": "token", "dynamic": True},
+                "output_activations": None,
+            }
+        },
+        "kv_cache_scheme": None,
+    }
+
+
+# flag -> what the config gains
+SCHEMES = {
+    "--awq": {"quantization_config": AWQ_INT4, "torch_dtype": "float16"},
+    "--fp8-dynamic": {"quantization_config": _compressed_tensors("float", "float-quantized")},
+    "--w8a8": {"quantization_config": _compressed_tensors("int", "int-quantized")},
 }
 
 
-def main(tokenizer_dir: Path, out: Path, awq: bool = False, fp8_dynamic: bool = False) -> None:
+def main(tokenizer_dir: Path, out: Path, scheme: str | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
         if (tokenizer_dir / name).exists():
             shutil.copy(tokenizer_dir / name, out / name)
     source = json.loads((tokenizer_dir / "config.json").read_text())
     config = LLAMA3_8B_SHAPE | {k: source[k] for k in ("vocab_size", "bos_token_id", "eos_token_id")}
-    if awq:
-        config |= {"quantization_config": AWQ_INT4, "torch_dtype": "float16"}
-    if fp8_dynamic:
-        config |= {"quantization_config": FP8_DYNAMIC}
+    config |= SCHEMES[scheme] if scheme else {}
     (out / "config.json").write_text(json.dumps(config, indent=2))
     print(out)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]), awq="--awq" in sys.argv[3:], fp8_dynamic="--fp8-dynamic" in sys.argv[3:])
+    main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else None)

@@ -96,13 +96,13 @@ def test_variants_start_at_once_and_one_failure_does_not_stop_the_others(
     assert list(results) == [variant for variant, _ in chosen]
     assert results["fp8"]["error"] == "RuntimeError: lm-eval failed"
     assert "scores" not in results["fp8"]
-    for variant in ("bf16", "fp8-fp8kv", "fp8-dynamic"):
+    for variant in ("bf16", "fp8-fp8kv", "fp8-dynamic", "w8a8"):
         assert results[variant]["scores"] == {"task": {"acc": 0.5}}, results[variant]
     assert all("seconds" in result for result in results.values())
     assert scored_on == {variant: gate_lm_eval.url_of(i) for i, (variant, _) in enumerate(chosen)}
     assert all(proc.poll() is not None for proc in servers.values()), "a server is still running"
     verdicts = gate_lm_eval.verdicts(results, 0.05)
-    assert set(verdicts) == {"fp8-fp8kv", "fp8-dynamic"} and all(v["passed"] for v in verdicts.values())
+    assert set(verdicts) == {"fp8-fp8kv", "fp8-dynamic", "w8a8"} and all(v["passed"] for v in verdicts.values())
 
 
 def test_a_checkpoint_variant_is_served_from_its_own_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -111,7 +111,8 @@ def test_a_checkpoint_variant_is_served_from_its_own_folder(monkeypatch: pytest.
     for variant, flags in gate_lm_eval.VARIANTS:
         gate_lm_eval.spawn(variant, flags, gate_lm_eval.url_of(0), tmp_path)
     models = {name: cmd[cmd.index("--model") + 1] for name, cmd in commands.items()}
-    assert models["vllm-fp8-dynamic.log"] == str(gate_lm_eval.CHECKPOINTS["fp8-dynamic"])
+    for variant in ("fp8-dynamic", "w8a8"):
+        assert models[f"vllm-{variant}.log"] == str(gate_lm_eval.CHECKPOINTS[variant])
     assert {models[f"vllm-{v}.log"] for v in ("bf16", "fp8", "fp8-fp8kv")} == {str(gate_lm_eval.MODEL_DIR)}
 
 

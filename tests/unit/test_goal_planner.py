@@ -133,6 +133,18 @@ def test_the_h200_gate_with_lm_eval_drops_both_fp8_variants_of_smollm2() -> None
     assert all("serve_app_facts_qa/contains" in v.reason for v in verdicts.values())
 
 
+def test_the_cpu_gate_with_lm_eval_passes_smollm2s_w8a8_checkpoint() -> None:
+    """The committed CPU evidence (benchmarks/results/goodput-gate-cpu): `serve-app evaluate --lm-eval`
+    passed the W8A8 int8 checkpoint on perplexity, golden answers and lm-eval through vLLM's server."""
+    folder = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "goodput-gate-cpu"
+    verdict = read_gate_reports(folder, ["w8a8"])["w8a8"]
+    assert verdict.passed and verdict.checkpoint == "/tmp/smollm2-w8a8"
+    lm_eval = json.loads((folder / "w8a8.json").read_text())["lm_eval"]
+    assert lm_eval["passed"] and min(lm_eval["deltas"].values()) >= -lm_eval["max_score_drop"]
+    plan = run_plan(verdicts={"w8a8": verdict}, variants=["bf16", "w8a8"], checkpoints={"w8a8": "/models/w8a8"})
+    assert {c.variant.id for c in plan.candidates} == {"bf16", "w8a8"}
+
+
 def test_a_checkpoint_variant_without_a_checkpoint_is_dropped_and_a_gate_report_can_name_one() -> None:
     verdicts = {"awq": GateVerdict(True, "awq.json", checkpoint="/from/report"), **passing("gptq")}
     result = run_plan(verdicts=verdicts, checkpoints={})

@@ -1,7 +1,7 @@
-"""The goodput harness's FP8_DYNAMIC variant (benchmarks/gpu: goodput.py, make_8b_dummy.py,
-gate_lm_eval.py): the 8B-shaped folder carries the scheme `serve-app quantize --method fp8-dynamic`
-writes, the gate evaluates SmolLM2's checkpoint on a shared GPU, and only a dummy checkpoint folder
-has the deployment gate waived."""
+"""The goodput harness's checkpoint variants, FP8_DYNAMIC and W8A8 int8 (benchmarks/gpu: goodput.py,
+make_8b_dummy.py, gate_lm_eval.py): each 8B-shaped folder carries the scheme `serve-app quantize`
+writes, the gate evaluates SmolLM2's checkpoints on a shared GPU, and only a dummy checkpoint
+folder has the deployment gate waived."""
 
 from __future__ import annotations
 
@@ -18,18 +18,21 @@ import gate_lm_eval
 import goodput
 import make_8b_dummy
 
-CHECKPOINT = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "goodput-h200-r9" / "checkpoint"
+CHECKPOINT = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "goodput-gate-cpu" / "checkpoint"
 
 
-def test_the_8b_folder_carries_the_scheme_of_the_gated_smollm2_checkpoint(tmp_path: Path) -> None:
-    """The same FP8_DYNAMIC scheme as the checkpoint `serve-app quantize --method fp8-dynamic` wrote
-    for the gate (committed), so the speed and the accuracy evidence are of one scheme."""
+@pytest.mark.parametrize(("flag", "checkpoint"), [("--fp8-dynamic", "smollm2-fp8-dynamic"), ("--w8a8", "smollm2-w8a8")])
+def test_the_8b_folder_carries_the_scheme_of_the_gated_smollm2_checkpoint(
+    tmp_path: Path, flag: str, checkpoint: str
+) -> None:
+    """The same scheme as the checkpoint `serve-app quantize` wrote for the gate (its config is
+    committed), so the speed and the accuracy evidence are of one scheme."""
     source = tmp_path / "smollm2"
     source.mkdir()
     (source / "config.json").write_text(json.dumps({"vocab_size": 49152, "bos_token_id": 1, "eos_token_id": 2}))
-    make_8b_dummy.main(source, tmp_path / "out", fp8_dynamic=True)
+    make_8b_dummy.main(source, tmp_path / "out", flag)
     ours = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
-    written = json.loads((CHECKPOINT / "smollm2-fp8-dynamic-quantization-config.json").read_text())
+    written = json.loads((CHECKPOINT / f"{checkpoint}-quantization-config.json").read_text())
     theirs = written["quantization_config"]
     for key in ("quant_method", "format", "quantization_status", "ignore", "kv_cache_scheme"):
         assert ours[key] == theirs[key], key
@@ -52,14 +55,14 @@ def test_the_gate_evaluates_the_checkpoint_against_smollm2_in_a_share_of_the_gpu
         return type("Done", (), {"returncode": 0})()
 
     monkeypatch.setattr(goodput.subprocess, "run", run)
-    goodput.gate(tmp_path / "out", ["fp8-dynamic"])
-    assert len(commands) == 1
-    cmd = commands[0]
-    assert cmd[cmd.index("--model") + 1] == str(goodput.GATE_MODELS["fp8-dynamic"])
-    assert cmd[cmd.index("--baseline") + 1] == goodput.SMOLLM2
-    assert cmd[cmd.index("--gpu-memory-utilization") + 1] == goodput.GATE_GPU_MEMORY
-    assert "--quantization" not in cmd  # the checkpoint's config.json names its method
-    assert gate_lm_eval.CHECKPOINTS["fp8-dynamic"] == goodput.GATE_MODELS["fp8-dynamic"]
+    goodput.gate(tmp_path / "out", ["fp8-dynamic", "w8a8"])
+    assert len(commands) == 2
+    for variant, cmd in zip(("fp8-dynamic", "w8a8"), commands, strict=True):
+        assert cmd[cmd.index("--model") + 1] == str(goodput.GATE_MODELS[variant])
+        assert cmd[cmd.index("--baseline") + 1] == goodput.SMOLLM2
+        assert cmd[cmd.index("--gpu-memory-utilization") + 1] == goodput.GATE_GPU_MEMORY
+        assert "--quantization" not in cmd  # the checkpoint's config.json names its method
+        assert gate_lm_eval.CHECKPOINTS[variant] == goodput.GATE_MODELS[variant]
 
 
 def test_only_a_dummy_checkpoint_folder_has_the_deployment_gate_waived(tmp_path: Path) -> None:
@@ -72,8 +75,9 @@ def test_only_a_dummy_checkpoint_folder_has_the_deployment_gate_waived(tmp_path:
         assert text.startswith("# planned\n# + engine_options.load_format: dummy")
         return yaml.safe_load(text)["applications"][0]["args"]["models"][0]
 
-    quantized = stack_for(str(goodput.SHAPE_MODELS["fp8-dynamic"]))
-    assert quantized["allow_ungated"] is True and quantized["engine_options"]["load_format"] == "dummy"
+    for folder in goodput.SHAPE_MODELS.values():
+        quantized = stack_for(str(folder))
+        assert quantized["allow_ungated"] is True and quantized["engine_options"]["load_format"] == "dummy"
     assert "allow_ungated" not in stack_for(str(goodput.compare.DUMMY))
 
 
