@@ -40,6 +40,14 @@ from pathlib import Path
 import compare  # this folder's: models, servers, waiting
 import profile_points  # this folder's: the points each variant is measured at
 import yaml
+from goodput_variants import (  # this folder's: what each variant serves, and its gate
+    GATE_VARIANTS,
+    PROFILED_VARIANTS,
+    SHAPE_MODELS,
+    gate,
+    rate_source_points,
+    variant_flags,
+)
 
 HERE = Path(__file__).resolve().parent
 STATE = Path("/tmp/goodput")  # survives between calls on a warm machine; $OUT does not
@@ -53,51 +61,11 @@ SIDE_ENGINE_UTILIZATION = 0.45  # a second engine on the GPU: passes vLLM's free
 # shape) and 3 GiB of activations and CUDA graphs. Set as bytes because two engines starting
 # together on one GPU cannot size their caches from free memory (each would count the other's).
 BF16_WEIGHTS_GIB, ACTIVATIONS_GIB = 13.8, 3.0
-# (variant id, serve-app evaluate flags): FP8 weights, and with an FP8 KV cache, gated on SmolLM2.
-FP8 = ["--quantization", "fp8"]
-FP8_KV = [*FP8, "--kv-cache-dtype", "fp8"]
-GATE_VARIANTS = (("fp8", FP8), ("fp8-fp8kv", FP8_KV), ("fp8-dynamic", []), ("w8a8", []))
-PROFILED_VARIANTS = (("bf16", []), *GATE_VARIANTS)  # bf16: the gate's baseline, profiled like the others
-# A checkpoint variant's folder: SmolLM2's for the gate (made on a CPU machine by `serve-app quantize
-# --method fp8-dynamic` / `w8a8-int8` and shipped to the GPU), the 8B shape's for speed
-# (make_8b_dummy.py --fp8-dynamic / --w8a8).
-SMOLLM2 = "embedded:smollm2-135m-instruct"
-GATE_MODELS = {v: compare.CACHE / f"smollm2-135m-instruct-{v}" for v in ("fp8-dynamic", "w8a8")}
-SHAPE_MODELS = {"fp8-dynamic": compare.FP8_DYNAMIC_DUMMY, "w8a8": compare.W8A8_DUMMY}
-# A variant no earlier profile holds takes its steady points' offered rates from one with the same
-# kernels (only the rates: the points are its own), so it is profiled at steady load, not in a burst.
-RATE_SOURCES = {"fp8-dynamic": "fp8", "w8a8": "fp8"}  # W8A8: int8 tensor cores, FP8's peak on Hopper
-# evaluate beside other engines on the GPU (gate_lm_eval.py's): vLLM's default share would not fit.
-GATE_GPU_MEMORY = "0.2"
 LADDER_LOADS = (0.5, 1.0, 1.25, 1.5, 2.0)  # offered rates, in units of plain vLLM's capacity
 LADDER_SECONDS = 10  # of Poisson arrivals per rate
 SLO = {"ttft": 500, "tpot": 50}  # ms, the goal's
 INPUT_TOKENS, OUTPUT_TOKENS = 512, 128  # the goal's traffic
 LENGTH_SPREAD = {"fixed": 0.0, "spread": 0.5}
-
-
-def gate(out: Path, variants: list[str]) -> None:
-    compare.prepare_models()
-    folder = out / "gate"
-    folder.mkdir(parents=True, exist_ok=True)
-    for variant, flags in GATE_VARIANTS:
-        if variant not in variants:
-            continue
-        report = folder / f"{variant}.json"
-        model = str(GATE_MODELS.get(variant, SMOLLM2))
-        cmd = [sys.executable, "-m", "serve_app.cli", "evaluate", "--model", model, "--baseline", SMOLLM2]
-        cmd += ["--cache-dir", str(compare.CACHE), "--dtype", "bfloat16", "--report", str(report), *flags]
-        cmd += ["--gpu-memory-utilization", GATE_GPU_MEMORY]
-        with (folder / f"{variant}.log").open("w") as log:
-            code = subprocess.run(cmd, cwd=compare.REPO, stdout=log, stderr=subprocess.STDOUT).returncode
-        print(variant, "exit", code, "report" if report.exists() else "NO REPORT", flush=True)
-    STATE.mkdir(exist_ok=True)
-    shutil.copytree(folder, STATE / "gate", dirs_exist_ok=True)
-
-
-def variant_flags(variant: str) -> list[str]:
-    """A gated variant's engine flags on the 8B shape (bf16 activations)."""
-    return ["--dtype", "bfloat16", *dict(PROFILED_VARIANTS)[variant]]
 
 
 def _plain(port: int, extra: list[str], log: str, model: Path = compare.DUMMY) -> subprocess.Popen:
@@ -187,8 +155,9 @@ def serve(out: Path, earlier_profile: Path, timeout_s: float, variant: str | Non
     skipped to save device time): that profile's engines ran vLLM's defaults, whose
     max_num_batched_tokens this plain engine's log states, so its points are marked with it.
     With ``variant``, that variant starts beside plain bf16 and is profiled into the profile first
-    (one engine start's time instead of two), at steady load with rates from its earlier points
-    (or RATE_SOURCES' variant's; burst when the profile has neither): its points replace the earlier ones."""
+    (one engine start's time instead of two), at steady load with rates from its earlier points (or
+    goodput_variants.RATE_SOURCES' variant's; burst when the profile has neither): its points replace
+    the earlier ones."""
     compare.stop_servers()
     compare.prepare_models()
     total = _gpu_memory_bytes()
@@ -213,11 +182,6 @@ def serve(out: Path, earlier_profile: Path, timeout_s: float, variant: str | Non
     (STATE / "profile.json").write_text(json.dumps(data, indent=1))
     meta = {"plain_ready_s": engines_s, "plain_kv_cache_bytes": kv_bytes, "gpu_bytes": total, "rates": rates}
     plan_and_start_stack(out, meta)
-
-
-def rate_source_points(variants: dict[str, list[dict]], variant: str) -> list[dict] | None:
-    """The earlier points that set ``variant``'s steady rates: its own, else RATE_SOURCES' variant's."""
-    return variants.get(variant) or variants.get(RATE_SOURCES.get(variant, ""))
 
 
 def ladder_rates(bf16_points: list[dict]) -> list[float]:
@@ -329,7 +293,7 @@ def main() -> None:
     STATE.mkdir(exist_ok=True)
     try:
         if args.phase == "gate":
-            gate(args.out, args.gate_variants.split(","))
+            gate(args.out, args.gate_variants.split(","), STATE)
         elif args.phase == "profile-variant":
             profile_variant(args.out, args.profile, args.variant, args.timeout)
         elif args.phase in ("profile", "serve"):

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.seed_table import MODEL_ID
+from serve_app.quantize.lm_eval_runner import check_lm_eval
 from serve_app.quantize.lm_eval_task import (
     MC_TASK,
     QA_TASK,
@@ -34,6 +35,7 @@ from serve_app.quantize.lm_eval_task import (
     read_samples,
     read_scores,
 )
+from serve_app.quantize.runner import RunnerError
 from tests.conformance.conftest import Sides
 
 pytestmark = pytest.mark.integration
@@ -61,12 +63,12 @@ ServerResults = dict[str, LmEvalResult]
 @pytest.fixture(scope="module")
 def lm_eval_python_path() -> str:
     python = lm_eval_python()
-    probe = subprocess.run([python, "-c", "import lm_eval"], capture_output=True, check=False)
-    if probe.returncode != 0:
-        missing = f"lm-eval is not importable by {python}; run scripts/setup_eval_env.sh (make install-test does)"
+    try:
+        check_lm_eval(python)  # the probe `serve-app evaluate --lm-eval` runs
+    except RunnerError as err:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(missing)  # CI installs it: a skip there would hide a broken set-up
-        pytest.skip(missing)
+            pytest.fail(str(err))  # CI installs it: a skip there would hide a broken set-up
+        pytest.skip(str(err))
     return python
 
 

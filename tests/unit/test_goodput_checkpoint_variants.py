@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks" / "gpu
 
 import gate_lm_eval
 import goodput
+import goodput_variants
 import make_8b_dummy
 
 CHECKPOINT = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "goodput-gate-cpu" / "checkpoint"
@@ -47,22 +48,21 @@ def test_the_gate_evaluates_the_checkpoint_against_smollm2_in_a_share_of_the_gpu
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     commands: list[list[str]] = []
-    monkeypatch.setattr(goodput.compare, "prepare_models", lambda: None)
-    monkeypatch.setattr(goodput, "STATE", tmp_path / "state")
+    monkeypatch.setattr(goodput_variants.compare, "prepare_models", lambda: None)
 
     def run(cmd: list[str], **_: object) -> object:
         commands.append(cmd)
         return type("Done", (), {"returncode": 0})()
 
-    monkeypatch.setattr(goodput.subprocess, "run", run)
-    goodput.gate(tmp_path / "out", ["fp8-dynamic", "w8a8"])
-    assert len(commands) == 2
+    monkeypatch.setattr(goodput_variants.subprocess, "run", run)
+    goodput_variants.gate(tmp_path / "out", ["fp8-dynamic", "w8a8"], tmp_path / "state")
+    assert len(commands) == 2 and (tmp_path / "state" / "gate").is_dir()
     for variant, cmd in zip(("fp8-dynamic", "w8a8"), commands, strict=True):
-        assert cmd[cmd.index("--model") + 1] == str(goodput.GATE_MODELS[variant])
-        assert cmd[cmd.index("--baseline") + 1] == goodput.SMOLLM2
-        assert cmd[cmd.index("--gpu-memory-utilization") + 1] == goodput.GATE_GPU_MEMORY
+        assert cmd[cmd.index("--model") + 1] == str(goodput_variants.GATE_MODELS[variant])
+        assert cmd[cmd.index("--baseline") + 1] == goodput_variants.SMOLLM2
+        assert cmd[cmd.index("--gpu-memory-utilization") + 1] == goodput_variants.GATE_GPU_MEMORY
         assert "--quantization" not in cmd  # the checkpoint's config.json names its method
-        assert gate_lm_eval.CHECKPOINTS[variant] == goodput.GATE_MODELS[variant]
+        assert gate_lm_eval.CHECKPOINTS[variant] == goodput_variants.GATE_MODELS[variant]
 
 
 def test_only_a_dummy_checkpoint_folder_has_the_deployment_gate_waived(tmp_path: Path) -> None:
@@ -75,7 +75,7 @@ def test_only_a_dummy_checkpoint_folder_has_the_deployment_gate_waived(tmp_path:
         assert text.startswith("# planned\n# + engine_options.load_format: dummy")
         return yaml.safe_load(text)["applications"][0]["args"]["models"][0]
 
-    for folder in goodput.SHAPE_MODELS.values():
+    for folder in goodput_variants.SHAPE_MODELS.values():
         quantized = stack_for(str(folder))
         assert quantized["allow_ungated"] is True and quantized["engine_options"]["load_format"] == "dummy"
     assert "allow_ungated" not in stack_for(str(goodput.compare.DUMMY))
@@ -83,7 +83,7 @@ def test_only_a_dummy_checkpoint_folder_has_the_deployment_gate_waived(tmp_path:
 
 def test_a_variant_new_to_the_profile_is_profiled_at_steady_rates_of_one_with_its_kernels() -> None:
     fp8 = [{"concurrency": 64, "output_tokens_per_s": 5000.0}]
-    assert goodput.rate_source_points({"fp8": fp8}, "fp8-dynamic") == fp8
+    assert goodput_variants.rate_source_points({"fp8": fp8}, "fp8-dynamic") == fp8
     own = [{"concurrency": 64, "output_tokens_per_s": 4000.0}]
-    assert goodput.rate_source_points({"fp8": fp8, "fp8-dynamic": own}, "fp8-dynamic") == own
-    assert goodput.rate_source_points({"fp8": fp8}, "bf16") is None  # burst points then
+    assert goodput_variants.rate_source_points({"fp8": fp8, "fp8-dynamic": own}, "fp8-dynamic") == own
+    assert goodput_variants.rate_source_points({"fp8": fp8}, "bf16") is None  # burst points then
