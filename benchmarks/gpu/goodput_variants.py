@@ -27,8 +27,9 @@ SHAPE_MODELS = {"fp8-dynamic": compare.FP8_DYNAMIC_DUMMY, "w8a8": compare.W8A8_D
 # A variant no earlier profile holds takes its steady points' offered rates from one with the same
 # kernels (only the rates: the points are its own), so it is profiled at steady load, not in a burst.
 RATE_SOURCES = {"fp8-dynamic": "fp8", "w8a8": "fp8"}  # W8A8: int8 tensor cores, FP8's peak on Hopper
-# evaluate beside other engines on the GPU (gate_lm_eval.py's): vLLM's default share would not fit.
-GATE_GPU_MEMORY = "0.2"
+# evaluate beside other engines on the GPU, as gate_lm_eval.py's servers are: a low share passes
+# vLLM's free-memory check, a fixed KV cache skips a memory profile the others' starts would disturb.
+GATE_GPU_MEMORY = ["--gpu-memory-utilization", "0.2", "--kv-cache-memory-bytes", str(2 * 1024**3)]
 
 
 def gate(out: Path, variants: list[str], state: Path) -> None:
@@ -44,7 +45,7 @@ def gate(out: Path, variants: list[str], state: Path) -> None:
         model = str(GATE_MODELS.get(variant, SMOLLM2))
         cmd = [sys.executable, "-m", "serve_app.cli", "evaluate", "--model", model, "--baseline", SMOLLM2]
         cmd += ["--cache-dir", str(compare.CACHE), "--dtype", "bfloat16", "--report", str(report), *flags]
-        cmd += ["--gpu-memory-utilization", GATE_GPU_MEMORY]
+        cmd += GATE_GPU_MEMORY
         with (folder / f"{variant}.log").open("w") as log:
             code = subprocess.run(cmd, cwd=compare.REPO, stdout=log, stderr=subprocess.STDOUT).returncode
         print(variant, "exit", code, "report" if report.exists() else "NO REPORT", flush=True)

@@ -8,10 +8,14 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from serve_app.models.embedded import SMOLLM2_SOURCE
 from serve_app.quantize.calibration import DEFAULT_GOLDEN, DEFAULT_HELDOUT, shipped
 from serve_app.quantize.lm_eval_verdict import Scores
+
+if TYPE_CHECKING:
+    from serve_app.quantize.runner import EngineMemory
 
 EMBEDDED_BASELINE = SMOLLM2_SOURCE
 
@@ -44,7 +48,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--gpu-memory-utilization",
         type=float,
         default=None,
-        help="vLLM's share of GPU memory for each measured model (default: vLLM's), lower on a shared GPU",
+        help="vLLM's share of GPU memory for each engine evaluation starts (default: vLLM's); lower on a shared GPU",
+    )
+    p.add_argument(
+        "--kv-cache-memory-bytes",
+        type=int,
+        default=None,
+        help="a fixed KV cache for each engine (default: vLLM sizes it), for engines starting together on one GPU",
     )
     _register_lm_eval(p)
     p.set_defaults(func=run)
@@ -86,8 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         thresholds = Thresholds(args.max_ppl_increase_pct, args.min_golden_kept)
-        if args.gpu_memory_utilization is not None and not 0 < args.gpu_memory_utilization <= 1:
-            raise ValueError(f"--gpu-memory-utilization must be in (0, 1], not {args.gpu_memory_utilization}")
+        memory = runner.EngineMemory(args.gpu_memory_utilization, args.kv_cache_memory_bytes)
         lm_eval_python = _lm_eval_python(args) if args.lm_eval else None
     except (ValueError, runner.RunnerError) as err:
         print(f"serve-app evaluate: error: {err}", file=sys.stderr)
@@ -104,7 +113,6 @@ def run(args: argparse.Namespace) -> int:
         print("serve-app evaluate: error: no checkpoint folder of its own to write to; pass --report", file=sys.stderr)
         return 2
     try:
-        memory = args.gpu_memory_utilization
         base = runner.measure_model(
             baseline, args.baseline_dtype or args.dtype, heldout, golden, args.max_model_len, memory=memory
         )
@@ -114,9 +122,8 @@ def run(args: argparse.Namespace) -> int:
         report = compare(cand, base, thresholds)
         if lm_eval_python is not None:
             # Last: it serves each model once more, and a checkpoint vLLM cannot load has failed above.
-            report = with_lm_eval(
-                report, *_lm_eval_scores(args, model, baseline, lm_eval_python), args.max_lm_eval_drop
-            )
+            scores = _lm_eval_scores(args, model, baseline, lm_eval_python, memory)
+            report = with_lm_eval(report, *scores, args.max_lm_eval_drop)
     except runner.RunnerError as err:
         print(f"serve-app evaluate: error: {err}", file=sys.stderr)
         return 2
@@ -144,13 +151,16 @@ def _lm_eval_python(args: argparse.Namespace) -> str:
     return python
 
 
-def _lm_eval_scores(args: argparse.Namespace, model: Path, baseline: Path, python: str) -> tuple[Scores, Scores]:
+def _lm_eval_scores(
+    args: argparse.Namespace, model: Path, baseline: Path, python: str, memory: EngineMemory
+) -> tuple[Scores, Scores]:
     """(model's, baseline's) lm-eval scores, each model served alone and with the settings its
     perplexity was measured with."""
     from serve_app.quantize.lm_eval_runner import ServedModel, score_model
 
-    base = ServedModel(baseline, "baseline", args.baseline_dtype or args.dtype, args.max_model_len)
-    cand = ServedModel(model, "model", args.dtype, args.max_model_len, args.quantization, args.kv_cache_dtype)
+    dtype, length = args.baseline_dtype or args.dtype, args.max_model_len
+    base = ServedModel(baseline, "baseline", dtype, length, memory=memory)
+    cand = ServedModel(model, "model", args.dtype, length, args.quantization, args.kv_cache_dtype, memory)
     with tempfile.TemporaryDirectory(prefix="serve-app-lm-eval-") as tmp:
         base_scores = score_model(base, Path(tmp), python, args.lm_eval_limit)
         return score_model(cand, Path(tmp), python, args.lm_eval_limit), base_scores

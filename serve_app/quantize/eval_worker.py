@@ -82,6 +82,8 @@ def measure(args: argparse.Namespace) -> ModelMeasurement:
         options["kv_cache_dtype"] = args.kv_cache_dtype
     if args.gpu_memory_utilization is not None:
         options["gpu_memory_utilization"] = args.gpu_memory_utilization
+    if args.kv_cache_memory_bytes is not None:
+        options["kv_cache_memory_bytes"] = args.kv_cache_memory_bytes
     llm = LLM(
         model=args.model, dtype=args.dtype, enforce_eager=True, max_model_len=args.max_model_len, seed=0, **options
     )
@@ -119,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quantization", default=None, help="quantize-on-load method (serve_app names)")
     p.add_argument("--kv-cache-dtype", default="auto", help="vLLM's kv_cache_dtype, e.g. fp8")
     p.add_argument("--gpu-memory-utilization", type=float, default=None, help="vLLM's; default: vLLM's")
+    p.add_argument("--kv-cache-memory-bytes", type=int, default=None, help="vLLM's; default: sized by vLLM")
     p.add_argument("--heldout", required=True)
     p.add_argument("--golden", required=True)
     p.add_argument("--max-model-len", type=int, default=1024)

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from serve_app.bench.readiness import wait_until_ok
@@ -25,7 +25,7 @@ from serve_app.engine.vllm_compat import openai_server_module
 from serve_app.ports import free_port
 from serve_app.quantize.lm_eval_task import MC_TASK, TASKS, lm_eval_command, read_scores
 from serve_app.quantize.onload import vllm_quantization_name
-from serve_app.quantize.runner import CPU_KV_SPACE, RunnerError
+from serve_app.quantize.runner import CPU_KV_SPACE, EngineMemory, RunnerError
 
 START_TIMEOUT_S = 900.0  # a cold engine start on 2 shared cores, with a benchmark beside it
 LM_EVAL_TIMEOUT_S = 3600.0  # one task; lm-eval retries a request once, so a stuck run still ends
@@ -45,6 +45,7 @@ class ServedModel:
     max_model_len: int
     quantization: str | None = None
     kv_cache_dtype: str = "auto"
+    memory: EngineMemory = field(default_factory=EngineMemory)
 
 
 def server_command(model: ServedModel, port: int, module: str | None = None) -> list[str]:
@@ -57,7 +58,7 @@ def server_command(model: ServedModel, port: int, module: str | None = None) -> 
         cmd += ["--quantization", vllm_quantization_name(model.quantization)]
     if model.kv_cache_dtype != "auto":
         cmd += ["--kv-cache-dtype", model.kv_cache_dtype]
-    return cmd
+    return cmd + model.memory.flags()
 
 
 def check_lm_eval(python: str) -> None:

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,33 @@ CPU_KV_SPACE = ("VLLM_CPU_KVCACHE_SPACE", "1")
 
 class RunnerError(ServeAppError, RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class EngineMemory:
+    """GPU memory settings for each engine evaluation starts, as vLLM's own flags (None: vLLM's
+    default). On a GPU other engines share, a low ``gpu_memory_utilization`` passes vLLM's start-up
+    check that free memory covers that share, and a fixed ``kv_cache_memory_bytes`` skips sizing
+    the KV cache from a memory profile, which would count memory that engines starting at the same
+    time take."""
+
+    gpu_memory_utilization: float | None = None
+    kv_cache_memory_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"--gpu-memory-utilization must be in (0, 1], not {self.gpu_memory_utilization}")
+        if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes < 1:
+            raise ValueError(f"--kv-cache-memory-bytes must be positive, not {self.kv_cache_memory_bytes}")
+
+    def flags(self) -> list[str]:
+        """The same flags for the evaluation worker and for vLLM's server."""
+        flags = []
+        if self.gpu_memory_utilization is not None:
+            flags += ["--gpu-memory-utilization", str(self.gpu_memory_utilization)]
+        if self.kv_cache_memory_bytes is not None:
+            flags += ["--kv-cache-memory-bytes", str(self.kv_cache_memory_bytes)]
+        return flags
 
 
 def quant_python(explicit: Path | None = None) -> Path:
@@ -81,10 +109,9 @@ def measure_model(
     max_model_len: int,
     quantization: str | None = None,
     kv_cache_dtype: str = "auto",
-    memory: float | None = None,
+    memory: EngineMemory = EngineMemory(),
 ) -> ModelMeasurement:
-    """One evaluation worker (a fresh vLLM process) for one model; ``memory``: its
-    gpu_memory_utilization (None: vLLM's default)."""
+    """One evaluation worker (a fresh vLLM process) for one model."""
     env = dict(os.environ)
     env.setdefault(*CPU_KV_SPACE)
     with tempfile.TemporaryDirectory(prefix="serve-app-eval-") as tmp:
@@ -98,8 +125,7 @@ def measure_model(
             cmd += ["--quantization", quantization]
         if kv_cache_dtype != "auto":
             cmd += ["--kv-cache-dtype", kv_cache_dtype]
-        if memory is not None:
-            cmd += ["--gpu-memory-utilization", str(memory)]
+        cmd += memory.flags()
         # The worker's (vLLM's) log goes to stderr so that stdout carries only our report.
         code = subprocess.run(cmd, check=False, env=env, stdout=sys.stderr).returncode
         if code != 0 or not out.is_file():

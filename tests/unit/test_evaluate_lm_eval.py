@@ -128,6 +128,21 @@ def test_the_server_command_carries_the_models_settings() -> None:
     assert "--enforce-eager" in cmd and flags["--max-model-len"] == "1024"
     plain = lm_eval_runner.server_command(ServedModel(Path("/b"), "baseline", "float32", 512), 1, module="m")
     assert "--quantization" not in plain and "--kv-cache-dtype" not in plain
+    assert "--gpu-memory-utilization" not in plain and "--kv-cache-memory-bytes" not in plain
+
+
+def test_the_servers_take_evaluates_gpu_memory_settings(
+    two_checkpoints: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both lm-eval servers start with the share and fixed KV cache the perplexity engines had."""
+    served: list[ServedModel] = []
+    monkeypatch.setattr(lm_eval_runner, "score_model", lambda model, *_: served.append(model) or BASE_SCORES)
+    argv = [*two_checkpoints, "--gpu-memory-utilization", "0.2", "--kv-cache-memory-bytes", "1073741824"]
+    assert evaluate_command.run(_parser().parse_args(argv)) == 0
+    assert len(served) == 2
+    for model in served:
+        flags = lm_eval_runner.server_command(model, 1, module="m")
+        assert flags[-4:] == ["--gpu-memory-utilization", "0.2", "--kv-cache-memory-bytes", "1073741824"]
 
 
 @pytest.mark.parametrize("module", SERVER_MAINS)

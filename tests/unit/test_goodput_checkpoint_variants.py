@@ -60,9 +60,15 @@ def test_the_gate_evaluates_the_checkpoint_against_smollm2_in_a_share_of_the_gpu
     for variant, cmd in zip(("fp8-dynamic", "w8a8"), commands, strict=True):
         assert cmd[cmd.index("--model") + 1] == str(goodput_variants.GATE_MODELS[variant])
         assert cmd[cmd.index("--baseline") + 1] == goodput_variants.SMOLLM2
-        assert cmd[cmd.index("--gpu-memory-utilization") + 1] == goodput_variants.GATE_GPU_MEMORY
+        assert cmd[-4:] == goodput_variants.GATE_GPU_MEMORY
         assert "--quantization" not in cmd  # the checkpoint's config.json names its method
         assert gate_lm_eval.CHECKPOINTS[variant] == goodput_variants.GATE_MODELS[variant]
+
+    def pairs(flags: list[str]) -> dict[str, str]:
+        return dict(zip(flags[::2], flags[1::2], strict=True))
+
+    # the same share and KV cache as the lm-eval servers starting beside them
+    assert pairs(goodput_variants.GATE_GPU_MEMORY) == pairs(gate_lm_eval.ENGINE_FLAGS[-4:])
 
 
 def test_only_a_dummy_checkpoint_folder_has_the_deployment_gate_waived(tmp_path: Path) -> None:

@@ -118,27 +118,32 @@ def test_the_worker_command_line_carries_the_kv_cache_dtype(tmp_path: Path, monk
     assert "--kv-cache-dtype" not in seen[1]
 
 
-def test_a_gpu_memory_share_reaches_both_workers_and_a_bad_one_is_refused(
+def test_gpu_memory_settings_reach_both_workers_and_bad_ones_are_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On a GPU other engines share, each measured model takes the share given, not vLLM's 0.9."""
+    """On a GPU other engines share, each measured model takes the share and the fixed KV cache
+    given, not vLLM's 0.9 and a cache sized from a memory profile the other engines disturb."""
     seen: list[list[str]] = []
 
     def fake_run(cmd: list[str], **_: object) -> object:
         seen.append(cmd)
-        Path(cmd[cmd.index("--out") + 1]).write_text(
-            json.dumps(_measurement(cmd[cmd.index("--model") + 1], 20.0, 10).to_dict())
-        )
+        model = cmd[cmd.index("--model") + 1]
+        Path(cmd[cmd.index("--out") + 1]).write_text(json.dumps(_measurement(model, 20.0, 10).to_dict()))
         return type("Done", (), {"returncode": 0})()
 
     monkeypatch.setattr(runner.subprocess, "run", fake_run)
     candidate, baseline = _checkpoint(tmp_path / "q"), tmp_path / "base"
     baseline.mkdir()
     argv = ["evaluate", "--model", str(candidate), "--baseline", str(baseline), "--report", str(tmp_path / "r.json")]
-    assert evaluate_command.run(_parser().parse_args([*argv, "--gpu-memory-utilization", "0.2"])) == 0
-    assert [cmd[cmd.index("--gpu-memory-utilization") + 1] for cmd in seen] == ["0.2", "0.2"]
+    shared = [*argv, "--gpu-memory-utilization", "0.2", "--kv-cache-memory-bytes", "2147483648"]
+    assert evaluate_command.run(_parser().parse_args(shared)) == 0
+    for cmd in seen:
+        assert cmd[cmd.index("--gpu-memory-utilization") + 1] == "0.2"
+        assert cmd[cmd.index("--kv-cache-memory-bytes") + 1] == "2147483648"
+    assert len(seen) == 2
     assert evaluate_command.run(_parser().parse_args(argv)) == 0
-    assert all("--gpu-memory-utilization" not in cmd for cmd in seen[2:])
+    assert all("--gpu-memory-utilization" not in cmd and "--kv-cache-memory-bytes" not in cmd for cmd in seen[2:])
     seen.clear()
-    assert evaluate_command.run(_parser().parse_args([*argv, "--gpu-memory-utilization", "1.5"])) == 2
+    for bad in (["--gpu-memory-utilization", "1.5"], ["--kv-cache-memory-bytes", "0"]):
+        assert evaluate_command.run(_parser().parse_args([*argv, *bad])) == 2
     assert seen == []
