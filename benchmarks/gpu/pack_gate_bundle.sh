@@ -19,7 +19,8 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 bash ../shared/gpu/prepare.sh > "$work/prepare.log" 2>&1 || { tail "$work/prepare.log" >&2; exit 1; }
 mkdir -p "$work/stage/eval" "$work/ckpt"
-cat .gpu/c*/part.* | tar xf - -C "$work/stage"
+# in part order: the folders' glob puts c10 before c2, the parts' names (part.00 ...) sort right
+printf '%s\n' .gpu/c*/part.* | sort -t/ -k3 | xargs cat | tar xf - -C "$work/stage"
 plat=()
 for p in manylinux_2_35_x86_64 manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_26_x86_64 \
          manylinux_2_24_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux_2_5_x86_64 manylinux1_x86_64 any; do
