@@ -21,7 +21,10 @@ Run in the quantization venv with lm-eval's site-packages after its own (both ar
 
     .venv-quant/bin/python benchmarks/quantization/fp8_fake_quant_lm_eval.py \\
         --eval-site .venv-eval/lib/python3.11/site-packages --bf16 ~/.cache/serve-app/models/smollm2-135m-instruct \\
-        --fp8-dynamic /tmp/smollm2-fp8-dynamic --out benchmarks/results/quantization/fp8-fake-quant-lm-eval.json
+        --fp8-dynamic /tmp/smollm2-fp8-dynamic --w8a8 /tmp/smollm2-w8a8 --variants bf16,fp8-tensor,fp8-dynamic,w8a8 \\
+        --out benchmarks/results/goodput-gate-cpu/fake-quant-lm-eval.json
+
+The report judges each variant against bf16 as the gate does (``serve_app.quantize.lm_eval_verdict``).
 """
 
 from __future__ import annotations
@@ -33,9 +36,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-TASK_DIR = REPO / "serve_app" / "data" / "lm_eval"
-MC_TASK, QA_TASK = "serve_app_facts_mc", "serve_app_facts_qa"
+from serve_app.quantize.lm_eval_task import MC_TASK, OFFLINE_ENV, QA_TASK, TASK_DIR, task_scores
+from serve_app.quantize.lm_eval_verdict import judge
+
+MAX_SCORE_DROP = 0.05  # the gate's (serve-app evaluate --max-lm-eval-drop)
 
 
 def _fp8(strategy: str, dynamic: bool) -> dict:
@@ -70,12 +74,7 @@ def score(model, tokenizer, limit: int | None) -> dict[str, dict[str, float]]:
         result = simple_evaluate(
             model=lm, tasks=[task], task_manager=tasks, apply_chat_template=task == QA_TASK, limit=limit
         )
-        metrics = result["results"][task]
-        scores[task] = {
-            k.split(",")[0]: float(v)
-            for k, v in metrics.items()
-            if "," in k and "_stderr" not in k and isinstance(v, float | int)
-        }
+        scores[task] = task_scores(result["results"][task])
     return scores
 
 
@@ -90,7 +89,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     sys.path.append(str(args.eval_site.resolve()))  # after this venv's torch, transformers, datasets
-    os.environ.update({"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    os.environ.update(OFFLINE_ENV)
     args.out = args.out.resolve()
     os.chdir(TASK_DIR)  # the tasks' data_files are relative to it
     report = {"variants": {}, "command": sys.argv}
@@ -105,13 +104,11 @@ def main() -> None:
         args.out.write_text(json.dumps(report, indent=1) + "\n")
     base = report["variants"].get("bf16", {}).get("scores")
     if base:
-        report["deltas"] = {
-            v: {f"{t}/{m}": round(r["scores"][t][m] - base[t][m], 3) for t in base for m in base[t]}
-            for v, r in report["variants"].items()
-            if v != "bf16"
-        }
+        verdicts = {v: judge(r["scores"], base, MAX_SCORE_DROP) for v, r in report["variants"].items() if v != "bf16"}
+        report["max_score_drop"] = MAX_SCORE_DROP
+        report["verdicts"] = {v: {"deltas": j.deltas, "passed": j.passed} for v, j in verdicts.items()}
     args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(json.dumps(report.get("deltas"), indent=1))
+    print(json.dumps(report.get("verdicts"), indent=1))
 
 
 if __name__ == "__main__":

@@ -97,7 +97,11 @@ def _newest(output_path: Path, pattern: str) -> Path:
 def read_scores(output_path: Path, task: str) -> dict[str, float]:
     """The task's metrics from lm-eval's newest results file, e.g. ``{"acc": 0.5, "acc_norm": 0.45}``
     (standard errors and filter suffixes dropped)."""
-    results = json.loads(_newest(output_path, "results_*.json").read_text())["results"][task]
+    return task_scores(json.loads(_newest(output_path, "results_*.json").read_text())["results"][task])
+
+
+def task_scores(results: dict[str, Any]) -> dict[str, float]:
+    """The metrics of one task's entry in lm-eval's ``results`` (a file's or ``simple_evaluate``'s)."""
     scores = {}
     for key, value in results.items():
         metric, comma, _ = key.partition(",")  # metrics are "name,filter"; "alias", "sample_len" are not
