@@ -50,7 +50,8 @@ ENGINE_FLAGS = ["--dtype", "bfloat16", "--enforce-eager", "--seed", "0", "--max-
 # still checks at start that free memory >= gpu_memory_utilization x total (v1/worker/utils.py,
 # request_memory): a low utilization keeps that check from failing on the other engines' memory.
 KV_CACHE_BYTES = 2 * 1024**3  # ~90k tokens of SmolLM2-135M at bf16; lm-eval runs one request at a time
-ENGINE_FLAGS += ["--kv-cache-memory-bytes", str(KV_CACHE_BYTES), "--gpu-memory-utilization", "0.2"]
+SHARED_GPU_FLAGS = ["--kv-cache-memory-bytes", str(KV_CACHE_BYTES), "--gpu-memory-utilization", "0.2"]
+ENGINE_FLAGS += SHARED_GPU_FLAGS
 
 
 def prepare_model() -> None:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import compare  # this folder's: models, servers, waiting
+import gate_lm_eval  # this folder's: the lm-eval servers the gate's engines start beside
 
 # (variant id, engine and serve-app evaluate flags), each gated on SmolLM2: vLLM's online FP8, with an
 # FP8 KV cache too, and two checkpoints (their folders below; their config.json names the method).
@@ -22,14 +23,14 @@ PROFILED_VARIANTS = (("bf16", []), *GATE_VARIANTS)  # bf16: the gate's baseline,
 # --method fp8-dynamic` / `w8a8-int8` and shipped to the GPU), the 8B shape's for speed
 # (make_8b_dummy.py --fp8-dynamic / --w8a8).
 SMOLLM2 = "embedded:smollm2-135m-instruct"
-GATE_MODELS = {v: compare.CACHE / f"smollm2-135m-instruct-{v}" for v in ("fp8-dynamic", "w8a8")}
+GATE_MODELS = gate_lm_eval.CHECKPOINTS
 SHAPE_MODELS = {"fp8-dynamic": compare.FP8_DYNAMIC_DUMMY, "w8a8": compare.W8A8_DUMMY}
 # A variant no earlier profile holds takes its steady points' offered rates from one with the same
 # kernels (only the rates: the points are its own), so it is profiled at steady load, not in a burst.
 RATE_SOURCES = {"fp8-dynamic": "fp8", "w8a8": "fp8"}  # W8A8: int8 tensor cores, FP8's peak on Hopper
-# evaluate beside other engines on the GPU, as gate_lm_eval.py's servers are: a low share passes
-# vLLM's free-memory check, a fixed KV cache skips a memory profile the others' starts would disturb.
-GATE_GPU_MEMORY = ["--gpu-memory-utilization", "0.2", "--kv-cache-memory-bytes", str(2 * 1024**3)]
+# evaluate beside other engines on the GPU, with gate_lm_eval.py's servers' settings: a low share
+# passes vLLM's free-memory check, a fixed KV cache skips a memory profile the others' starts disturb.
+GATE_GPU_MEMORY = gate_lm_eval.SHARED_GPU_FLAGS
 
 
 def gate(out: Path, variants: list[str], state: Path) -> None:

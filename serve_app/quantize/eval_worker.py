@@ -21,6 +21,7 @@ from serve_app.quantize.calibration import answer_matches, load_golden
 from serve_app.quantize.evaluate import ModelMeasurement
 from serve_app.quantize.onload import vllm_quantization_name
 from serve_app.quantize.report import checkpoint_bytes
+from serve_app.quantize.runner import EngineMemory
 
 ANSWER_MAX_TOKENS = 48
 
@@ -80,10 +81,7 @@ def measure(args: argparse.Namespace) -> ModelMeasurement:
     options: dict[str, Any] = {"quantization": vllm_quantization_name(args.quantization)} if args.quantization else {}
     if args.kv_cache_dtype != "auto":
         options["kv_cache_dtype"] = args.kv_cache_dtype
-    if args.gpu_memory_utilization is not None:
-        options["gpu_memory_utilization"] = args.gpu_memory_utilization
-    if args.kv_cache_memory_bytes is not None:
-        options["kv_cache_memory_bytes"] = args.kv_cache_memory_bytes
+    options |= EngineMemory(args.gpu_memory_utilization, args.kv_cache_memory_bytes).options()
     llm = LLM(
         model=args.model, dtype=args.dtype, enforce_eager=True, max_model_len=args.max_model_len, seed=0, **options
     )

@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +52,13 @@ class EngineMemory:
         if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes < 1:
             raise ValueError(f"--kv-cache-memory-bytes must be positive, not {self.kv_cache_memory_bytes}")
 
+    def options(self) -> dict[str, float | int]:
+        """vLLM's engine arguments for the settings given."""
+        return {name: value for name, value in asdict(self).items() if value is not None}
+
     def flags(self) -> list[str]:
-        """The same flags for the evaluation worker and for vLLM's server."""
-        flags = []
-        if self.gpu_memory_utilization is not None:
-            flags += ["--gpu-memory-utilization", str(self.gpu_memory_utilization)]
-        if self.kv_cache_memory_bytes is not None:
-            flags += ["--kv-cache-memory-bytes", str(self.kv_cache_memory_bytes)]
-        return flags
+        """The same settings as command-line flags, for the evaluation worker and for vLLM's server."""
+        return [part for name, value in self.options().items() for part in (f"--{name.replace('_', '-')}", str(value))]
 
 
 def quant_python(explicit: Path | None = None) -> Path:
