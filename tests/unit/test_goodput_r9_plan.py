@@ -1,0 +1,51 @@
+"""The ninth H200 goodput run's plan (benchmarks/results/goodput-h200-r9), re-planned from committed
+files: the run's profile, the seventh run's FP8 gate reports (lm-eval included) and the CPU's W8A8
+gate report. The planner must pick W8A8 and write the config the ladder measured."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+
+from serve_app.commands import plan as plan_command
+
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+GOAL = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu" / "goodput-goal-h200.yaml"
+RUN = RESULTS / "goodput-h200-r9"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    plan_command.register(parser.add_subparsers())
+    return parser
+
+
+def _planned_settings(path: Path) -> dict:
+    """The deployable part of a planned config (its comments name the machine's paths)."""
+    return yaml.safe_load(path.read_text())["applications"][0]["args"]
+
+
+def test_committed_evidence_replans_the_w8a8_config_the_ladder_measured(tmp_path: Path) -> None:
+    goal = yaml.safe_load(GOAL.read_text())
+    goal["model"] = "llama-3-8b"  # the shape preset in place of the run's 8B-shaped folder (same config)
+    (tmp_path / "goal.yaml").write_text(yaml.safe_dump(goal))
+    gates = tmp_path / "gates"
+    shutil.copytree(RESULTS / "goodput-h200-r7" / "gate", gates)
+    shutil.copy(RESULTS / "goodput-gate-cpu" / "w8a8.json", gates / "w8a8.json")
+    out = tmp_path / "planned.yaml"
+    argv = ["plan", "--goal", str(tmp_path / "goal.yaml"), "--gate-reports", str(gates)]
+    argv += ["--profile", str(RUN / "profile.json"), "--out", str(out)]
+    assert plan_command.run(_parser().parse_args(argv)) == 0
+    sidecar = json.loads((tmp_path / "plan.json").read_text())
+    assert sidecar["chosen"] == "w8a8"
+    dropped = dict(sidecar["dropped"])
+    assert "lm-eval" in dropped["fp8"] and "lm-eval" in dropped["fp8-fp8kv"]
+    replanned = _planned_settings(out)
+    assert replanned["models"][0].pop("shape_preset") == "llama-3-8b"  # named, since the goal named it
+    assert replanned == _planned_settings(RUN / "planned.yaml")
+    flow = replanned["flow_control"]
+    assert (flow["max_in_flight"], flow["max_waiting"]) == (144, 26)
