@@ -30,7 +30,7 @@ import compare  # this folder's: model cache, spawning, waiting
 
 sys.path.insert(0, str(compare.REPO))
 from serve_app.quantize.lm_eval_task import MC_TASK, TASKS, lm_eval_command, read_scores
-from serve_app.quantize.lm_eval_verdict import judge
+from serve_app.quantize.lm_eval_verdict import MAX_SCORE_DROP, judge
 
 FIRST_PORT = 8102  # each variant its own port: a server left over cannot answer for the next one
 SERVED_NAME = "smollm2-135m-instruct"
@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--lm-eval-python", required=True, help="an interpreter that imports lm_eval")
     parser.add_argument("--timeout", type=float, default=600, help="seconds for each engine to start")
-    parser.add_argument("--max-score-drop", type=float, default=0.05)
+    parser.add_argument("--max-score-drop", type=float, default=MAX_SCORE_DROP)
     parser.add_argument("--variants", default=",".join(v for v, _ in VARIANTS), help="comma-separated subset")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -37,9 +37,7 @@ import time
 from pathlib import Path
 
 from serve_app.quantize.lm_eval_task import MC_TASK, OFFLINE_ENV, QA_TASK, TASK_DIR, task_scores
-from serve_app.quantize.lm_eval_verdict import judge
-
-MAX_SCORE_DROP = 0.05  # the gate's (serve-app evaluate --max-lm-eval-drop)
+from serve_app.quantize.lm_eval_verdict import MAX_SCORE_DROP, judge
 
 
 def _fp8(strategy: str, dynamic: bool) -> dict:

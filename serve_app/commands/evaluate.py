@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from serve_app.models.embedded import SMOLLM2_SOURCE
 from serve_app.quantize.calibration import DEFAULT_GOLDEN, DEFAULT_HELDOUT, shipped
-from serve_app.quantize.lm_eval_verdict import Scores
+from serve_app.quantize.lm_eval_verdict import MAX_SCORE_DROP, Scores
 
 if TYPE_CHECKING:
     from serve_app.quantize.runner import EngineMemory
@@ -77,7 +77,7 @@ def _register_lm_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-lm-eval-drop",
         type=float,
-        default=0.05,
+        default=MAX_SCORE_DROP,
         help="fail when an lm-eval score falls more than this below the baseline's (default: %(default)s)",
     )
     p.add_argument("--lm-eval-limit", type=_positive_int, default=None, help="items per lm-eval task (default: all)")

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 Scores = Mapping[str, Mapping[str, float]]
 DELTA_DIGITS = 4  # lm-eval scores are fractions of at most a few hundred items
+# The gate's default limit on a score's fall below the baseline's (serve-app evaluate --max-lm-eval-drop).
+MAX_SCORE_DROP = 0.05
 
 
 @dataclass(frozen=True)
