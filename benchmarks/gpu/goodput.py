@@ -11,7 +11,8 @@ machine (servers outlive a call: they run in sessions of their own):
                                                           # (--variant V: V profiled beside plain's start;
                                                           # --rates R1,R2,..: the ladder's, else from P)
     python benchmarks/gpu/goodput.py profile-variant --out $OUT --profile P --variant fp8-fp8kv
-                                                          # one variant alone, added to profile P (then serve)
+                                                          # one variant alone, added to profile P (then serve;
+                                                          # --engine-flags F: more engine flags)
     python benchmarks/gpu/goodput.py ladder  --out $OUT --runs 0:fixed,0:spread   # (round:lengths)s
 
 Profile points (``profile_points.py``): ``burst`` (all ``c`` requests at once; ``profile`` without
@@ -30,6 +31,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -135,11 +137,12 @@ def profile(out: Path, timeout_s: float, earlier: dict[str, list[dict]]) -> None
     plan_and_start_stack(out, {"engines_ready_s": engines_s, "plain_kv_cache_bytes": kv_bytes, "gpu_bytes": total})
 
 
-def profile_variant(out: Path, earlier_profile: Path, variant: str, timeout_s: float) -> None:
+def profile_variant(out: Path, earlier_profile: Path, variant: str, timeout_s: float, extra: list[str]) -> None:
     """One variant profiled alone, in the same KV budget as the profile phase's engines, and added
     to an earlier profile: that phase's three engines do not fit one device call. Steady points
-    when that profile already holds the variant (its rates), else burst."""
-    flags = variant_flags(variant)
+    when that profile already holds the variant (its rates), else burst. ``extra``: engine flags
+    past the variant's (a scheduler setting to compare; its points say the max_num_batched_tokens)."""
+    flags = [*variant_flags(variant), *extra]
     compare.stop_servers()
     compare.prepare_models()
     kv_bytes = _plain_kv_bytes(_gpu_memory_bytes())
@@ -281,6 +284,7 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="serve, profile-variant, profile: an earlier profile.json")
     variants = [v for v, _ in PROFILED_VARIANTS]
     parser.add_argument("--variant", choices=variants, help="profile-variant, serve: profile it")
+    parser.add_argument("--engine-flags", default="", help="profile-variant: more engine flags, e.g. a scheduler's")
     parser.add_argument("--rates", help="serve: the ladder's requests/s, comma-separated (default: from --profile)")
     gated = ",".join(v for v, _ in GATE_VARIANTS)
     parser.add_argument("--gate-variants", default=gated, help="gate: comma-separated subset of %(default)s")
@@ -295,7 +299,7 @@ def main() -> None:
         if args.phase == "gate":
             gate(args.out, args.gate_variants.split(","), STATE)
         elif args.phase == "profile-variant":
-            profile_variant(args.out, args.profile, args.variant, args.timeout)
+            profile_variant(args.out, args.profile, args.variant, args.timeout, shlex.split(args.engine_flags))
         elif args.phase in ("profile", "serve"):
             if args.gate_reports:
                 shutil.copytree(args.gate_reports, STATE / "gate", dirs_exist_ok=True)
