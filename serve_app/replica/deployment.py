@@ -22,6 +22,7 @@ from serve_app.observability.logs import ReplicaRequestLog, install_json_logging
 from serve_app.observability.recorder import ServeAppMetrics
 from serve_app.replica.adapters import ReplicaAdapters, with_local_adapters
 from serve_app.replica.asgi_call import AsgiCall, ResponseSink, call_json
+from serve_app.replica.child_reaper import start_child_reaper
 from serve_app.replica.contract import (
     BatchOpened,
     CancelRequests,
@@ -79,6 +80,8 @@ class LLMReplica:
         # Static LoRA adapters resolved to local folders and checked before the engine starts.
         local = await asyncio.to_thread(with_local_adapters, parts.engine, path, Path(cache_dir) if cache_dir else None)
         self.engine_config, self.health = local, parts.health
+        if engine_factory is None:  # vLLM's engine core is a child process that outlives a killed replica
+            self._child_reaper = start_child_reaper()
         self.engine: Engine = (engine_factory or vllm_engine_factory)(replace(parts, engine=local), path)
         started = self.clock()
         await self.engine.start()

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# `ray stop --force` under a running `make serve`: the raylet dies with the replica, so Ray cannot
+# stop the replica's vLLM engine core (README "A replica that dies"); the replica's child reaper
+# (serve_app/replica/child_reaper.py) must. Prints the VLLM:: processes each second until none is
+# left (or 60 s). From the repository root, nothing else of Ray's running on the machine:
+#
+#     bash benchmarks/faults/forced_stop.sh > benchmarks/results/faults/forced-stop/run.txt
+set -uo pipefail
+vllm_procs() { pgrep -f '^VLLM::' | tr '\n' ' '; }
+log=$(mktemp)
+make serve > "$log" 2>&1 &
+until curl -sf localhost:8000/ready > /dev/null; do
+  sleep 2
+  kill -0 $! 2> /dev/null || { tail -20 "$log"; exit 1; }
+done
+echo "ready; commit $(git rev-parse --short HEAD); VLLM:: processes: $(vllm_procs)"
+pgrep -af 'serve_app.replica.child_reaper' | sed 's/^/reaper: /'
+start=$(date +%s.%N)
+.venv/bin/ray stop --force > /dev/null 2>&1
+echo "ray stop --force returned after $(printf '%.1f' "$(echo "$(date +%s.%N) - $start" | bc)") s"
+for _ in $(seq 1 60); do
+  left=$(vllm_procs)
+  printf 't=%5.1f s  VLLM:: processes left: %s\n' "$(echo "$(date +%s.%N) - $start" | bc)" "${left:-none}"
+  [[ -z $left ]] && break
+  sleep 1
+done
+pkill -f haproxy; wait 2> /dev/null
+[[ -z $(vllm_procs) ]] || { echo "ORPHANED: $(vllm_procs)"; pkill -9 -f '^VLLM::'; exit 1; }
