@@ -16,13 +16,16 @@ done
 echo "ready; commit $(git rev-parse --short HEAD); VLLM:: processes: $(vllm_procs)"
 pgrep -af 'serve_app.replica.child_reaper' | sed 's/^/reaper: /'
 start=$(date +%s.%N)
-.venv/bin/ray stop --force > /dev/null 2>&1
-echo "ray stop --force returned after $(printf '%.1f' "$(echo "$(date +%s.%N) - $start" | bc)") s"
-for _ in $(seq 1 60); do
+elapsed() { printf '%5.1f' "$(echo "$(date +%s.%N) - $start" | bc)"; }
+.venv/bin/ray stop --force > /dev/null 2>&1 &
+stopper=$!
+for _ in $(seq 1 120); do  # each 0.5 s while the VLLM:: processes change, for at most 60 s
   left=$(vllm_procs)
-  printf 't=%5.1f s  VLLM:: processes left: %s\n' "$(echo "$(date +%s.%N) - $start" | bc)" "${left:-none}"
-  [[ -z $left ]] && break
-  sleep 1
+  [[ $left == "${last-}" ]] || echo "t=$(elapsed) s  VLLM:: processes left: ${left:-none}"
+  last=$left
+  kill -0 $stopper 2> /dev/null || [[ -n ${stopped-} ]] || { stopped=1; echo "t=$(elapsed) s  ray stop --force returned"; }
+  [[ -z $left && -n ${stopped-} ]] && break
+  sleep 0.5
 done
 pkill -f haproxy; wait 2> /dev/null
 [[ -z $(vllm_procs) ]] || { echo "ORPHANED: $(vllm_procs)"; pkill -9 -f '^VLLM::'; exit 1; }
