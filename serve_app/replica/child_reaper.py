@@ -34,9 +34,11 @@ Identity = tuple[int, float]  # pid, start time
 
 def start_child_reaper() -> subprocess.Popen[bytes]:
     """The reaper of this process's descendants, in a session of its own (a signal to the
-    replica's process group does not reach it)."""
+    replica's process group does not reach it), importing from where this process does (a Ray
+    runtime_env may have put serve_app on sys.path only)."""
     cmd = [sys.executable, "-m", "serve_app.replica.child_reaper", str(os.getpid())]
-    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
 
 
 def _identity(proc: psutil.Process) -> Identity:
