@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # `ray stop --force` under a running `make serve`: the raylet dies with the replica, so Ray cannot
 # stop the replica's vLLM engine core (README "A replica that dies"); the replica's child reaper
-# (serve_app/replica/child_reaper.py) must. Prints the VLLM:: processes each second until none is
-# left (or 60 s). From the repository root, nothing else of Ray's running on the machine:
+# (serve_app/replica/child_reaper.py) must. Prints the VLLM:: processes whenever they change (looked
+# at every 0.5 s) until none is left and the stop has returned, or for 60 s. From the repository
+# root, nothing else of Ray's running on the machine:
 #
-#     bash benchmarks/faults/forced_stop.sh > benchmarks/results/faults/forced-stop/run.txt
+#     bash benchmarks/faults/forced_stop.sh > benchmarks/results/faults/forced-stop/with-reaper.txt
 set -uo pipefail
 vllm_procs() { pgrep -f '^VLLM::' | tr '\n' ' '; }
 log=$(mktemp)

@@ -1,10 +1,11 @@
 """Stops a replica's child processes when the replica process dies without stopping them.
 
 vLLM runs its engine core in a child process of the replica (``VLLM::EngineCore``, with its
-workers below it) and that process does not watch its parent: when the replica is killed outright
-(SIGKILL from the OOM killer, ``ray.kill``, ``ray stop --force``), the engine core is re-parented
-and keeps running, holding its memory (on a GPU, the KV cache the replacement replica needs). A
-graceful shutdown stops the engine first (``LLMReplica.__del__``); this covers the other way out.
+workers below it) and that process does not watch its parent. A graceful shutdown stops the engine
+first (``LLMReplica.__del__``); a replica killed outright (SIGKILL, ``ray.kill``) has its process
+group killed by the raylet. When the raylet dies too (``ray stop --force``, a raylet killed),
+nothing does either: the engine core is re-parented and keeps running, holding its memory (on a
+GPU, the KV cache the replacement replica needs). This covers that way out.
 
 The reaper is a small process of its own, started by the replica before its engine
 (``start_child_reaper``). It polls the replica: while it lives, it remembers the replica's

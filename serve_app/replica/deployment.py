@@ -81,7 +81,7 @@ class LLMReplica:
         local = await asyncio.to_thread(with_local_adapters, parts.engine, path, Path(cache_dir) if cache_dir else None)
         self.engine_config, self.health = local, parts.health
         if engine_factory is None:  # vLLM's engine core is a child process that outlives a killed replica
-            self._child_reaper = start_child_reaper()
+            self._child_reaper = start_child_reaper()  # held: a Popen collected while it runs warns
         self.engine: Engine = (engine_factory or vllm_engine_factory)(replace(parts, engine=local), path)
         started = self.clock()
         await self.engine.start()

@@ -39,7 +39,7 @@ SCRIPT = textwrap.dedent(
     if kill_raylet:  # as `ray stop --force` does: the raylet first, then the worker
         os.kill(raylet, signal.SIGKILL)
     os.kill(worker, signal.SIGKILL)
-    deadline = time.monotonic() + float(sys.argv[3])
+    deadline, orphaned = time.monotonic() + float(sys.argv[3]), False
     while time.monotonic() < deadline:
         try:
             if psutil.Process(child).status() == psutil.STATUS_ZOMBIE:
@@ -49,10 +49,11 @@ SCRIPT = textwrap.dedent(
         time.sleep(0.5)
     else:
         os.kill(child, signal.SIGKILL)
+        orphaned = True
         print("ORPHANED", child, flush=True)
     # The raylet may be gone: no shutdown handshake, this Ray's processes killed outright.
     ray._private.worker._global_node.kill_all_processes(check_alive=False, allow_graceful=False)
-    print("cleaned up" if time.monotonic() < deadline else "", flush=True)
+    print("" if orphaned else "cleaned up", flush=True)
     os._exit(0)
     """
 )

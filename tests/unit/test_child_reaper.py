@@ -1,7 +1,7 @@
 """serve_app.replica.child_reaper with real processes: a stand-in replica (a Python process that starts
 the reaper, then a long ``sleep`` as its engine) is killed outright; its orphaned child must stop.
-The real stack's form (a replica actor SIGKILLed, its vLLM engine core stopped) is in
-tests/faults/test_faults.py."""
+With Ray (the raylet and the worker both SIGKILLed): tests/integration/test_replica_child_cleanup.py;
+with vLLM under `make serve`: benchmarks/faults/forced_stop.sh."""
 
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ def _wait_gone(pid: int, timeout_s: float) -> bool:
     return False
 
 
-def _start_replica(mode: str) -> tuple[subprocess.Popen[str], int, int]:
-    replica = subprocess.Popen([sys.executable, "-c", REPLICA, mode], stdout=subprocess.PIPE, text=True)
+def _start_replica(mode: str, stderr: int | None = None) -> tuple[subprocess.Popen[str], int, int]:
+    replica = subprocess.Popen([sys.executable, "-c", REPLICA, mode], stdout=subprocess.PIPE, stderr=stderr, text=True)
     assert replica.stdout is not None
     reaper_pid, engine_pid = map(int, replica.stdout.readline().split())
     replica.stdout.close()
@@ -68,10 +68,13 @@ def test_a_killed_replicas_orphaned_child_is_stopped_and_the_reaper_exits() -> N
 
 
 def test_after_a_graceful_stop_the_reaper_exits_without_signalling() -> None:
-    replica, reaper_pid, engine_pid = _start_replica("exit")
+    replica, reaper_pid, engine_pid = _start_replica("exit", stderr=subprocess.PIPE)
     assert replica.wait(timeout=30) == 0
     assert _wait_gone(reaper_pid, timeout_s=child_reaper.POLL_S + 5)
     assert not _running(engine_pid)
+    assert replica.stderr is not None
+    with replica.stderr:  # the reaper writes here too; it has exited, so this ends
+        assert "stopped its orphaned processes" not in replica.stderr.read()
 
 
 def test_a_pid_whose_start_time_differs_is_never_signalled() -> None:
