@@ -81,7 +81,7 @@ def renice_replica(model_id: str, nice: int) -> list[dict[str, Any]]:
     """Every thread of ``model_id``'s replica actor and its descendants (engine core, worker) to ``nice``."""
     done = []
     for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
+        cmdline = " ".join(proc.info["cmdline"] or []).strip()  # Ray pads an actor's process title
         if "ServeReplica" in cmdline and cmdline.endswith(model_id):
             for member in [proc, *proc.children(recursive=True)]:
                 for thread in member.threads():
