@@ -81,8 +81,10 @@ def renice_replica(model_id: str, nice: int) -> list[dict[str, Any]]:
     """Every thread of ``model_id``'s replica actor and its descendants (engine core, worker) to ``nice``."""
     done = []
     for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or []).strip()  # Ray pads an actor's process title
-        if "ServeReplica" in cmdline and cmdline.endswith(model_id):
+        # The title reads ray::ServeReplica:APP:DEPLOYMENT, with ".method" while a call runs.
+        title = (proc.info["cmdline"] or [""])[0]
+        deployment = title.rsplit(":", 1)[-1].split(".")[0].strip()
+        if title.startswith("ray::ServeReplica:") and deployment.endswith(model_id):
             for member in [proc, *proc.children(recursive=True)]:
                 for thread in member.threads():
                     os.setpriority(os.PRIO_PROCESS, thread.id, nice)
