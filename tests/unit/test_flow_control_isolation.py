@@ -1,0 +1,24 @@
+"""The flow-control isolation diagnostic's app: the model twice, each engine on a core of its own."""
+
+from __future__ import annotations
+
+from benchmarks import flow_control, flow_control_isolation
+from serve_app.config import load_config
+
+
+def test_split_serves_the_model_twice_with_each_engine_on_its_own_core() -> None:
+    config = flow_control_isolation.split_config(1000, 1)
+    models = {m["id"]: m for m in config["models"]}
+    assert set(models) == {"smollm2-a", "smollm2-b"}
+    binds = {mid: m["ray_actor_options"]["env_vars"]["VLLM_CPU_OMP_THREADS_BIND"] for mid, m in models.items()}
+    assert binds == {"smollm2-a": "1", "smollm2-b": "0"}
+    # Otherwise the noisy neighbour's stack: same engine settings, same flow control.
+    noisy = flow_control.app_config(1000, 1)
+    (model,) = noisy["models"]
+    for m in models.values():
+        assert {k: v for k, v in m.items() if k not in ("id", "ray_actor_options")} == {
+            k: v for k, v in model.items() if k not in ("id", "ray_actor_options")
+        }
+        assert m["ray_actor_options"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert config["flow_control"] == noisy["flow_control"]
+    assert [m.id for m in load_config(config).models] == ["smollm2-a", "smollm2-b"]
