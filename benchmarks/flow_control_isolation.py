@@ -1,9 +1,9 @@
-"""Where B's TTFT goes when A is served on this 2-core machine: two diagnostics beside
+"""Where B's TTFT goes when A is served on this 2-core machine: three diagnostics beside
 ``benchmarks.flow_control``'s noisy neighbour (same request shapes, rates, door and flow settings).
 
     python -m benchmarks.flow_control_isolation split --phase-s 60 --out split-r1.json
     python -m benchmarks.flow_control_isolation priority --phase-s 60 --out priority-r1.json
-    python -m benchmarks.flow_control_isolation hog --phase-s 45 --out hog-r1.json
+    python -m benchmarks.flow_control_isolation hog --phase-s 60 --out hog-r1.json
 
 ``split``: A and B on engines of their own. The app serves the embedded model twice, as
 ``smollm2-a`` (A's requests) and ``smollm2-b`` (B's), each engine's OpenMP worker bound to a core of
