@@ -13,6 +13,9 @@ The stack is reached through ``--door``: ``haproxy`` (the default), the door ``m
 (Ray Serve's HAProxy, forwarding to the router replica's direct-ingress port), or ``ray-proxy``,
 Ray Serve's Python proxy. Both start through the integration tests' ``running_serve``.
 
+Ray starts with its worker processes at ``--ray-worker-niceness`` (default 0, as ``make serve``
+ships them; runs before this option had Ray's default, 15, under a client and Ray daemons at 0).
+
 ``--engine-scheduling-policy priority`` runs vLLM's priority scheduler (``engine_options``), and
 the router then sets each request's ``priority`` from its class (serve_app.core.engine_priority).
 """
@@ -41,6 +44,16 @@ MAX_IN_FLIGHT = 4
 REPO = Path(__file__).resolve().parents[1]
 # ``running_serve``'s door_env per --door: None is the shipped door (HAProxy), {} Ray's own proxy.
 DOORS: dict[str, dict[str, str] | None] = {"haproxy": None, "ray-proxy": {}}
+# What `make serve` starts Ray with: its workers (replicas, engines, HAProxy) at nice 0, not Ray's 15.
+SHIPPED_WORKER_NICENESS = 0
+
+
+def ray_env(door: str, worker_niceness: int) -> dict[str, str]:
+    """The environment Ray starts in: the door's, and the niceness of Ray's worker processes."""
+    from tests.integration.conftest import SHIPPED_DOOR_ENV
+
+    door_env = DOORS[door]
+    return (SHIPPED_DOOR_ENV if door_env is None else door_env) | {"RAY_worker_niceness": str(worker_niceness)}
 
 
 def tenant(name: str, priority: str, tokens_per_minute: int | None = None) -> dict[str, Any]:
@@ -168,6 +181,12 @@ def main() -> None:
         help="vLLM's scheduling_policy; priority: the router sets each request's priority from its class",
     )
     parser.add_argument("--door", choices=sorted(DOORS), default="haproxy", help="how clients reach the stack")
+    parser.add_argument(
+        "--ray-worker-niceness",
+        type=int,
+        default=SHIPPED_WORKER_NICENESS,
+        help="nice of Ray's worker processes (default: as `make serve` ships; Ray's own default is 15)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/flow-control/noisy-neighbour.json"))
     args = parser.parse_args()
     flow_args = (args.a_tokens_per_minute, args.batch_max_in_flight, args.batch_max_in_flight_when_higher_active)
@@ -179,7 +198,8 @@ def main() -> None:
     # Read before the run: the tree may change while it runs.
     results: dict[str, Any] = {"command": module_command("benchmarks.flow_control"), "commit": commit(REPO)}
     results["door"] = args.door
-    with running_serve(DOORS[args.door], address="local") as start:
+    results["ray_env"] = ray_env(args.door, args.ray_worker_niceness)
+    with running_serve(results["ray_env"], address="local") as start:
         url = start(load_config(app_config(*flow_args))).base_url
         asyncio.run(closed_loop(url, 5))  # warm-up
         capacity = asyncio.run(closed_loop(url, args.phase_s / 2))

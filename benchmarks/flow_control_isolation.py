@@ -163,6 +163,9 @@ def main() -> None:
     parser.add_argument("--phase-s", type=float, default=60.0)
     parser.add_argument("--a-tokens-per-minute", type=int, default=1000, help="the flooding tenant's quota")
     parser.add_argument("--batch-max-in-flight", type=int, default=1, help="the batch class's cap on slots")
+    parser.add_argument(
+        "--ray-worker-niceness", type=int, default=15, help="nice of Ray's worker processes (Ray's default: 15)"
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     flow = (args.a_tokens_per_minute, args.batch_max_in_flight)
@@ -177,8 +180,8 @@ def main() -> None:
 
     results: dict[str, Any] = {"command": module_command("benchmarks.flow_control_isolation"), "commit": commit(REPO)}
     results |= {"mode": args.mode, "door": "haproxy", "app_config": config, "a_body": noisy.A_BODY}
-    results["b_body"] = noisy.B_BODY
-    with running_serve(None, address="local") as start:
+    results |= {"b_body": noisy.B_BODY, "ray_env": noisy.ray_env("haproxy", args.ray_worker_niceness)}
+    with running_serve(results["ray_env"], address="local") as start:
         url = start(load_config(config)).base_url
         asyncio.run(noisy.closed_loop(url, 5))  # warm-up
         capacity = asyncio.run(noisy.closed_loop(url, args.phase_s / 2))
