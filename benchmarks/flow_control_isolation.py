@@ -8,8 +8,9 @@
 ``split``: A and B on engines of their own. The app serves the embedded model twice, as
 ``smollm2-a`` (A's requests) and ``smollm2-b`` (B's), each engine's OpenMP worker bound to a core of
 its own (``VLLM_CPU_OMP_THREADS_BIND``: A core 1, B core 0, where vLLM's automatic binding puts
-both on core 0). Phases: B alone; A's flood with A's engine at normal CPU priority; the same with
-every thread of A's replica and engine processes at nice 19 (set from outside with
+both on core 0). Phases: B alone; A's flood with A's engine at Ray's worker niceness (the phase
+``a_flood_nice_0``: its name predates ``--ray-worker-niceness``, whose default here, 15, is Ray's);
+the same with every thread of A's replica and engine processes at nice 19 (set from outside with
 ``setpriority``; the stack has no such setting); B alone again. What isolating A's engine, and then
 ranking its CPU below B's, leaves of B's TTFT cost.
 
