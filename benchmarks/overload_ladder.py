@@ -14,7 +14,8 @@ rejection latency, timeouts (no answer within the client's timeout) and lost req
 answer nor a refusal nor a timeout).
 
 The stack is reached through ``--door``: ``haproxy`` (the default), the door ``make serve`` ships,
-or ``ray-proxy``, Ray Serve's Python proxy (see benchmarks/flow_control.py).
+or ``ray-proxy``, Ray Serve's Python proxy (see benchmarks/flow_control.py). Ray's worker processes
+run at ``--ray-worker-niceness`` (default 0, as ``make serve`` ships them; plain vLLM runs at 0).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.flow_control import DOORS, REPO, quantile
+from benchmarks.flow_control import DOORS, REPO, SHIPPED_WORKER_NICENESS, quantile, ray_env
 from benchmarks.seed_table import MODEL_ID, VLLM_ENV, fp32_model, plain_vllm_command, stop, wait_ready
 from serve_app.bench.provenance import commit, module_command
 from serve_app.ports import free_port
@@ -126,6 +127,7 @@ class Settings:
     capacity: float | None  # requests/s called 1x; None: measured
     capacity_on: str  # "plain" or "stack": where it is measured
     door: str  # a key of DOORS: how clients reach the stack
+    worker_niceness: int  # nice of Ray's worker processes (make serve ships 0; Ray's default is 15)
 
 
 def warm_measure_ladder(url: str, settings: Settings) -> tuple[float, dict[str, Any]]:
@@ -140,7 +142,7 @@ def run_stack(settings: Settings) -> tuple[float | None, dict[str, Any]]:
     from serve_app.config import load_config
     from tests.integration.conftest import running_serve
 
-    with running_serve(DOORS[settings.door], address="local") as start:
+    with running_serve(ray_env(settings.door, settings.worker_niceness), address="local") as start:
         app = start(load_config(stack_config(settings.max_in_flight, settings.max_waiting)))
         return warm_measure_ladder(app.base_url, settings)
 
@@ -166,17 +168,25 @@ def main() -> None:
     parser.add_argument("--max-in-flight", type=int, default=16, help="the stack's flow_control.max_in_flight")
     parser.add_argument("--max-waiting", type=int, default=None, help="flow_control.max_waiting (default: the cap)")
     parser.add_argument("--door", choices=sorted(DOORS), default="haproxy", help="how clients reach the stack")
+    parser.add_argument(
+        "--ray-worker-niceness",
+        type=int,
+        default=SHIPPED_WORKER_NICENESS,
+        help="nice of Ray's worker processes (default: as `make serve` ships; runs before this option had Ray's 15)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/flow-control/overload-ladder.json"))
     args = parser.parse_args()
     # Read before the run: the tree may change while it runs.
     results: dict[str, Any] = {"command": module_command("benchmarks.overload_ladder"), "commit": commit(REPO)}
     cap = args.max_in_flight
-    settings = Settings(args.step_s, cap, args.max_waiting or cap, args.capacity, args.capacity_on, args.door)
+    where = (args.capacity, args.capacity_on, args.door, args.ray_worker_niceness)
+    settings = Settings(args.step_s, cap, args.max_waiting or cap, *where)
     first, second = (run_vllm, run_stack) if settings.capacity_on == "plain" else (run_stack, run_vllm)
     rate, first_ladder = first(settings)
     _, second_ladder = second(replace(settings, capacity=rate))
     ladders = {first.__name__: first_ladder, second.__name__: second_ladder}
-    results |= {"door": args.door, "capacity_requests_per_s": rate}
+    results |= {"door": args.door, "ray_env": ray_env(args.door, args.ray_worker_niceness)}
+    results["capacity_requests_per_s"] = rate
     results |= {"stack": ladders["run_stack"], "plain_vllm": ladders["run_vllm"]}
     results["settings"] = {"step_s": args.step_s, "slo_s": SLO_S, "client_timeout_s": CLIENT_TIMEOUT_S}
     results["settings"] |= {"capacity_given": args.capacity is not None, "capacity_on": settings.capacity_on}
