@@ -1,8 +1,7 @@
-"""Where B's TTFT goes when A is served on this 2-core machine: three diagnostics beside
+"""Where B's TTFT goes when A is served on this 2-core machine: two diagnostics beside
 ``benchmarks.flow_control``'s noisy neighbour (same request shapes, rates, door and flow settings).
 
     python -m benchmarks.flow_control_isolation split --phase-s 60 --out split-r1.json
-    python -m benchmarks.flow_control_isolation priority --phase-s 60 --out priority-r1.json
     python -m benchmarks.flow_control_isolation hog --phase-s 60 --out hog-r1.json
 
 ``split``: A and B on engines of their own. The app serves the embedded model twice, as
@@ -13,11 +12,6 @@ both on core 0). Phases: B alone; A's flood with A's engine at Ray's worker nice
 the same with every thread of A's replica and engine processes at nice 19 (set from outside with
 ``setpriority``; the stack has no such setting); B alone again. What isolating A's engine, and then
 ranking its CPU below B's, leaves of B's TTFT cost.
-
-``priority``: the ``split`` app, with A's replica and engine at nice 19 and what B's requests
-cross at nice -10 (HAProxy, the router replica, B's replica and engine, and this process, the
-client). Phases: B alone before the renice; B alone after it; A's flood; B alone again. Whether
-ranking B's path above everything else on the CPU removes B's cost.
 
 ``hog``: no tenant A. B alone on the noisy neighbour's own stack (one engine), and B beside one
 busy-looping process that sends no request, at nice 0 and at nice 19: what one core taken away
@@ -94,31 +88,20 @@ def renice_tree(proc: psutil.Process, nice: int) -> list[dict[str, Any]]:
     return done
 
 
-def replica_process(deployment_suffix: str) -> psutil.Process:
-    """The replica actor process of the deployment whose name ends with ``deployment_suffix``."""
+def replica_process(model_id: str) -> psutil.Process:
+    """The replica actor process of ``model_id``'s deployment (its name ends with the id)."""
+    from tests.integration.conftest import serve_replica_deployment
+
     for proc in psutil.process_iter(["cmdline"]):
-        # The title reads ray::ServeReplica:APP:DEPLOYMENT, with ".method" while a call runs.
-        title = (proc.info["cmdline"] or [""])[0]
-        deployment = title.rsplit(":", 1)[-1].split(".")[0].strip()
-        if title.startswith("ray::ServeReplica:") and deployment.endswith(deployment_suffix):
+        deployment = serve_replica_deployment(proc.info["cmdline"])
+        if deployment is not None and deployment.endswith(model_id):
             return proc
-    raise RuntimeError(f"no replica process of {deployment_suffix} found")
+    raise RuntimeError(f"no replica process of {model_id} found")
 
 
 def renice_replica(model_id: str, nice: int) -> list[dict[str, Any]]:
     """``model_id``'s replica actor and its engine core and worker to ``nice``."""
     return renice_tree(replica_process(model_id), nice)
-
-
-def renice_b_path(nice: int) -> list[dict[str, Any]]:
-    """What B's requests cross, to ``nice``: the door (HAProxy), the router replica, B's replica
-    with its engine, and this benchmark's own client process (which also sends A's flood)."""
-    doors = [p for p in psutil.process_iter(["name"]) if p.info["name"] == "haproxy"]
-    if not doors:
-        raise RuntimeError("no haproxy process found")
-    done = [entry for door in doors for entry in renice_tree(door, nice)]
-    done += renice_tree(replica_process("router"), nice) + renice_replica(B_MODEL, nice)
-    return done + renice_tree(psutil.Process(), nice)
 
 
 @contextmanager
@@ -141,15 +124,6 @@ def run_split(url: str, capacity: float, seconds: float) -> dict[str, Any]:
     return results
 
 
-def run_priority(url: str, capacity: float, seconds: float) -> dict[str, Any]:
-    results: dict[str, Any] = {"b_alone": measured_phase(url, None, capacity, seconds)}
-    results["reniced"] = renice_replica(A_MODEL, 19) + renice_b_path(-10)
-    results["b_alone_b_path_nice_minus_10"] = measured_phase(url, None, capacity, seconds)
-    results["a_flood_a_19_b_path_minus_10"] = measured_phase(url, noisy.KEYS["a"], capacity, seconds)
-    results["b_alone_again"] = measured_phase(url, None, capacity, seconds)
-    return results
-
-
 def run_hog(url: str, capacity: float, seconds: float) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name, nice in (("b_alone", None), ("hog_nice_0", 0), ("hog_nice_19", 19), ("b_alone_again", None)):
@@ -160,7 +134,7 @@ def run_hog(url: str, capacity: float, seconds: float) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=("split", "priority", "hog"))
+    parser.add_argument("mode", choices=("split", "hog"))
     parser.add_argument("--phase-s", type=float, default=60.0)
     parser.add_argument("--a-tokens-per-minute", type=int, default=1000, help="the flooding tenant's quota")
     parser.add_argument("--batch-max-in-flight", type=int, default=1, help="the batch class's cap on slots")
@@ -170,7 +144,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     flow = (args.a_tokens_per_minute, args.batch_max_in_flight)
-    split = args.mode != "hog"
+    split = args.mode == "split"
     config = split_config(*flow) if split else noisy.app_config(*flow)
     if split:  # the noisy neighbour's request shapes, each tenant to its own model
         noisy.A_BODY = noisy.A_BODY | {"model": A_MODEL}
@@ -187,7 +161,7 @@ def main() -> None:
         asyncio.run(noisy.closed_loop(url, 5))  # warm-up
         capacity = asyncio.run(noisy.closed_loop(url, args.phase_s / 2))
         results["capacity_requests_per_s"] = capacity
-        run = {"split": run_split, "priority": run_priority, "hog": run_hog}[args.mode]
+        run = run_split if split else run_hog
         results["phases"] = run(url, capacity, args.phase_s)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))

@@ -56,14 +56,20 @@ MODEL_REPLICAS_STOP_TIMEOUT_S = 120
 PLAIN_VLLM_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "1"}
 
 
+def serve_replica_deployment(cmdline: list[str] | None) -> str | None:
+    """The deployment a Serve replica process hosts, read from its title
+    "ray::ServeReplica:<app>:<deployment>[.<method running>]" (deployment names have no dots);
+    None for any other process."""
+    title = " ".join(cmdline or []).strip()
+    return title.split(":")[-1].split(".")[0] if title.startswith("ray::ServeReplica:") else None
+
+
 def model_replica_processes() -> list[psutil.Process]:
     """Ray's worker processes hosting a Serve replica other than the router (its title names it)."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
-        title = " ".join(proc.info["cmdline"] or []).strip()
-        # "ray::ServeReplica:<app>:<deployment>[.<method running>]"
-        deployment = title.split(":")[-1] if title.startswith("ray::ServeReplica:") else "router"
-        if deployment != "router" and not deployment.startswith("router."):
+        deployment = serve_replica_deployment(proc.info["cmdline"])
+        if deployment is not None and deployment != "router":
             found.append(proc)
     return found
 

