@@ -10,11 +10,11 @@ its own (``VLLM_CPU_OMP_THREADS_BIND``: A core 1, B core 0, where vLLM's automat
 both on core 0). Phases: B alone; A's flood with A's engine at Ray's worker niceness (the phase
 ``a_flood_nice_0``: its name predates ``--ray-worker-niceness``, whose default here, 15, is Ray's);
 the same with every thread of A's replica and engine processes at nice 19 (set from outside with
-``setpriority``; the stack has no such setting); B alone again. What isolating A's engine, and then
-ranking its CPU below B's, leaves of B's TTFT cost.
+``setpriority``; the stack has no such setting); then under the SCHED_IDLE policy; B alone again.
+What isolating A's engine, and then ranking its CPU below B's, leaves of B's TTFT cost.
 
 ``hog``: no tenant A. B alone on the noisy neighbour's own stack (one engine), and B beside one
-busy-looping process that sends no request, at nice 0 and at nice 19: what one core taken away
+busy-looping process that sends no request, at nice 0, at nice 19 and under SCHED_IDLE: what one core taken away
 costs B, without any request of A's in the router, the door or the engine.
 
 Each phase records the CPU seconds per process over the phase (its top consumers, as cores).
@@ -104,9 +104,23 @@ def renice_replica(model_id: str, nice: int) -> list[dict[str, Any]]:
     return renice_tree(replica_process(model_id), nice)
 
 
+def idle_tree(proc: psutil.Process) -> list[dict[str, Any]]:
+    """Every thread of ``proc`` and its descendants to SCHED_IDLE: unlike nice 19, which still takes
+    a weighted share, such a thread runs only where no normal thread wants the core, and a normal
+    thread that wakes preempts it at once."""
+    done = []
+    for member in [proc, *proc.children(recursive=True)]:
+        for thread in member.threads():
+            os.sched_setscheduler(thread.id, os.SCHED_IDLE, os.sched_param(0))
+        done.append({"pid": member.pid, "name": member.name(), "threads": len(member.threads()), "policy": "idle"})
+    return done
+
+
 @contextmanager
-def hog(nice: int | None) -> Iterator[None]:
-    proc = subprocess.Popen(["nice", "-n", str(nice), *HOG]) if nice is not None else None
+def hog(nice: int | str | None) -> Iterator[None]:
+    """A busy loop at ``nice``, or under SCHED_IDLE for ``"idle"``, or none for None."""
+    prefix = ["chrt", "--idle", "0"] if nice == "idle" else ["nice", "-n", str(nice)]
+    proc = subprocess.Popen([*prefix, *HOG]) if nice is not None else None
     try:
         yield
     finally:
@@ -120,13 +134,16 @@ def run_split(url: str, capacity: float, seconds: float) -> dict[str, Any]:
     results["a_flood_nice_0"] = measured_phase(url, noisy.KEYS["a"], capacity, seconds)
     results["a_reniced"] = renice_replica(A_MODEL, 19)
     results["a_flood_nice_19"] = measured_phase(url, noisy.KEYS["a"], capacity, seconds)
+    results["a_sched_idle"] = idle_tree(replica_process(A_MODEL))
+    results["a_flood_sched_idle"] = measured_phase(url, noisy.KEYS["a"], capacity, seconds)
     results["b_alone_again"] = measured_phase(url, None, capacity, seconds)
     return results
 
 
 def run_hog(url: str, capacity: float, seconds: float) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    for name, nice in (("b_alone", None), ("hog_nice_0", 0), ("hog_nice_19", 19), ("b_alone_again", None)):
+    levels: list[tuple[str, int | str | None]] = [("b_alone", None), ("hog_nice_0", 0), ("hog_nice_19", 19)]
+    for name, nice in [*levels, ("hog_sched_idle", "idle"), ("b_alone_again", None)]:
         with hog(nice):
             results[name] = measured_phase(url, None, capacity, seconds)
     return results

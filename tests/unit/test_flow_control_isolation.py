@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import time
+
+import psutil
+
 from benchmarks import flow_control, flow_control_isolation
 from serve_app.config import load_config
 
@@ -33,3 +38,11 @@ def test_a_replica_process_is_known_by_the_deployment_in_its_title() -> None:
     assert serve_replica_deployment(["ray::ServeReplica:serve-app:router   "]) == "router"
     assert serve_replica_deployment(["ray::HAProxyManager"]) is None
     assert serve_replica_deployment(None) is None
+
+
+def test_the_hog_runs_under_sched_idle_below_every_normal_thread() -> None:
+    with flow_control_isolation.hog("idle"):
+        time.sleep(0.3)  # chrt execs the busy loop
+        hogs = [p for p in psutil.Process().children() if "while True" in " ".join(p.cmdline())]
+        assert len(hogs) == 1 and os.sched_getscheduler(hogs[0].pid) == os.SCHED_IDLE
+    assert not hogs[0].is_running()
