@@ -16,6 +16,10 @@ Ray Serve's Python proxy. Both start through the integration tests' ``running_se
 Ray starts with its worker processes at ``--ray-worker-niceness`` (default 0, as ``make serve``
 ships them; runs before this option had Ray's default, 15, under a client and Ray daemons at 0).
 
+``--batch-pool`` serves the model twice: the interactive class on one core, and the batch class
+(``flow_control.batch.model_pools``) on a replica of its own on the other core, under
+``cpu_scheduling: idle``. Without classes, A is interactive and shares B's replica.
+
 ``--engine-scheduling-policy priority`` runs vLLM's priority scheduler (``engine_options``), and
 the router then sets each request's ``priority`` from its class (serve_app.core.engine_priority).
 """
@@ -36,6 +40,7 @@ import httpx
 from serve_app.bench.provenance import commit, module_command
 
 MODEL = "smollm2-135m-instruct"
+BATCH_POOL = MODEL + "-batch"  # --batch-pool: the batch class's own replica of the model
 KEYS = {name: f"sk-bench-{name}-0123456789" for name in ("a", "a-interactive", "b", "probe")}
 A_BODY = {"model": MODEL, "prompt": "Write a short story about a lighthouse keeper.", "max_tokens": 32}
 B_BODY = {"model": MODEL, "messages": [{"role": "user", "content": "What is the capital of France?"}]}
@@ -67,6 +72,7 @@ def app_config(
     batch_max_in_flight: int = MAX_IN_FLIGHT // 2,
     batch_yield: int | None = None,
     scheduling_policy: str = "fcfs",
+    batch_pool: bool = False,
 ) -> dict[str, Any]:
     model = {"id": MODEL, "source": f"embedded:{MODEL}", "dtype": "float32", "enforce_eager": True}
     model |= {"max_model_len": 512, "readiness_expect": "Paris"}
@@ -86,7 +92,21 @@ def app_config(
     if batch_yield is not None:  # batch's cap while interactive requests wait or are in flight
         batch["max_in_flight_when_higher_active"] = batch_yield
     flow |= {"interactive": {"max_wait_s": 10}, "batch": batch}
-    return {"models": [model], "flow_control": flow}
+    if not batch_pool:
+        return {"models": [model], "flow_control": flow}
+    batch["model_pools"] = {MODEL: BATCH_POOL}
+    return {"models": pooled_models(model), "flow_control": flow}
+
+
+def pooled_models(model: dict[str, Any]) -> list[dict[str, Any]]:
+    """The model twice: B's class on core 0, and a batch pool on core 1 under SCHED_IDLE (each
+    engine's OpenMP worker bound to its core, where vLLM's automatic binding puts both on core 0)."""
+
+    def bound(model_id: str, core: str) -> dict[str, Any]:
+        env = model["ray_actor_options"]["env_vars"] | {"VLLM_CPU_OMP_THREADS_BIND": core}
+        return model | {"id": model_id, "ray_actor_options": {"num_cpus": 1, "env_vars": env}}
+
+    return [bound(MODEL, "0"), bound(BATCH_POOL, "1") | {"cpu_scheduling": "idle"}]
 
 
 async def send(client: httpx.AsyncClient, key: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -180,6 +200,12 @@ def main() -> None:
         default="fcfs",
         help="vLLM's scheduling_policy; priority: the router sets each request's priority from its class",
     )
+    parser.add_argument(
+        "--batch-pool",
+        action="store_true",
+        help="serve the batch class on a pool of its own (flow_control.batch.model_pools), on the other core, "
+        "under cpu_scheduling idle",
+    )
     parser.add_argument("--door", choices=sorted(DOORS), default="haproxy", help="how clients reach the stack")
     parser.add_argument(
         "--ray-worker-niceness",
@@ -190,7 +216,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/flow-control/noisy-neighbour.json"))
     args = parser.parse_args()
     flow_args = (args.a_tokens_per_minute, args.batch_max_in_flight, args.batch_max_in_flight_when_higher_active)
-    flow_args += (args.engine_scheduling_policy,)
+    flow_args += (args.engine_scheduling_policy, args.batch_pool)
 
     from serve_app.config import load_config
     from tests.integration.conftest import running_serve

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from serve_app.config_engine import EngineConfig, OpenAIServerConfig
 from serve_app.config_model import (
@@ -125,6 +125,20 @@ class AppConfig(StrictModel):
         if dupes:
             raise ValueError(f"name(s) {dupes} name more than one model or adapter")
         return models
+
+    @model_validator(mode="after")
+    def _model_pools(self) -> AppConfig:
+        if self.flow_control is None:
+            return self
+        tasks = {m.id: m.task for m in self.models}
+        for name in ("interactive", "batch"):
+            for asked, pool in self.flow_control.class_queue(name).model_pools.items():
+                where = f"flow_control.{name}.model_pools"
+                if asked not in tasks or pool not in tasks:
+                    raise ValueError(f"{where}: {asked!r} -> {pool!r} must name two models: entries by id")
+                if asked == pool or tasks[asked] != tasks[pool]:
+                    raise ValueError(f"{where}: {asked!r} -> {pool!r} must name another model of the same task")
+        return self
 
     def model(self, model_id: str) -> ModelConfig | None:
         return next((m for m in self.models if m.id == model_id), None)

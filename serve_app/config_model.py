@@ -108,6 +108,11 @@ class DeploymentConfig(_Strict):
     autoscaling: AutoscalingConfig | None = None
     max_ongoing_requests: int = Field(256, ge=1)
     ray_actor_options: ActorOptions = Field(default_factory=ActorOptions)
+    # The CPU scheduling policy of each replica's process and its engine's processes. "idle"
+    # (Linux SCHED_IDLE): they run only on CPU time no normal process wants, so a batch pool
+    # (flow_control.batch.model_pools) that shares a host's cores with an interactive pool
+    # yields them at once instead of taking a weighted share as even nice 19 does.
+    cpu_scheduling: Literal["normal", "idle"] = "normal"
 
     @field_validator("shape_preset")
     @classmethod

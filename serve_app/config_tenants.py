@@ -62,6 +62,10 @@ class ClassQueueConfig(_Strict):
     # router replica (0: start none then; those in flight finish): the class yields the engine to
     # higher-class traffic and uses up to max_in_flight when there is none. None: no such cap.
     max_in_flight_when_higher_active: int | None = Field(None, ge=0)
+    # Requests of this class for the model named by a key are served by the models: entry its
+    # value names (a pool of the same model for this class, e.g. at cpu_scheduling "idle"), so
+    # that the class's work does not share the other classes' engines or CPUs.
+    model_pools: dict[str, str] = Field(default_factory=dict)
 
 
 class FlowControlConfig(_Strict):

@@ -139,7 +139,12 @@ class FakeEngine:
         choice = {"index": 0, "message": {"role": "assistant", "content": text}} if chat else {"index": 0, "text": text}
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words)}
         _record_usage(request, prompt_tokens, len(words))
-        return JSONResponse({"id": "fake", "choices": [choice | {"finish_reason": "length"}], "usage": usage})
+        answer = {
+            "id": "fake",
+            "model": payload.get("model", self.model_id),
+            "choices": [choice | {"finish_reason": "length"}],
+        }
+        return JSONResponse(answer | {"usage": usage})  # vLLM names the model the request named
 
     async def _generate_unless_disconnected(self, request: Request, work: Awaitable[None]) -> bool:
         """Run ``work`` as one engine request, aborted when the client disconnects first (as vLLM's

@@ -31,6 +31,7 @@ from serve_app.replica.contract import (
     ResponseBody,
     ResponseEnd,
 )
+from serve_app.replica.cpu_policy import apply_cpu_scheduling
 from serve_app.replica.engine_start import EngineFactory, resolve_model_path, vllm_engine_factory
 from serve_app.replica.parts import ReplicaParts
 from serve_app.replica.server_routes import ServerRoutes
@@ -80,6 +81,8 @@ class LLMReplica:
         # Static LoRA adapters resolved to local folders and checked before the engine starts.
         local = await asyncio.to_thread(with_local_adapters, parts.engine, path, Path(cache_dir) if cache_dir else None)
         self.engine_config, self.health = local, parts.health
+        # Before the engine starts, so that its processes inherit the policy.
+        apply_cpu_scheduling(parts.cpu_scheduling)
         if engine_factory is None:  # vLLM's engine core is a child process that outlives a killed replica
             self._child_reaper = start_child_reaper()  # held: a Popen collected while it runs warns
         self.engine: Engine = (engine_factory or vllm_engine_factory)(replace(parts, engine=local), path)

@@ -30,7 +30,7 @@ from serve_app.router.body_limit import BodySizeLimit
 from serve_app.router.errors import OpenAIError, install_error_handlers
 from serve_app.router.flow_gate import PRIORITY_HEADER, Caller
 from serve_app.router.head_limits import RequestHeadLimits
-from serve_app.router.models import ModelDirectory, RoutedModel, adapter_directory, routed_models
+from serve_app.router.models import ModelDirectory, RoutedModel, adapter_directory, class_pools, routed_models
 from serve_app.router.readiness import Readiness
 from serve_app.router.relay import Relay
 from serve_app.router.request_identity import RequestIdentity
@@ -106,7 +106,7 @@ def build_fastapi(
     server = config.server
     directory = adapters if adapters is not None else adapter_directory(config.models)
     view = AdapterView(directory, adapter_catalog or LocalCatalog(), clock=relay.clock)
-    models = ModelDirectory(routed_models(config.models), view)
+    models = ModelDirectory(routed_models(config.models), view, class_pools(config))
     metrics = relay.metrics
     # Middleware added later runs earlier: CORS, request id, head limits, body cap, then keys and rate limits.
     tenants = config.flow_control.tenants if config.flow_control else []
@@ -149,11 +149,13 @@ def _install_own_routes(app: FastAPI, models: ModelDirectory, relay: Relay, read
     @app.post("/generate")
     async def generate(body: GenerateRequest, request: Request) -> Response:
         model, _ = await models.find(body.model)
+        caller = _caller(relay, request)
+        if caller is not None:
+            model = models.for_class(model, caller.priority_name)
         request.state.model = model.id
         request.state.log.note_prompt(body.prompt)
         payload = {"model": model.id, "prompt": body.prompt, "max_tokens": _max_new_tokens(body, model)}
         payload["temperature"] = body.temperature
-        caller = _caller(relay, request)
         raw = _with_engine_priority(model, "/v1/completions", payload, json.dumps(payload).encode(), caller)
         forwarded = relay_request(model, "/v1/completions", payload, raw, _rid(request))
         answer = await relay.forward(model.id, forwarded, request.state.log, caller)
@@ -193,11 +195,12 @@ def _install_relay_routes(app: FastAPI, models: ModelDirectory, relay: Relay) ->
         payload = parse_object(body)
         name = payload.get("model") if isinstance(payload.get("model"), str) else None
         model, adapter = await models.find(name)
+        caller = _caller(relay, request)
+        model, payload, body = _in_class_pool(models, model, adapter, caller, payload, body)
         request.state.model = model.id
         log: RequestLog = request.state.log
         log.note_prompt(payload.get("messages", payload.get("prompt", payload.get("input"))))
         placed_on = models.adapters.placed_on(adapter)
-        caller = _caller(relay, request)
         body = _with_engine_priority(model, "/" + path, payload, body, caller)
         forwarded = relay_request(model, "/" + path, payload, body, _rid(request), adapter, placed_on)
         return await relay.forward(model.id, forwarded, log, caller)
@@ -224,6 +227,25 @@ def _caller(relay: Relay, request: Request) -> Caller | None:
     if relay.flow is None:
         return None
     return relay.flow.tenants.caller(getattr(request.state, "client", None), request.headers.get(PRIORITY_HEADER))
+
+
+def _in_class_pool(
+    models: ModelDirectory,
+    model: RoutedModel,
+    adapter: AdapterRef | None,
+    caller: Caller | None,
+    payload: dict[str, Any],
+    body: bytes,
+) -> tuple[RoutedModel, dict[str, Any], bytes]:
+    """The model, body and payload for the caller's class: a class's ``model_pools`` send a base
+    model's requests to another models: entry, whose server knows the model by that entry's id."""
+    if caller is None or adapter is not None:
+        return model, payload, body
+    pooled = models.for_class(model, caller.priority_name)
+    if pooled is model:
+        return model, payload, body
+    payload = payload | {"model": pooled.id}
+    return pooled, payload, json.dumps(payload).encode()
 
 
 def _with_engine_priority(

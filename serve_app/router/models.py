@@ -14,7 +14,7 @@ This module is the only one under ``serve_app.router`` that reads a ``ModelConfi
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from serve_app.config import AppConfig, ModelConfig
@@ -78,6 +78,14 @@ def build_relay(
     return Relay(config.router.admission(), batching, client, metrics, replica_name, clock)
 
 
+def class_pools(config: AppConfig) -> dict[str, dict[str, str]]:
+    """Each priority class's ``model_pools`` (config-checked: ids of models of the same task)."""
+    flow = config.flow_control
+    if flow is None:
+        return {}
+    return {name: dict(flow.class_queue(name).model_pools) for name in ("interactive", "batch")}
+
+
 def build_readiness(config: AppConfig, client: ReplicaClient) -> Readiness:
     targets = [ProbeTarget(m.id, m.health(), _scales_to_zero(m)) for m in config.models]
     return Readiness(targets, client)
@@ -88,12 +96,23 @@ class ModelDirectory:
     (those in the config and those added at run time: ``self.adapters``, this router replica's view
     of the app's catalog)."""
 
-    def __init__(self, models: Sequence[RoutedModel], adapters: AdapterView) -> None:
+    def __init__(
+        self,
+        models: Sequence[RoutedModel],
+        adapters: AdapterView,
+        pools: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
         self.all = tuple(models)
         self.default = models[0]
         self.by_id = {m.id: m for m in models}
         self._by_name = {n: m for m in models for n in m.names}
         self.adapters = adapters
+        self._pools = pools or {}  # class -> asked model id -> the id of the model serving it
+
+    def for_class(self, model: RoutedModel, priority: str) -> RoutedModel:
+        """The model that serves ``priority``'s requests for ``model``: its class's pool, if any."""
+        pool = self._pools.get(priority, {}).get(model.id)
+        return self.by_id[pool] if pool is not None else model
 
     async def find(self, name: str | None) -> tuple[RoutedModel, AdapterRef | None]:
         """The model ``name`` names, and the adapter when it names one; a 404 when neither."""

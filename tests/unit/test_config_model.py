@@ -22,8 +22,9 @@ FLAT_KEYS = {
     "id", "source", "task", "dtype", "quantization", "kv_cache_dtype", "max_model_len",
     "tensor_parallel_size", "pipeline_parallel_size", "placement", "shape_preset", "enforce_eager", "seed",
     "engine_options", "openai_server", "lora", "num_replicas", "autoscaling", "max_ongoing_requests",
-    "ray_actor_options", "batching", "default_max_tokens", "max_tokens_limit", "max_n", "readiness_prompt",
-    "readiness_expect", "readiness_timeout_s", "engine_stall_timeout_s", "health_check_period_s", "allow_ungated",
+    "ray_actor_options", "cpu_scheduling", "batching", "default_max_tokens", "max_tokens_limit", "max_n",
+    "readiness_prompt", "readiness_expect", "readiness_timeout_s", "engine_stall_timeout_s", "health_check_period_s",
+    "allow_ungated",
 }  # fmt: skip
 ENTRY: dict[str, Any] = {
     "id": "m",

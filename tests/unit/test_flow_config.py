@@ -50,3 +50,21 @@ def test_a_class_may_yield_to_higher_ones() -> None:
 def test_bad_flow_configs_name_the_key(flow: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_config(config(flow))
+
+
+def test_a_class_pool_names_another_model_of_the_same_task() -> None:
+    models = [{"id": "m"}, {"id": "m-batch", "cpu_scheduling": "idle"}, {"id": "e", "task": "embed"}]
+    loaded = load_config(
+        {"models": models, "flow_control": {"batch": {"max_wait_s": 9, "model_pools": {"m": "m-batch"}}}}
+    )
+    assert loaded.flow_control is not None and loaded.flow_control.batch.model_pools == {"m": "m-batch"}
+    for pools, message in [
+        ({"m": "nope"}, "must name two models: entries by id"),
+        ({"m": "m"}, "must name another model of the same task"),
+        ({"m": "e"}, "must name another model of the same task"),
+    ]:
+        flow = {"interactive": {"max_wait_s": 5, "model_pools": pools}}
+        with pytest.raises(ConfigError, match=f"flow_control.interactive.model_pools.*{message}"):
+            load_config({"models": models, "flow_control": flow})
+    with pytest.raises(ConfigError, match="cpu_scheduling"):
+        load_config({"models": [{"id": "m", "cpu_scheduling": "realtime"}]})

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from serve_app.config import AppConfig, ModelConfig
-from serve_app.config_tenants import FlowControlConfig
+from serve_app.config_tenants import ClassQueueConfig, FlowControlConfig
 from serve_app.engine.fake import FakeEngine
 from serve_app.observability import InMemoryMetricsBackend, ServeAppMetrics
 from serve_app.router.client import LocalReplicaClient
@@ -168,3 +168,24 @@ def test_a_header_lowers_the_class_never_raises_it() -> None:
     assert flow.tenants.caller(a_key, "interactive").priority_name == "batch"
     assert flow.tenants.caller(None, "batch").priority_name == "batch"
     assert flow.tenants.caller(None, "bogus").priority_name == "interactive"
+
+
+POOL = {"fake": "fake-batch"}
+
+
+@pytest.mark.usefixtures("stop_replicas")
+async def test_a_class_pool_serves_that_classs_requests_on_another_models_entry() -> None:
+    plain = flow_config()
+    batch_pool = plain.models[0].model_copy(update={"id": "fake-batch", "cpu_scheduling": "idle"})
+    flow = plain.flow_control.model_copy(update={"batch": ClassQueueConfig(max_wait_s=60, model_pools=POOL)})
+    config = AppConfig(models=[plain.models[0], batch_pool], flow_control=flow)
+    engines = {m.id: FakeEngine(max_model_len=64) for m in config.models}
+    replicas = {m.id: await make_replica_async(m, engines[m.id]) for m in config.models}
+    app = build_app(config, LocalReplicaClient(replicas))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        batch = await client.post("/v1/chat/completions", json=CHAT, headers=bearer("a"))
+        lowered = await client.post("/generate", json={"prompt": "hi"}, headers=bearer("b", **{"x-priority": "batch"}))
+        interactive = await client.post("/v1/chat/completions", json=CHAT, headers=bearer("b"))
+    assert batch.status_code == lowered.status_code == interactive.status_code == 200
+    served = [answer.json().get("model") for answer in (batch, lowered, interactive)]
+    assert served == ["fake-batch", "fake-batch", "fake"], [a.json() for a in (batch, lowered, interactive)]

@@ -46,3 +46,18 @@ def test_the_hog_runs_under_sched_idle_below_every_normal_thread() -> None:
         hogs = [p for p in psutil.Process().children() if "while True" in " ".join(p.cmdline())]
         assert len(hogs) == 1 and os.sched_getscheduler(hogs[0].pid) == os.SCHED_IDLE
     assert not hogs[0].is_running()
+
+
+def test_the_noisy_neighbours_batch_pool_is_the_model_again_on_the_other_core_under_sched_idle() -> None:
+    config = load_config(flow_control.app_config(1000, 1, batch_pool=True))
+    interactive, batch = config.models
+    assert (interactive.id, batch.id) == (flow_control.MODEL, flow_control.BATCH_POOL)
+    assert (interactive.cpu_scheduling, batch.cpu_scheduling) == ("normal", "idle")
+    binds = [m.ray_actor_options.env_vars["VLLM_CPU_OMP_THREADS_BIND"] for m in config.models]
+    assert binds == ["0", "1"]
+    assert config.flow_control is not None
+    assert config.flow_control.batch.model_pools == {flow_control.MODEL: flow_control.BATCH_POOL}
+    assert config.flow_control.interactive.model_pools == {}
+    single = load_config(flow_control.app_config(1000, 1))
+    assert [m.id for m in single.models] == [flow_control.MODEL] and single.flow_control is not None
+    assert single.flow_control.batch.model_pools == {}
