@@ -135,3 +135,59 @@ def test_a_key_gets_at_most_its_quota_across_two_router_replicas(
     forbidden = httpx.get(f"{app.base_url}/admin/usage", headers={"Authorization": f"Bearer {KEYS['other']}"})
     assert forbidden.status_code == 403
     print(f"measured part took {time.perf_counter() - test_started:.1f} s; app ready after {app.ready_after_s:.1f} s")
+
+
+def pooled_config() -> Any:
+    """The model twice: a batch tenant's requests go to the second entry, a pool under SCHED_IDLE."""
+    args = app_args_from_serve_file(LOCAL_CONFIG)
+    (model,) = args["models"]
+    model["max_model_len"] = 512
+    pool = model | {"id": model["id"] + "-batch", "cpu_scheduling": "idle"}
+    args["models"] = [model, pool]
+    args["flow_control"] = {
+        "tenants": [
+            {"name": "limited", "api_key_sha256": [digest(KEYS["limited"])], "priority": "batch"},
+            {"name": "other", "api_key_sha256": [digest(KEYS["other"])]},
+        ],
+        "batch": {"max_wait_s": 30, "model_pools": {model["id"]: pool["id"]}},
+    }
+    return load_config(args)
+
+
+def test_a_batch_pool_serves_the_batch_class_on_idle_cpu_priority(
+    serve_app_factory: Callable[..., RunningApp],
+) -> None:
+    import os
+
+    from tests.integration.conftest import model_replica_processes, serve_replica_deployment
+
+    app = serve_app_factory(pooled_config())
+    served = {}
+    for tenant in ("limited", "other"):
+        answer = httpx.post(f"{app.base_url}/v1/completions", json=PROMPT, headers=bearer(tenant), timeout=120)
+        assert answer.status_code == 200, answer.text
+        served[tenant] = answer.json()["model"]
+    assert served == {"limited": PROMPT["model"] + "-batch", "other": PROMPT["model"]}
+    policies: dict[str, set[int]] = {}
+    for replica in model_replica_processes():
+        deployment = serve_replica_deployment(replica.cmdline()) or ""
+        tree = [replica, *replica.children(recursive=True)]
+        policies[deployment] = {policy for p in tree for t in p.threads() if (policy := _policy(t.id)) is not None}
+        assert len(tree) >= 2, f"{deployment}: the engine's processes run under the replica"
+    assert policies == {
+        f"llm-{PROMPT['model']}-batch": {os.SCHED_IDLE},
+        f"llm-{PROMPT['model']}": {os.SCHED_OTHER},
+    }, policies
+
+
+def _policy(thread_id: int) -> int | None:
+    import os
+
+    try:
+        return os.sched_getscheduler(thread_id)
+    except ProcessLookupError:  # a thread that ended meanwhile
+        return None
+
+
+def bearer(tenant: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[tenant]}"}
