@@ -31,7 +31,7 @@ from serve_app.replica.contract import (
     ResponseBody,
     ResponseEnd,
 )
-from serve_app.replica.cpu_policy import apply_cpu_scheduling
+from serve_app.replica.cpu_policy import apply_cpu_scheduling, apply_cpu_scheduling_to_tree
 from serve_app.replica.engine_start import EngineFactory, resolve_model_path, vllm_engine_factory
 from serve_app.replica.parts import ReplicaParts
 from serve_app.replica.server_routes import ServerRoutes
@@ -88,6 +88,7 @@ class LLMReplica:
         self.engine: Engine = (engine_factory or vllm_engine_factory)(replace(parts, engine=local), path)
         started = self.clock()
         await self.engine.start()
+        apply_cpu_scheduling_to_tree(parts.cpu_scheduling)  # serve_app.replica.cpu_policy says why again
         self.routes = ServerRoutes.of(self.engine.app)
         self.adapters = ReplicaAdapters(local, path, self.engine.app, self.metrics, self.replica_name)
         logger.info("model %s ready in %.1f s from %s", local.id, self.clock() - started, path)

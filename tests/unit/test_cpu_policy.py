@@ -53,3 +53,18 @@ def test_normal_leaves_the_process_alone_and_an_unknown_policy_fails() -> None:
 def test_the_replica_gets_its_models_policy() -> None:
     config = load_config({"models": [{"id": "m", "cpu_scheduling": "idle"}, {"id": "n"}]})
     assert [replica_parts(m).cpu_scheduling for m in config.models] == ["idle", "normal"]
+
+
+TREE = """
+import os, subprocess, sys
+from serve_app.replica.cpu_policy import apply_cpu_scheduling_to_tree
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+print(apply_cpu_scheduling_to_tree("idle") >= 2, os.sched_getscheduler(0) == os.SCHED_IDLE,
+      os.sched_getscheduler(child.pid) == os.SCHED_IDLE, apply_cpu_scheduling_to_tree("normal") == 0)
+child.kill()
+"""
+
+
+def test_the_tree_form_sets_the_process_and_those_under_it() -> None:
+    done = subprocess.run([sys.executable, "-c", TREE], capture_output=True, text=True, check=True, timeout=60)
+    assert done.stdout.split() == ["True"] * 4, done.stderr
