@@ -98,15 +98,16 @@ def app_config(
     return {"models": pooled_models(model), "flow_control": flow}
 
 
+def bound_model(model: dict[str, Any], model_id: str, core: str) -> dict[str, Any]:
+    """``model`` as ``model_id`` with its engine's OpenMP worker bound to ``core`` (vLLM's automatic
+    binding puts every engine's worker on core 0 here)."""
+    env = model["ray_actor_options"]["env_vars"] | {"VLLM_CPU_OMP_THREADS_BIND": core}
+    return model | {"id": model_id, "ray_actor_options": {"num_cpus": 1, "env_vars": env}}
+
+
 def pooled_models(model: dict[str, Any]) -> list[dict[str, Any]]:
-    """The model twice: B's class on core 0, and a batch pool on core 1 under SCHED_IDLE (each
-    engine's OpenMP worker bound to its core, where vLLM's automatic binding puts both on core 0)."""
-
-    def bound(model_id: str, core: str) -> dict[str, Any]:
-        env = model["ray_actor_options"]["env_vars"] | {"VLLM_CPU_OMP_THREADS_BIND": core}
-        return model | {"id": model_id, "ray_actor_options": {"num_cpus": 1, "env_vars": env}}
-
-    return [bound(MODEL, "0"), bound(BATCH_POOL, "1") | {"cpu_scheduling": "idle"}]
+    """The model twice: B's class on core 0, and a batch pool on core 1 under SCHED_IDLE."""
+    return [bound_model(model, MODEL, "0"), bound_model(model, BATCH_POOL, "1") | {"cpu_scheduling": "idle"}]
 
 
 async def send(client: httpx.AsyncClient, key: str, path: str, body: dict[str, Any]) -> dict[str, Any]:

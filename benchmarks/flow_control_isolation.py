@@ -49,12 +49,7 @@ def split_config(a_tokens_per_minute: int, batch_max_in_flight: int) -> dict[str
     """The noisy neighbour's app with the model served twice, A's engine on core 1, B's on core 0."""
     config = noisy.app_config(a_tokens_per_minute, batch_max_in_flight)
     (model,) = config["models"]
-
-    def bound(model_id: str, core: str) -> dict[str, Any]:
-        env = model["ray_actor_options"]["env_vars"] | {"VLLM_CPU_OMP_THREADS_BIND": core}
-        return model | {"id": model_id, "ray_actor_options": {"num_cpus": 1, "env_vars": env}}
-
-    return config | {"models": [bound(A_MODEL, "1"), bound(B_MODEL, "0")]}
+    return config | {"models": [noisy.bound_model(model, A_MODEL, "1"), noisy.bound_model(model, B_MODEL, "0")]}
 
 
 def cpu_seconds() -> dict[int, tuple[str, float]]:
