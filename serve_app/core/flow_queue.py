@@ -12,7 +12,10 @@ An arrival that would wait past its deadline is refused at once ("late") rather 
 when the deadline comes: its wait is estimated from the queue ahead of it and the mean interval
 between the last ``RELEASE_WINDOW`` slot releases measured while requests were waiting (the
 queue's service rate when saturated; a class capped below ``max_in_flight`` gets its share of the
-slots). Until such an interval has been measured, nothing is refused as late.
+slots). Until such an interval has been measured, nothing is refused as late. Each class's own
+releases while it has waiters are measured too, and the longer of the two estimates counts: a
+class served elsewhere, slower than the others (a pool of its own, ``model_pools``), would
+otherwise be estimated at the others' rate and its arrivals queued to wait out their deadline.
 
 A class may also have a contended cap, lower than its own: while a higher class has requests
 waiting or in flight, the class starts no more than that (0: none), so a lower class yields the
@@ -83,6 +86,9 @@ class FlowQueue:
         self._seq = itertools.count()
         self._release_intervals: deque[float] = deque(maxlen=RELEASE_WINDOW)  # while saturated
         self._last_saturated_release: float | None = None
+        # Per class: its releases while it had waiters (the class's own service rate).
+        self._class_intervals = [deque[float](maxlen=RELEASE_WINDOW) for _ in range(classes)]
+        self._class_last_release: list[float | None] = [None] * classes
 
     @property
     def waiting(self) -> int:
@@ -126,13 +132,19 @@ class FlowQueue:
             return None
         cap = self.class_caps[priority]
         share = 1.0 if cap is None else min(1.0, cap / self.max_in_flight)
-        return (ahead + 1) * interval / share
+        estimate = (ahead + 1) * interval / share
+        own = self._class_intervals[priority]
+        if not own:
+            return estimate
+        own_ahead = min(ahead, len(self._classes[priority]))  # of those ahead, the class's own
+        return max(estimate, (own_ahead + 1) * sum(own) / len(own))
 
     def finish(self, waiter: Waiter, actual_cost: int, now: float | None = None) -> None:
         """A started request ended: its slot frees and its attained service is settled; with
         ``now``, a release while requests wait also updates the measured release interval."""
         if now is not None:
             self._measure_release(now)
+            self._measure_class_release(waiter.priority, now)
         self.in_flight -= 1
         self.in_flight_by_class[waiter.priority] -= 1
         self.attained[waiter.tenant] = self.attained.get(waiter.tenant, 0.0) + actual_cost - waiter.cost
@@ -172,6 +184,15 @@ class FlowQueue:
         if self._last_saturated_release is not None:
             self._release_intervals.append(max(0.0, now - self._last_saturated_release))
         self._last_saturated_release = now
+
+    def _measure_class_release(self, priority: int, now: float) -> None:
+        if not self._classes[priority]:  # the class had no waiter: not its service rate
+            self._class_last_release[priority] = None
+            return
+        last = self._class_last_release[priority]
+        if last is not None:
+            self._class_intervals[priority].append(max(0.0, now - last))
+        self._class_last_release[priority] = now
 
     def _start(self, waiter: Waiter) -> None:
         waiter.started = True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from serve_app.core.flow_queue import FlowQueue, Waiter
 
 INTERACTIVE, BATCH = 0, 1
@@ -184,3 +186,32 @@ def test_a_capped_class_waits_for_its_share_of_the_slots() -> None:
     interval = queue.release_interval_s
     assert interval is not None
     assert queue.expected_wait_s(BATCH, ahead=0) == 2 * queue.expected_wait_s(INTERACTIVE, ahead=0)
+
+
+def test_a_class_served_slower_than_the_others_is_estimated_at_its_own_rate() -> None:
+    """A batch pool of its own: interactive releases come every 0.1 s, batch's every 2 s. At the
+    queue's overall rate (and batch's cap of 1 in 4 slots) a batch arrival would look 0.8 s away;
+    at batch's own, 4 s, past its 3 s deadline: refused at once instead of dropped then."""
+    queue = FlowQueue(max_in_flight=4, max_waiting=100, class_caps=(None, 1))
+    now = 0.0
+    batch_running = w("a", priority=BATCH, deadline=1e9)
+    queue.arrive(batch_running, now)
+    queue.arrive(w("a", priority=BATCH, deadline=1e9), now)  # batch waits behind its cap of 1
+    interactive = [w("b") for _ in range(3)]
+    for waiter in interactive:
+        queue.arrive(waiter, now)
+    for step in range(1, 41):
+        now = step * 0.1
+        queue.finish(interactive.pop(0), 10, now)
+        interactive.append(w("b"))
+        queue.arrive(interactive[-1], now)
+        if step % 20 == 0:  # batch's one slot frees every 2 s
+            queue.finish(batch_running, 10, now)
+            started, _ = queue.next_ready(now)
+            (batch_running,) = [s for s in started if s.priority == BATCH]
+            queue.arrive(w("a", priority=BATCH, deadline=1e9), now)
+    overall = queue.release_interval_s
+    assert overall is not None and overall < 0.2
+    assert queue.expected_wait_s(BATCH, ahead=1) == pytest.approx(4.0)
+    assert queue.arrive(w("a", priority=BATCH, deadline=now + 3.0), now).outcome == "late"
+    assert queue.arrive(w("a", priority=BATCH, deadline=now + 60.0), now).outcome == "queued"
