@@ -103,11 +103,12 @@ def idle_tree(proc: psutil.Process) -> list[dict[str, Any]]:
     """Every thread of ``proc`` and its descendants to SCHED_IDLE: unlike nice 19, which still takes
     a weighted share, such a thread runs only where no normal thread wants the core, and a normal
     thread that wakes preempts it at once."""
+    from serve_app.replica.cpu_policy import apply_cpu_scheduling
+
     done = []
     for member in [proc, *proc.children(recursive=True)]:
-        for thread in member.threads():
-            os.sched_setscheduler(thread.id, os.SCHED_IDLE, os.sched_param(0))
-        done.append({"pid": member.pid, "name": member.name(), "threads": len(member.threads()), "policy": "idle"})
+        threads = apply_cpu_scheduling("idle", member.pid)
+        done.append({"pid": member.pid, "name": member.name(), "threads": threads, "policy": "idle"})
     return done
 
 
