@@ -131,8 +131,8 @@ class AppConfig(StrictModel):
         if self.flow_control is None:
             return self
         tasks = {m.id: m.task for m in self.models}
-        for name in ("interactive", "batch"):
-            for asked, pool in self.flow_control.class_queue(name).model_pools.items():
+        for name, pools in self.flow_control.model_pools().items():
+            for asked, pool in pools.items():
                 where = f"flow_control.{name}.model_pools"
                 if asked not in tasks or pool not in tasks:
                     raise ValueError(f"{where}: {asked!r} -> {pool!r} must name two models: entries by id")

@@ -102,3 +102,7 @@ class FlowControlConfig(_Strict):
 
     def class_queue(self, priority: str) -> ClassQueueConfig:
         return self.interactive if priority == "interactive" else self.batch
+
+    def model_pools(self) -> dict[str, dict[str, str]]:
+        """Each class's ``model_pools``, by class name."""
+        return {name: dict(self.class_queue(name).model_pools) for name in PRIORITY_ORDER}

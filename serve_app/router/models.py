@@ -80,10 +80,7 @@ def build_relay(
 
 def class_pools(config: AppConfig) -> dict[str, dict[str, str]]:
     """Each priority class's ``model_pools`` (config-checked: ids of models of the same task)."""
-    flow = config.flow_control
-    if flow is None:
-        return {}
-    return {name: dict(flow.class_queue(name).model_pools) for name in ("interactive", "batch")}
+    return config.flow_control.model_pools() if config.flow_control is not None else {}
 
 
 def build_readiness(config: AppConfig, client: ReplicaClient) -> Readiness:
