@@ -12,10 +12,13 @@ An arrival that would wait past its deadline is refused at once ("late") rather 
 when the deadline comes: its wait is estimated from the queue ahead of it and the mean interval
 between the last ``RELEASE_WINDOW`` slot releases measured while requests were waiting (the
 queue's service rate when saturated; a class capped below ``max_in_flight`` gets its share of the
-slots). Until such an interval has been measured, nothing is refused as late. Each class's own
-releases while it has waiters are measured too, and the longer of the two estimates counts: a
-class served elsewhere, slower than the others (a pool of its own, ``model_pools``), would
-otherwise be estimated at the others' rate and its arrivals queued to wait out their deadline.
+slots). Each class's own rate counts too, from how long its last ``RELEASE_WINDOW`` requests were
+in flight over the slots it may hold, and the longer of the two estimates counts: a class served
+elsewhere, slower than the others (a pool of its own, ``model_pools``), would otherwise be
+estimated at the others' rate and its arrivals queued to wait out their deadline. Until a class
+has had a request end, at most as many of its requests wait as it may hold slots (one round): an
+unmeasured class that queued freely filled the queue with requests its engine could not start in
+time. Until a rate has been measured, nothing else is refused as late.
 
 A class may also have a contended cap, lower than its own: while a higher class has requests
 waiting or in flight, the class starts no more than that (0: none), so a lower class yields the
@@ -46,6 +49,7 @@ class Waiter:
     deadline: float
     seq: int = 0
     started: bool = False
+    started_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -86,9 +90,8 @@ class FlowQueue:
         self._seq = itertools.count()
         self._release_intervals: deque[float] = deque(maxlen=RELEASE_WINDOW)  # while saturated
         self._last_saturated_release: float | None = None
-        # Per class: its releases while it had waiters (the class's own service rate).
-        self._class_intervals = [deque[float](maxlen=RELEASE_WINDOW) for _ in range(classes)]
-        self._class_last_release: list[float | None] = [None] * classes
+        # Per class: how long its requests were in flight (the class's own service rate).
+        self._class_durations = [deque[float](maxlen=RELEASE_WINDOW) for _ in range(classes)]
 
     @property
     def waiting(self) -> int:
@@ -103,10 +106,9 @@ class FlowQueue:
         waiter.seq = next(self._seq)
         ahead = sum(len(c) for c in self._classes[: waiter.priority + 1])
         if self._can_start(waiter.priority) and ahead == 0:
-            self._start(waiter)
+            self._start(waiter, now)
             return Arrival("started")
-        wait_s = self.expected_wait_s(waiter.priority, ahead)
-        if now is not None and wait_s is not None and now + wait_s > waiter.deadline:
+        if now is not None and self._late(waiter, ahead, now):
             return Arrival("late")
         shed: tuple[Waiter, ...] = ()
         if self.waiting >= self.max_waiting:
@@ -125,26 +127,39 @@ class FlowQueue:
         return sum(intervals) / len(intervals) if intervals else None
 
     def expected_wait_s(self, priority: int, ahead: int) -> float | None:
-        """Seconds until a request of ``priority`` with ``ahead`` waiters before it would start, at
-        the measured saturated release rate (None: not measured yet)."""
+        """Seconds until a request of ``priority`` with ``ahead`` waiters before it would start: the
+        longer of the estimates at the measured saturated release rate and at the class's own rate
+        (None: neither measured yet)."""
+        estimates = []
         interval = self.release_interval_s
-        if interval is None:
-            return None
+        if interval is not None:
+            estimates.append((ahead + 1) * interval * self.max_in_flight / self._slots(priority))
+        durations = self._class_durations[priority]
+        if durations:
+            own_ahead = min(ahead, len(self._classes[priority]))  # of those ahead, the class's own
+            mean_duration = sum(durations) / len(durations)
+            estimates.append((own_ahead + 1) * mean_duration / self._slots(priority))
+        return max(estimates) if estimates else None
+
+    def _late(self, waiter: Waiter, ahead: int, now: float) -> bool:
+        priority = waiter.priority
+        if not self._class_durations[priority] and len(self._classes[priority]) >= self._slots(priority):
+            return True  # the class's rate is unknown: one round of its slots waits, no more
+        wait_s = self.expected_wait_s(priority, ahead)
+        return wait_s is not None and now + wait_s > waiter.deadline
+
+    def _slots(self, priority: int) -> int:
+        """The slots the class may hold at once (its cap, else all of them)."""
         cap = self.class_caps[priority]
-        share = 1.0 if cap is None else min(1.0, cap / self.max_in_flight)
-        estimate = (ahead + 1) * interval / share
-        own = self._class_intervals[priority]
-        if not own:
-            return estimate
-        own_ahead = min(ahead, len(self._classes[priority]))  # of those ahead, the class's own
-        return max(estimate, (own_ahead + 1) * sum(own) / len(own))
+        return self.max_in_flight if cap is None else max(1, min(cap, self.max_in_flight))
 
     def finish(self, waiter: Waiter, actual_cost: int, now: float | None = None) -> None:
         """A started request ended: its slot frees and its attained service is settled; with
         ``now``, a release while requests wait also updates the measured release interval."""
         if now is not None:
             self._measure_release(now)
-            self._measure_class_release(waiter.priority, now)
+            if waiter.started_at is not None:
+                self._class_durations[waiter.priority].append(max(0.0, now - waiter.started_at))
         self.in_flight -= 1
         self.in_flight_by_class[waiter.priority] -= 1
         self.attained[waiter.tenant] = self.attained.get(waiter.tenant, 0.0) + actual_cost - waiter.cost
@@ -158,7 +173,7 @@ class FlowQueue:
             if waiter is None:
                 break
             self.remove(waiter)
-            self._start(waiter)
+            self._start(waiter, now)
             started.append(waiter)
         return started, expired
 
@@ -185,17 +200,9 @@ class FlowQueue:
             self._release_intervals.append(max(0.0, now - self._last_saturated_release))
         self._last_saturated_release = now
 
-    def _measure_class_release(self, priority: int, now: float) -> None:
-        if not self._classes[priority]:  # the class had no waiter: not its service rate
-            self._class_last_release[priority] = None
-            return
-        last = self._class_last_release[priority]
-        if last is not None:
-            self._class_intervals[priority].append(max(0.0, now - last))
-        self._class_last_release[priority] = now
-
-    def _start(self, waiter: Waiter) -> None:
+    def _start(self, waiter: Waiter, now: float | None) -> None:
         waiter.started = True
+        waiter.started_at = now
         self.in_flight += 1
         self.in_flight_by_class[waiter.priority] += 1
         self.attained[waiter.tenant] = self.attained.get(waiter.tenant, 0.0) + waiter.cost

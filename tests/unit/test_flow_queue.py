@@ -153,7 +153,7 @@ def _saturate(queue: FlowQueue, interval_s: float, releases: int) -> float:
     return now
 
 
-def test_no_late_refusal_before_a_release_rate_is_measured() -> None:
+def test_within_one_round_of_slots_no_late_refusal_before_a_rate_is_measured() -> None:
     queue = FlowQueue(max_in_flight=1, max_waiting=10)
     queue.arrive(w("a"), now=0.0)
     assert queue.expected_wait_s(INTERACTIVE, ahead=0) is None
@@ -189,9 +189,10 @@ def test_a_capped_class_waits_for_its_share_of_the_slots() -> None:
 
 
 def test_a_class_served_slower_than_the_others_is_estimated_at_its_own_rate() -> None:
-    """A batch pool of its own: interactive releases come every 0.1 s, batch's every 2 s. At the
-    queue's overall rate (and batch's cap of 1 in 4 slots) a batch arrival would look 0.8 s away;
-    at batch's own, 4 s, past its 3 s deadline: refused at once instead of dropped then."""
+    """A batch pool of its own: interactive releases come every 0.1 s, and each batch request holds
+    batch's one slot 2 s. At the queue's overall rate (and batch's cap of 1 in 4 slots) a batch
+    arrival would look 0.8 s away; at batch's own, 4 s, past its 3 s deadline: refused at once
+    instead of dropped then."""
     queue = FlowQueue(max_in_flight=4, max_waiting=100, class_caps=(None, 1))
     now = 0.0
     batch_running = w("a", priority=BATCH, deadline=1e9)
@@ -215,3 +216,35 @@ def test_a_class_served_slower_than_the_others_is_estimated_at_its_own_rate() ->
     assert queue.expected_wait_s(BATCH, ahead=1) == pytest.approx(4.0)
     assert queue.arrive(w("a", priority=BATCH, deadline=now + 3.0), now).outcome == "late"
     assert queue.arrive(w("a", priority=BATCH, deadline=now + 60.0), now).outcome == "queued"
+
+
+def test_an_unmeasured_class_queues_one_round_of_its_slots_then_refuses_as_late() -> None:
+    """A pool's first seconds: no batch request has ended, and the overall rate (measured on the
+    interactive engine) says nothing of batch's. Two batch requests wait behind batch's 2 slots;
+    a third is refused at once, not queued to wait out its deadline."""
+    queue = FlowQueue(max_in_flight=4, max_waiting=64, class_caps=(None, 2))
+    running = [w("a", priority=BATCH, deadline=1e9) for _ in range(2)]
+    for waiter in running:
+        assert queue.arrive(waiter, 0.0).outcome == "started"
+    assert [queue.arrive(w("a", priority=BATCH, deadline=10.0), 0.1).outcome for _ in range(3)] == [
+        "queued",
+        "queued",
+        "late",
+    ]
+    assert queue.arrive(w("b"), 0.1).outcome == "started"  # interactive is not held back by it
+
+
+def test_a_class_rate_is_measured_from_its_first_request_to_end() -> None:
+    """No waiter needs to have been released: the first batch request's 3.4 s in flight over
+    batch's 2 slots puts each batch waiter 1.7 s apart."""
+    queue = FlowQueue(max_in_flight=4, max_waiting=64, class_caps=(None, 2))
+    first, second = w("a", priority=BATCH), w("a", priority=BATCH)
+    queue.arrive(first, 0.0)
+    queue.arrive(second, 0.0)
+    queue.finish(first, 10, 3.4)
+    assert queue.release_interval_s is None  # nothing waited: no overall rate
+    assert queue.expected_wait_s(BATCH, ahead=0) == pytest.approx(1.7)
+    queue.arrive(w("a", priority=BATCH, deadline=1e9), 3.4)  # starts in the freed slot
+    for _ in range(5):  # waiters ahead: 0, 1, ... 4 -> starts 1.7, 3.4, ... 8.5 s away
+        assert queue.arrive(w("a", priority=BATCH, deadline=3.4 + 10.0), 3.4).outcome == "queued"
+    assert queue.arrive(w("a", priority=BATCH, deadline=3.4 + 10.0), 3.4).outcome == "late"  # 10.2 s away
