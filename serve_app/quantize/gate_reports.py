@@ -8,7 +8,10 @@ checkpoint it judged. The planner finds one per variant id in a folder, either a
 The same folder may hold ``lm-eval.json``, the report of ``benchmarks/gpu/gate_lm_eval.py``: the
 project's lm-eval tasks through the OpenAI API per variant, with a verdict for each variant against
 the baseline (``verdicts.<variant>.passed`` and ``deltas``). A variant with a verdict there passes
-only if both reports pass; a variant it scored but could not judge (an ``error``) fails.
+only if both reports pass; a variant it scored but could not judge (an ``error``) fails. Gate runs
+made at different times (one for FP8, a later one for W8A8) each write such a report: the folder
+may hold several, ``lm-eval.json`` and ``lm-eval-<name>.json``, and a variant must pass every one
+that judges it.
 
 The planner does not re-check the report's checkpoint fingerprint: the checkpoint may live on
 another machine. The deployment gate (serve_app.quantize.gate) still checks it when a replica
@@ -27,7 +30,7 @@ from serve_app.quantize.report import EVAL_REPORT
 from serve_app.quantize.variants import Variant
 
 NO_PASSING_REPORT = "no passing gate report"
-LM_EVAL_REPORT = "lm-eval.json"
+LM_EVAL_REPORTS = ("lm-eval.json", "lm-eval-*.json")
 
 
 @dataclass(frozen=True)
@@ -90,13 +93,16 @@ def _with_lm_eval(verdict: GateVerdict, failures: tuple[str, ...], origin: str) 
 
 
 def read_gate_reports(folder: Path, variant_ids: list[str]) -> dict[str, GateVerdict]:
-    """The verdict of each variant that has a report in ``folder`` (and, where ``lm-eval.json``
+    """The verdict of each variant that has a report in ``folder`` (and, where an lm-eval report
     judges it, that verdict too); an unreadable report counts as a failing one, so a broken file
     never lets a variant through."""
     verdicts = _read_evaluate_reports(folder, variant_ids)
-    lm_eval = folder / LM_EVAL_REPORT
-    if not lm_eval.is_file():
-        return verdicts
+    for lm_eval in sorted({path for pattern in LM_EVAL_REPORTS for path in folder.glob(pattern)}):
+        verdicts = _judged_by_lm_eval(verdicts, lm_eval)
+    return verdicts
+
+
+def _judged_by_lm_eval(verdicts: dict[str, GateVerdict], lm_eval: Path) -> dict[str, GateVerdict]:
     try:
         report = json.loads(lm_eval.read_text(encoding="utf-8"))
         if not isinstance(report, dict):
@@ -104,11 +110,12 @@ def read_gate_reports(folder: Path, variant_ids: list[str]) -> dict[str, GateVer
     except (OSError, ValueError) as err:
         unreadable = (f"lm-eval report unreadable: {err}",)
         return {v: _with_lm_eval(verdict, unreadable, str(lm_eval)) for v, verdict in verdicts.items()}
+    judged = dict(verdicts)
     for variant_id, verdict in verdicts.items():
         failures = lm_eval_failures(report, variant_id)
         if failures is not None:
-            verdicts[variant_id] = _with_lm_eval(verdict, failures, str(lm_eval))
-    return verdicts
+            judged[variant_id] = _with_lm_eval(verdict, failures, str(lm_eval))
+    return judged
 
 
 def _read_evaluate_reports(folder: Path, variant_ids: list[str]) -> dict[str, GateVerdict]:

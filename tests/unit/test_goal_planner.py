@@ -123,6 +123,25 @@ def test_an_lm_eval_verdict_must_pass_too(tmp_path: Path) -> None:
     assert not any(v.passed for v in read_gate_reports(tmp_path, ["fp8", "fp8-fp8kv"]).values())
 
 
+def test_each_lm_eval_report_in_the_folder_judges_the_variants_it_scored(tmp_path: Path) -> None:
+    """Two gate runs, one folder: the FP8 run's lm-eval report and a later W8A8 run's."""
+    for variant in ("fp8", "w8a8"):
+        (tmp_path / f"{variant}.json").write_text(json.dumps({"passed": True, "failures": []}))
+    fp8_run = {"max_score_drop": 0.05, "verdicts": {"fp8": {"deltas": {"qa/contains": -0.12}, "passed": False}}}
+    w8a8_run = {"max_score_drop": 0.05, "verdicts": {"w8a8": {"deltas": {"qa/contains": 0.04}, "passed": True}}}
+    (tmp_path / "lm-eval.json").write_text(json.dumps(fp8_run))
+    (tmp_path / "lm-eval-w8a8.json").write_text(json.dumps(w8a8_run))
+    verdicts = read_gate_reports(tmp_path, ["fp8", "w8a8"])
+    assert not verdicts["fp8"].passed and "lm-eval.json" in verdicts["fp8"].origin
+    assert verdicts["w8a8"].passed and verdicts["w8a8"].origin.endswith("lm-eval-w8a8.json")
+    (tmp_path / "lm-eval-later.json").write_text(
+        json.dumps({"max_score_drop": 0.05, "verdicts": {"w8a8": {"deltas": {"qa/contains": -0.2}, "passed": False}}})
+    )
+    assert not read_gate_reports(tmp_path, ["w8a8"])["w8a8"].passed  # every report that judges it must pass
+    (tmp_path / "lm-eval-later.json").write_text("{broken")
+    assert not any(v.passed for v in read_gate_reports(tmp_path, ["fp8", "w8a8"]).values())
+
+
 def test_the_h200_gate_with_lm_eval_drops_both_fp8_variants_of_smollm2() -> None:
     """The committed GPU evidence (benchmarks/results/goodput-h200-r7/gate): perplexity and golden
     answers passed both FP8 variants; lm-eval through the API did not."""
