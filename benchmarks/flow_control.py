@@ -111,19 +111,32 @@ def pooled_models(model: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def send(client: httpx.AsyncClient, key: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    """One request: status, TTFT (first SSE event, streamed) and latency; never raises."""
+    """One request: status, TTFT (first SSE event, streamed), latency and, for a refusal, its error
+    code; never raises."""
     started = time.monotonic()
     first: float | None = None
+    error_body = b""
     try:
         headers = {"Authorization": f"Bearer {key}"}
         async with client.stream("POST", path, json=body, headers=headers) as resp:
             async for chunk in resp.aiter_bytes():
                 if first is None and b"data: {" in chunk:
                     first = time.monotonic() - started
+                if resp.status_code != 200:
+                    error_body += chunk
             status = resp.status_code
     except httpx.HTTPError as err:
         return {"status": "error", "error": type(err).__name__, "latency_s": time.monotonic() - started}
-    return {"status": status, "ttft_s": first, "latency_s": time.monotonic() - started}
+    out = {"status": status, "ttft_s": first, "latency_s": time.monotonic() - started, "sent_at": started}
+    return out | ({"code": error_code(error_body)} if status != 200 else {})
+
+
+def error_code(body: bytes) -> str:
+    """The OpenAI error body's ``code`` (the router's reason: quota, late, deadline, ...)."""
+    try:
+        return str(json.loads(body)["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return "unreadable"
 
 
 async def closed_loop(url: str, seconds: float) -> float:
@@ -175,7 +188,17 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         out["ttft_samples_s"] = [round(t, 4) for t in ttfts]  # to pool rounds: one phase's p99 is near its maximum
     if refusals:
         out |= {"refusal_latency_p50_s": quantile(refusals, 0.5), "refusal_latency_p99_s": quantile(refusals, 0.99)}
+        out["refusal_codes"] = dict(Counter(r.get("code", "unknown") for r in records if r["status"] in (429, 503)))
+        out["slow_refusals"] = slow_refusals(records)
     return out
+
+
+def slow_refusals(records: list[dict[str, Any]], over_s: float = 1.0) -> list[list[Any]]:
+    """Refusals that took longer than ``over_s``: [seconds into the phase it was sent, latency, code]
+    (where in a phase requests waited out their queue deadline)."""
+    start = min(r["sent_at"] for r in records if "sent_at" in r)
+    slow = [r for r in records if r["status"] in (429, 503) and r["latency_s"] > over_s]
+    return [[round(r["sent_at"] - start, 2), round(r["latency_s"], 2), r.get("code")] for r in slow]
 
 
 def quantile(values: list[float], q: float) -> float:
