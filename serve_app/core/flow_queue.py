@@ -13,7 +13,8 @@ when the deadline comes: its wait is estimated from the queue ahead of it and th
 between the last ``RELEASE_WINDOW`` slot releases measured while requests were waiting (the
 queue's service rate when saturated; a class capped below ``max_in_flight`` gets its share of the
 slots). Each class's own rate counts too, from how long its last ``RELEASE_WINDOW`` requests were
-in flight over the slots it may hold, and the longer of the two estimates counts: a class served
+in flight over the slots it may hold (plus a margin for how much those times vary), and the longer
+of the two estimates counts: a class served
 elsewhere, slower than the others (a pool of its own, ``model_pools``), would otherwise be
 estimated at the others' rate and its arrivals queued to wait out their deadline. Until a class
 has had a request end, at most as many of its requests wait as it may hold slots (one round): an
@@ -29,6 +30,7 @@ wait estimate uses the class's own cap: contention comes and goes faster than a 
 from __future__ import annotations
 
 import itertools
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
@@ -39,6 +41,12 @@ Outcome = Literal["started", "queued", "refused", "late"]
 # in one engine step, then none for a while), so a short average swings low after each burst and
 # admits requests that then wait past their deadline; several batches' worth of releases do not.
 RELEASE_WINDOW = 64
+# A class's own estimate adds this many standard deviations of the wait (the spread of its requests'
+# time in flight, times the square root of the requests ahead of it per slot). Under a flood the
+# queue stays filled to where the estimate meets the deadline, so every request is admitted at that
+# edge; at the mean alone, whenever its engine ran slower than average the request waited out its
+# deadline (a pool under SCHED_IDLE runs its requests at very different speeds).
+LATE_MARGIN_SPREADS = 2.0
 
 
 @dataclass(eq=False)
@@ -130,16 +138,28 @@ class FlowQueue:
         """Seconds until a request of ``priority`` with ``ahead`` waiters before it would start: the
         longer of the estimates at the measured saturated release rate and at the class's own rate
         (None: neither measured yet)."""
-        estimates = []
-        interval = self.release_interval_s
-        if interval is not None:
-            estimates.append((ahead + 1) * interval * self.max_in_flight / self._slots(priority))
-        durations = self._class_durations[priority]
-        if durations:
-            own_ahead = min(ahead, len(self._classes[priority]))  # of those ahead, the class's own
-            mean_duration = sum(durations) / len(durations)
-            estimates.append((own_ahead + 1) * mean_duration / self._slots(priority))
+        both = (self.saturated_wait_s(priority, ahead), self.own_wait_s(priority, ahead))
+        estimates = [e for e in both if e is not None]
         return max(estimates) if estimates else None
+
+    def saturated_wait_s(self, priority: int, ahead: int) -> float | None:
+        """The wait at the queue's measured saturated release rate, the class's share of the slots."""
+        interval = self.release_interval_s
+        if interval is None:
+            return None
+        return (ahead + 1) * interval * self.max_in_flight / self._slots(priority)
+
+    def own_wait_s(self, priority: int, ahead: int) -> float | None:
+        """The wait at the class's own rate: the class's waiters ahead (plus this one), per slot it
+        may hold, each as long as its requests' mean time in flight, plus the margin for spread."""
+        durations = self._class_durations[priority]
+        if not durations:
+            return None
+        own_ahead = min(ahead, len(self._classes[priority]))  # of those ahead, the class's own
+        rounds = (own_ahead + 1) / self._slots(priority)  # requests each of the class's slots runs first
+        mean = sum(durations) / len(durations)
+        spread = math.sqrt(sum((d - mean) ** 2 for d in durations) / len(durations))
+        return rounds * mean + LATE_MARGIN_SPREADS * math.sqrt(rounds) * spread
 
     def _late(self, waiter: Waiter, ahead: int, now: float) -> bool:
         priority = waiter.priority

@@ -138,11 +138,12 @@ def test_a_contended_cap_also_holds_while_a_higher_class_waits() -> None:
 
 
 def _saturate(queue: FlowQueue, interval_s: float, releases: int) -> float:
-    """Keep one waiter queued while ``releases`` requests finish ``interval_s`` apart; the time after."""
+    """Keep one waiter queued while ``releases`` requests finish ``interval_s`` apart, each in flight
+    ``max_in_flight`` intervals (a steady queue: the first ones started before 0); the time after."""
     now = 0.0
     running = [w("a") for _ in range(queue.max_in_flight)]
-    for waiter in running:
-        queue.arrive(waiter, now)
+    for i, waiter in enumerate(running):
+        queue.arrive(waiter, (i + 1 - queue.max_in_flight) * interval_s)
     queue.arrive(w("a", deadline=1e9), now)
     for _ in range(releases):
         now += interval_s
@@ -248,3 +249,36 @@ def test_a_class_rate_is_measured_from_its_first_request_to_end() -> None:
     for _ in range(5):  # waiters ahead: 0, 1, ... 4 -> starts 1.7, 3.4, ... 8.5 s away
         assert queue.arrive(w("a", priority=BATCH, deadline=3.4 + 10.0), 3.4).outcome == "queued"
     assert queue.arrive(w("a", priority=BATCH, deadline=3.4 + 10.0), 3.4).outcome == "late"  # 10.2 s away
+
+
+def test_a_class_whose_requests_vary_in_time_is_estimated_with_a_margin() -> None:
+    """Batch requests alternately 1 s and 3 s in flight on batch's one slot: 2 s on average, 1 s
+    standard deviation. With 3 waiters ahead, 4 requests run first: 8 s at the mean, and the wait
+    is estimated at 8 + 2 x sqrt(4) x 1 = 12 s. A 10 s deadline is refused at once, where at the
+    mean it was queued, and dropped whenever the engine ran slower than average."""
+    queue = FlowQueue(max_in_flight=4, max_waiting=64, class_caps=(None, 1))
+    now = 0.0
+    for seconds in (1.0, 3.0) * 4:
+        running = w("a", priority=BATCH, deadline=1e9)
+        assert queue.arrive(running, now).outcome == "started"
+        now += seconds
+        queue.finish(running, 10, now)
+    queue.arrive(w("a", priority=BATCH, deadline=1e9), now)  # starts
+    for _ in range(3):
+        queue.arrive(w("a", priority=BATCH, deadline=1e9), now)
+    assert queue.own_wait_s(BATCH, ahead=3) == pytest.approx(12.0)
+    assert queue.arrive(w("a", priority=BATCH, deadline=now + 10.0), now).outcome == "late"
+    assert queue.arrive(w("a", priority=BATCH, deadline=now + 12.5), now).outcome == "queued"
+
+
+def test_a_class_whose_requests_take_the_same_time_gets_no_margin() -> None:
+    queue = FlowQueue(max_in_flight=4, max_waiting=64, class_caps=(None, 2))
+    for _ in range(3):
+        pair = [w("a", priority=BATCH) for _ in range(2)]
+        for waiter in pair:
+            queue.arrive(waiter, 0.0)
+        for waiter in pair:
+            queue.finish(waiter, 10, 2.0)
+    for _ in range(5):  # 2 start, 3 wait
+        queue.arrive(w("a", priority=BATCH, deadline=1e9), 2.0)
+    assert queue.own_wait_s(BATCH, ahead=3) == pytest.approx(4.0)  # 4 requests over 2 slots, 2 s each
