@@ -30,13 +30,16 @@ def _planned_settings(path: Path) -> dict:
     return yaml.safe_load(path.read_text())["applications"][0]["args"]
 
 
-def test_committed_evidence_replans_the_w8a8_config_the_ladder_measured(tmp_path: Path) -> None:
+def _replan(tmp_path: Path, w8a8_reports: list[Path]) -> tuple[dict, dict]:
+    """Plans the run's goal on the seventh run's FP8 gate folder plus ``w8a8_reports``: the plan's
+    sidecar, and the planned settings (each checked against the run's own, then returned)."""
     goal = yaml.safe_load(GOAL.read_text())
     goal["model"] = "llama-3-8b"  # the shape preset in place of the run's 8B-shaped folder (same config)
     (tmp_path / "goal.yaml").write_text(yaml.safe_dump(goal))
     gates = tmp_path / "gates"
     shutil.copytree(RESULTS / "goodput-h200-r7" / "gate", gates)
-    shutil.copy(RESULTS / "goodput-gate-cpu" / "w8a8.json", gates / "w8a8.json")
+    for report in w8a8_reports:
+        shutil.copy(report, gates / report.name)
     out = tmp_path / "planned.yaml"
     argv = ["plan", "--goal", str(tmp_path / "goal.yaml"), "--gate-reports", str(gates)]
     argv += ["--profile", str(RUN / "profile.json"), "--out", str(out)]
@@ -48,6 +51,11 @@ def test_committed_evidence_replans_the_w8a8_config_the_ladder_measured(tmp_path
     replanned = _planned_settings(out)
     assert replanned["models"][0].pop("shape_preset") == "llama-3-8b"  # named, since the goal named it
     assert replanned == _planned_settings(RUN / "planned.yaml")
+    return sidecar, replanned
+
+
+def test_committed_evidence_replans_the_w8a8_config_the_ladder_measured(tmp_path: Path) -> None:
+    _, replanned = _replan(tmp_path, [RESULTS / "goodput-gate-cpu" / "w8a8.json"])
     flow = replanned["flow_control"]
     assert (flow["max_in_flight"], flow["max_waiting"]) == (144, 26)
 
@@ -56,26 +64,10 @@ def test_the_gpu_gate_of_w8a8_replans_the_same_config(tmp_path: Path) -> None:
     """W8A8's gate on a GPU (benchmarks/results/goodput-gate-h100: perplexity, golden answers and
     lm-eval through vLLM's server, CUTLASS int8 kernels) in place of the CPU's: the planner still
     picks W8A8, on the GPU's verdict, and writes the config the ninth run's ladder measured."""
-    goal = yaml.safe_load(GOAL.read_text())
-    goal["model"] = "llama-3-8b"
-    (tmp_path / "goal.yaml").write_text(yaml.safe_dump(goal))
-    gates = tmp_path / "gates"
-    shutil.copytree(RESULTS / "goodput-h200-r7" / "gate", gates)
-    for report in (RESULTS / "goodput-gate-h100" / "gate").iterdir():
-        shutil.copy(report, gates / report.name)
-    out = tmp_path / "planned.yaml"
-    argv = ["plan", "--goal", str(tmp_path / "goal.yaml"), "--gate-reports", str(gates)]
-    argv += ["--profile", str(RUN / "profile.json"), "--out", str(out)]
-    assert plan_command.run(_parser().parse_args(argv)) == 0
-    sidecar = json.loads((tmp_path / "plan.json").read_text())
-    assert sidecar["chosen"] == "w8a8"
+    gpu_gate = RESULTS / "goodput-gate-h100" / "gate"
+    sidecar, _ = _replan(tmp_path, sorted(gpu_gate.iterdir()))
     (w8a8,) = [c for c in sidecar["candidates"] if c["variant"] == "w8a8"]
     assert "w8a8.json" in w8a8["reasons"]["gate"] and "lm-eval-w8a8.json" in w8a8["reasons"]["gate"]
-    dropped = dict(sidecar["dropped"])
-    assert "lm-eval" in dropped["fp8"] and "lm-eval" in dropped["fp8-fp8kv"]
-    replanned = _planned_settings(out)
-    assert replanned["models"][0].pop("shape_preset") == "llama-3-8b"
-    assert replanned == _planned_settings(RUN / "planned.yaml")
-    gpu_report = json.loads((RESULTS / "goodput-gate-h100" / "gate" / "w8a8.json").read_text())
+    gpu_report = json.loads((gpu_gate / "w8a8.json").read_text())
     cpu_report = json.loads((RESULTS / "goodput-gate-cpu" / "w8a8.json").read_text())
     assert gpu_report["checkpoint_fingerprint"] == cpu_report["checkpoint_fingerprint"]  # one checkpoint, two gates
