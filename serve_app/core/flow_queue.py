@@ -16,10 +16,10 @@ slots). Each class's own rate counts too, from how long its last ``RELEASE_WINDO
 in flight over the slots it may hold (plus a margin for how much those times vary), and the longer
 of the two estimates counts: a class served
 elsewhere, slower than the others (a pool of its own, ``model_pools``), would otherwise be
-estimated at the others' rate and its arrivals queued to wait out their deadline. Until a class
-has had a request end, at most as many of its requests wait as it may hold slots (one round): an
-unmeasured class that queued freely filled the queue with requests its engine could not start in
-time. Until a rate has been measured, nothing else is refused as late.
+estimated at the others' rate and its arrivals queued to wait out their deadline. Until
+``OWN_RATE_SAMPLES`` of a class's requests have ended, at most as many of its requests wait as it
+may hold slots (one round): an unmeasured class that queued freely filled the queue with requests
+its engine could not start in time. Until a rate has been measured, nothing else is refused as late.
 
 A class may also have a contended cap, lower than its own: while a higher class has requests
 waiting or in flight, the class starts no more than that (0: none), so a lower class yields the
@@ -47,6 +47,10 @@ RELEASE_WINDOW = 64
 # edge; at the mean alone, whenever its engine ran slower than average the request waited out its
 # deadline (a pool under SCHED_IDLE runs its requests at very different speeds).
 LATE_MARGIN_SPREADS = 2.0
+# A class's own rate counts from this many of its requests' ends; until then one round of its slots
+# waits. A class's first requests run while its traffic starts (a flood's first request ran
+# alone, faster than the ones after it), so one or two of them set a rate the engine did not keep.
+OWN_RATE_SAMPLES = 8
 
 
 @dataclass(eq=False)
@@ -153,18 +157,19 @@ class FlowQueue:
         """The wait at the class's own rate: the class's waiters ahead (plus this one), per slot it
         may hold, each as long as its requests' mean time in flight, plus the margin for spread."""
         durations = self._class_durations[priority]
-        if not durations:
+        if len(durations) < OWN_RATE_SAMPLES:
             return None
         own_ahead = min(ahead, len(self._classes[priority]))  # of those ahead, the class's own
         rounds = (own_ahead + 1) / self._slots(priority)  # requests each of the class's slots runs first
         mean = sum(durations) / len(durations)
-        spread = math.sqrt(sum((d - mean) ** 2 for d in durations) / len(durations))
+        spread = math.sqrt(sum((d - mean) ** 2 for d in durations) / (len(durations) - 1))
         return rounds * mean + LATE_MARGIN_SPREADS * math.sqrt(rounds) * spread
 
     def _late(self, waiter: Waiter, ahead: int, now: float) -> bool:
         priority = waiter.priority
-        if not self._class_durations[priority] and len(self._classes[priority]) >= self._slots(priority):
-            return True  # the class's rate is unknown: one round of its slots waits, no more
+        unknown = len(self._class_durations[priority]) < OWN_RATE_SAMPLES
+        if unknown and len(self._classes[priority]) >= self._slots(priority):
+            return True  # the class's rate is not known yet: one round of its slots waits, no more
         wait_s = self.expected_wait_s(priority, ahead)
         return wait_s is not None and now + wait_s > waiter.deadline
 

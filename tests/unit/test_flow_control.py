@@ -13,6 +13,7 @@ import pytest
 
 from serve_app.config import AppConfig, ModelConfig
 from serve_app.config_tenants import ClassQueueConfig, FlowControlConfig
+from serve_app.core.flow_queue import OWN_RATE_SAMPLES
 from serve_app.engine.fake import FakeEngine
 from serve_app.observability import InMemoryMetricsBackend, ServeAppMetrics
 from serve_app.router.client import LocalReplicaClient
@@ -94,7 +95,8 @@ def gate(**flow: Any) -> FlowGate:
 async def test_interactive_goes_first_and_batch_is_shed_when_full() -> None:
     flow = gate(max_in_flight=1, max_waiting=2)
     a, b = flow.tenants.caller(f"key-{digest(KEYS['a'])[:12]}", None), flow.tenants.caller(None, None)
-    flow.leave(await flow.enter(a, 5, 10), 5, 5)  # batch's rate measured: more than one round may wait
+    for _ in range(OWN_RATE_SAMPLES):  # batch's rate measured: more than one round may wait
+        flow.leave(await flow.enter(a, 5, 10), 5, 5)
     running = await flow.enter(b, 5, 10)
     batch = [asyncio.create_task(flow.enter(a, 5, 10)) for _ in range(2)]
     await asyncio.sleep(0)
@@ -136,7 +138,8 @@ async def test_a_waiter_past_its_deadline_never_starts() -> None:
 async def test_an_arrival_sure_to_miss_its_deadline_is_refused_at_once_with_retry_after() -> None:
     flow = gate(max_in_flight=1, max_waiting=8, interactive={"max_wait_s": 2.5})
     caller = flow.tenants.caller(None, None)
-    flow.leave(await flow.enter(caller, 5, 10), 1, 1)  # the class's rate measured: more than one round may wait
+    for _ in range(OWN_RATE_SAMPLES):  # the class's rate measured: more than one round may wait
+        flow.leave(await flow.enter(caller, 5, 10), 1, 1)
     running = await flow.enter(caller, 5, 10)
     waiters = [asyncio.create_task(flow.enter(caller, 5, 10)) for _ in range(2)]
     for _ in range(2):  # each request holds the slot 1 s while another waits: 1 s per release

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from serve_app.core.flow_queue import FlowQueue, Waiter
+from serve_app.core.flow_queue import OWN_RATE_SAMPLES, FlowQueue, Waiter
 
 INTERACTIVE, BATCH = 0, 1
 
@@ -202,7 +204,7 @@ def test_a_class_served_slower_than_the_others_is_estimated_at_its_own_rate() ->
     interactive = [w("b") for _ in range(3)]
     for waiter in interactive:
         queue.arrive(waiter, now)
-    for step in range(1, 41):
+    for step in range(1, 20 * OWN_RATE_SAMPLES + 1):
         now = step * 0.1
         queue.finish(interactive.pop(0), 10, now)
         interactive.append(w("b"))
@@ -235,50 +237,52 @@ def test_an_unmeasured_class_queues_one_round_of_its_slots_then_refuses_as_late(
     assert queue.arrive(w("b"), 0.1).outcome == "started"  # interactive is not held back by it
 
 
-def test_a_class_rate_is_measured_from_its_first_request_to_end() -> None:
-    """No waiter needs to have been released: the first batch request's 3.4 s in flight over
-    batch's 2 slots puts each batch waiter 1.7 s apart."""
+def _finish_batch_requests(queue: FlowQueue, seconds: list[float], now: float = 0.0) -> float:
+    """Batch requests run one after another, each for the given seconds; the time after."""
+    for duration in seconds:
+        running = w("a", priority=BATCH, deadline=1e9)
+        assert queue.arrive(running, now).outcome == "started"
+        now += duration
+        queue.finish(running, 10, now)
+    return now
+
+
+def test_a_class_rate_is_measured_from_its_requests_ends_once_there_are_enough() -> None:
+    """No waiter needs to have been released: batch requests 3.4 s in flight over batch's 2 slots
+    put each batch waiter 1.7 s apart, once OWN_RATE_SAMPLES of them have ended. Before that one
+    round of the slots waits: a class's first requests ran faster than the ones after them."""
     queue = FlowQueue(max_in_flight=4, max_waiting=64, class_caps=(None, 2))
-    first, second = w("a", priority=BATCH), w("a", priority=BATCH)
-    queue.arrive(first, 0.0)
-    queue.arrive(second, 0.0)
-    queue.finish(first, 10, 3.4)
+    now = _finish_batch_requests(queue, [3.4] * (OWN_RATE_SAMPLES - 1))
+    assert queue.own_wait_s(BATCH, ahead=0) is None
+    now = _finish_batch_requests(queue, [3.4], now)
     assert queue.release_interval_s is None  # nothing waited: no overall rate
     assert queue.expected_wait_s(BATCH, ahead=0) == pytest.approx(1.7)
-    queue.arrive(w("a", priority=BATCH, deadline=1e9), 3.4)  # starts in the freed slot
+    for _ in range(2):  # both slots busy
+        queue.arrive(w("a", priority=BATCH, deadline=1e9), now)
     for _ in range(5):  # waiters ahead: 0, 1, ... 4 -> starts 1.7, 3.4, ... 8.5 s away
-        assert queue.arrive(w("a", priority=BATCH, deadline=3.4 + 10.0), 3.4).outcome == "queued"
-    assert queue.arrive(w("a", priority=BATCH, deadline=3.4 + 10.0), 3.4).outcome == "late"  # 10.2 s away
+        assert queue.arrive(w("a", priority=BATCH, deadline=now + 10.0), now).outcome == "queued"
+    assert queue.arrive(w("a", priority=BATCH, deadline=now + 10.0), now).outcome == "late"  # 10.2 s away
 
 
 def test_a_class_whose_requests_vary_in_time_is_estimated_with_a_margin() -> None:
-    """Batch requests alternately 1 s and 3 s in flight on batch's one slot: 2 s on average, 1 s
-    standard deviation. With 3 waiters ahead, 4 requests run first: 8 s at the mean, and the wait
-    is estimated at 8 + 2 x sqrt(4) x 1 = 12 s. A 10 s deadline is refused at once, where at the
-    mean it was queued, and dropped whenever the engine ran slower than average."""
+    """Batch requests alternately 1 s and 3 s in flight on batch's one slot: 2 s on average, a
+    sample standard deviation of sqrt(8/7) s over 8. With 3 waiters ahead, 4 requests run first:
+    8 s at the mean, and the wait is estimated at 8 + 2 x sqrt(4) x sqrt(8/7), about 12.3 s. A
+    10 s deadline is refused at once, where at the mean it was queued, and dropped whenever the
+    engine ran slower than average."""
     queue = FlowQueue(max_in_flight=4, max_waiting=64, class_caps=(None, 1))
-    now = 0.0
-    for seconds in (1.0, 3.0) * 4:
-        running = w("a", priority=BATCH, deadline=1e9)
-        assert queue.arrive(running, now).outcome == "started"
-        now += seconds
-        queue.finish(running, 10, now)
+    now = _finish_batch_requests(queue, [1.0, 3.0] * (OWN_RATE_SAMPLES // 2))
     queue.arrive(w("a", priority=BATCH, deadline=1e9), now)  # starts
     for _ in range(3):
         queue.arrive(w("a", priority=BATCH, deadline=1e9), now)
-    assert queue.own_wait_s(BATCH, ahead=3) == pytest.approx(12.0)
+    assert queue.own_wait_s(BATCH, ahead=3) == pytest.approx(8 + 4 * math.sqrt(8 / 7))
     assert queue.arrive(w("a", priority=BATCH, deadline=now + 10.0), now).outcome == "late"
-    assert queue.arrive(w("a", priority=BATCH, deadline=now + 12.5), now).outcome == "queued"
+    assert queue.arrive(w("a", priority=BATCH, deadline=now + 13.0), now).outcome == "queued"
 
 
 def test_a_class_whose_requests_take_the_same_time_gets_no_margin() -> None:
     queue = FlowQueue(max_in_flight=4, max_waiting=64, class_caps=(None, 2))
-    for _ in range(3):
-        pair = [w("a", priority=BATCH) for _ in range(2)]
-        for waiter in pair:
-            queue.arrive(waiter, 0.0)
-        for waiter in pair:
-            queue.finish(waiter, 10, 2.0)
+    now = _finish_batch_requests(queue, [2.0] * OWN_RATE_SAMPLES)
     for _ in range(5):  # 2 start, 3 wait
-        queue.arrive(w("a", priority=BATCH, deadline=1e9), 2.0)
+        queue.arrive(w("a", priority=BATCH, deadline=1e9), now)
     assert queue.own_wait_s(BATCH, ahead=3) == pytest.approx(4.0)  # 4 requests over 2 slots, 2 s each
