@@ -14,9 +14,9 @@ between the last ``RELEASE_WINDOW`` slot releases measured while requests were w
 queue's service rate when saturated; a class capped below ``max_in_flight`` gets its share of the
 slots). Each class's own rate counts too, from how long its last ``RELEASE_WINDOW`` requests were
 in flight over the slots it may hold (plus a margin for how much those times vary), and the longer
-of the two estimates counts: a class served
-elsewhere, slower than the others (a pool of its own, ``model_pools``), would otherwise be
-estimated at the others' rate and its arrivals queued to wait out their deadline. Until
+of the two estimates counts: a class served elsewhere, slower than the others (a pool of its own,
+``model_pools``), would otherwise be estimated at the others' rate and its arrivals queued to wait
+out their deadline. Until
 ``OWN_RATE_SAMPLES`` of a class's requests have ended, at most as many of its requests wait as it
 may hold slots (one round): an unmeasured class that queued freely filled the queue with requests
 its engine could not start in time. Until a rate has been measured, nothing else is refused as late.
