@@ -16,10 +16,10 @@ slots). Each class's own rate counts too, from how long its last ``RELEASE_WINDO
 in flight over the slots it may hold (plus a margin for how much those times vary), and the longer
 of the two estimates counts: a class served elsewhere, slower than the others (a pool of its own,
 ``model_pools``), would otherwise be estimated at the others' rate and its arrivals queued to wait
-out their deadline. Until
-``OWN_RATE_SAMPLES`` of a class's requests have ended, at most as many of its requests wait as it
-may hold slots (one round): an unmeasured class that queued freely filled the queue with requests
-its engine could not start in time. Until a rate has been measured, nothing else is refused as late.
+out their deadline. Until ``OWN_RATE_SAMPLES`` of a class's requests have ended, at most as many of
+its requests wait as it may hold slots (one round): an unmeasured class that queued freely filled
+the queue with requests its engine could not start in time. Until a rate has been measured,
+nothing else is refused as late.
 
 A class may also have a contended cap, lower than its own: while a higher class has requests
 waiting or in flight, the class starts no more than that (0: none), so a lower class yields the
@@ -156,9 +156,9 @@ class FlowQueue:
     def own_wait_s(self, priority: int, ahead: int) -> float | None:
         """The wait at the class's own rate: the class's waiters ahead (plus this one), per slot it
         may hold, each as long as its requests' mean time in flight, plus the margin for spread."""
-        durations = self._class_durations[priority]
-        if len(durations) < OWN_RATE_SAMPLES:
+        if not self._own_rate_known(priority):
             return None
+        durations = self._class_durations[priority]
         own_ahead = min(ahead, len(self._classes[priority]))  # of those ahead, the class's own
         rounds = (own_ahead + 1) / self._slots(priority)  # requests each of the class's slots runs first
         mean = sum(durations) / len(durations)
@@ -167,11 +167,13 @@ class FlowQueue:
 
     def _late(self, waiter: Waiter, ahead: int, now: float) -> bool:
         priority = waiter.priority
-        unknown = len(self._class_durations[priority]) < OWN_RATE_SAMPLES
-        if unknown and len(self._classes[priority]) >= self._slots(priority):
+        if not self._own_rate_known(priority) and len(self._classes[priority]) >= self._slots(priority):
             return True  # the class's rate is not known yet: one round of its slots waits, no more
         wait_s = self.expected_wait_s(priority, ahead)
         return wait_s is not None and now + wait_s > waiter.deadline
+
+    def _own_rate_known(self, priority: int) -> bool:
+        return len(self._class_durations[priority]) >= OWN_RATE_SAMPLES
 
     def _slots(self, priority: int) -> int:
         """The slots the class may hold at once (its cap, else all of them)."""
