@@ -165,16 +165,16 @@ def _sample_into(sampled: dict, port: int, pid: int, concurrency: int, profile: 
         sampled["sample_error"] = repr(error)[-300:]
 
 
-def measure_engine(name: str, pid: int, earlier: dict) -> dict:
+def measure_engine(name: str, pid: int, earlier: dict, concurrencies: list[int]) -> dict:
     _, _, kind, port = ENGINES[name]
     url = f"http://127.0.0.1:{port}"
     points = []
-    for c in CONCURRENCIES:
+    for c in concurrencies:
         rate = round(profile_points.STEADY_RATE_FACTOR * profile_points.expected_rps(earlier[kind], c, 128), 2)
         point = profile_points.Point("steady", c, PROMPTS_PER_SLOT * c, rate, profile_points.STEADY_SPREAD)
         preempted = _metric(port, "vllm:num_preemptions_total")
         sampled: dict = {}
-        sampler = threading.Thread(target=_sample_into, args=(sampled, port, pid, c, c == CONCURRENCIES[-1]))
+        sampler = threading.Thread(target=_sample_into, args=(sampled, port, pid, c, c == concurrencies[-1]))
         sampler.start()
         figures = compare.vllm_bench.measure(_bench_argv(url, point))
         sampler.join()
@@ -213,7 +213,7 @@ def _versions() -> dict:
     return {"vllm": vllm.__version__, "gpu": gpu}
 
 
-def measure(out: Path, names: list[str], round_no: int) -> None:
+def measure(out: Path, names: list[str], round_no: int, concurrencies: list[int]) -> None:
     """Each engine in ``names``' order (the caller alternates it between rounds)."""
     state = json.loads(STATE.read_text())
     earlier = json.loads(EARLIER_PROFILE.read_text())["variants"]
@@ -223,7 +223,8 @@ def measure(out: Path, names: list[str], round_no: int) -> None:
         engine = state["engines"].get(name, {})
         try:
             compare.wait_for(f"http://127.0.0.1:{ENGINES[name][3]}/health", LATE_START_S)
-            results["engines"][name] = {"flags": ENGINES[name][1]} | measure_engine(name, engine["pid"], earlier)
+            measured = measure_engine(name, engine["pid"], earlier, concurrencies)
+            results["engines"][name] = {"flags": ENGINES[name][1]} | measured
         except Exception as error:  # the next engine is still measured
             results["engines"][name] = {"error": repr(error)[-400:]}
         (out / f"saturation-round{round_no}.json").write_text(json.dumps(results, indent=1))
@@ -241,13 +242,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/out")))
     parser.add_argument("--timeout", type=float, default=420)
     parser.add_argument("--engines", default=",".join(ENGINES), help="comma-separated, in the order measured")
+    parser.add_argument("--concurrencies", default=",".join(map(str, CONCURRENCIES)), help="the last is profiled")
     parser.add_argument("--round", type=int, default=0, help="measure: the round number (its file's name)")
     args = parser.parse_args()
     if args.phase == "start":
         start(args.timeout, args.engines.split(","))
     else:
         args.out.mkdir(parents=True, exist_ok=True)
-        measure(args.out, args.engines.split(","), args.round)
+        measure(args.out, args.engines.split(","), args.round, [int(c) for c in args.concurrencies.split(",")])
 
 
 if __name__ == "__main__":
