@@ -13,9 +13,11 @@ steady load (the goal's traffic, spread lengths, the profile's steady arrivals):
 * preemptions (the engine's ``/metrics``), so a KV cache too small for the load shows.
 
 Engines (all on the 8B shape with dummy weights; plain vLLM servers, one per port, started together
-with fixed KV caches): bf16 and W8A8 as profiled before, W8A8 streaming every 8th token
-(``--stream-interval 8``: less host work per token; the first token still goes at once), and W8A8
-with ``--performance-mode throughput`` (twice the batched tokens and sequences).
+with fixed KV caches): bf16 and W8A8 as profiled before; W8A8 with an FP8 KV cache (attention reads
+half the bytes); W8A8 streaming every 8th token (``--stream-interval 8``: less host work per token,
+the first token still at once); W8A8 with ``--performance-mode throughput`` (twice the batched
+tokens and sequences). ``--engines`` picks them. The points at each concurrency are clean; a
+shorter run at the last concurrency after them is the profiled one.
 
     python3 saturation.py start --timeout 420          # one device call: engines up
     python3 saturation.py measure --out $OUT           # the next: each engine in turn
@@ -49,6 +51,7 @@ PROFILE_DIR = Path("/tmp/prof")
 STATE = Path("/tmp/saturation.json")
 CONCURRENCIES = (128, 256)
 PROMPTS_PER_SLOT = 6  # a steady window long enough for the samples below
+PROFILED_PROMPTS_PER_SLOT = 4
 SETTLE_S, SAMPLE_FOR_S = 2.0, 6.0
 LATE_START_S = 120  # measure waits this long for an engine that was not ready when start returned
 # r9's profile: its points set each engine's steady arrival rate (profile_points.expected_rps)
@@ -59,6 +62,7 @@ ENGINES = {  # name: (model folder, flags, weights kind, port)
     "w8a8": (compare.W8A8_DUMMY, W8A8, "w8a8", 8101),
     "w8a8-stream8": (compare.W8A8_DUMMY, [*W8A8, "--stream-interval", "8"], "w8a8", 8102),
     "w8a8-throughput": (compare.W8A8_DUMMY, [*W8A8, "--performance-mode", "throughput"], "w8a8", 8103),
+    "w8a8-fp8kv": (compare.W8A8_DUMMY, [*W8A8, "--kv-cache-dtype", "fp8"], "w8a8", 8104),
 }
 
 
@@ -165,26 +169,42 @@ def _sample_into(sampled: dict, port: int, pid: int, concurrency: int, profile: 
         sampled["sample_error"] = repr(error)[-300:]
 
 
+def _point(name: str, pid: int, point: profile_points.Point, profile: bool) -> dict:
+    """One steady point's benchmark figures, with samples taken while it runs (``profile``: and
+    PROFILER_STEPS profiled engine steps after them, which stall the engine while the trace is
+    written, so such a point's figures describe the profiler too)."""
+    port = ENGINES[name][3]
+    preempted = _metric(port, "vllm:num_preemptions_total")
+    sampled: dict = {}
+    sampler = threading.Thread(target=_sample_into, args=(sampled, port, pid, point.concurrency, profile))
+    sampler.start()
+    figures = compare.vllm_bench.measure(_bench_argv(f"http://127.0.0.1:{port}", point))
+    sampler.join()
+    record = profile_points.record(point, figures, None) | sampled
+    record |= {"request_throughput": round(figures["request_throughput"], 2), "failed": figures.get("failed", 0)}
+    record["preemptions"] = _metric(port, "vllm:num_preemptions_total") - preempted
+    print(name, record, flush=True)
+    return record
+
+
 def measure_engine(name: str, pid: int, earlier: dict, concurrencies: list[int]) -> dict:
-    _, _, kind, port = ENGINES[name]
-    url = f"http://127.0.0.1:{port}"
+    """Clean points at each concurrency, then a shorter one at the last that is profiled."""
+    kind = ENGINES[name][2]
     points = []
     for c in concurrencies:
         rate = round(profile_points.STEADY_RATE_FACTOR * profile_points.expected_rps(earlier[kind], c, 128), 2)
-        point = profile_points.Point("steady", c, PROMPTS_PER_SLOT * c, rate, profile_points.STEADY_SPREAD)
-        preempted = _metric(port, "vllm:num_preemptions_total")
-        sampled: dict = {}
-        sampler = threading.Thread(target=_sample_into, args=(sampled, port, pid, c, c == concurrencies[-1]))
-        sampler.start()
-        figures = compare.vllm_bench.measure(_bench_argv(url, point))
-        sampler.join()
-        record = profile_points.record(point, figures, None) | sampled
-        record |= {"request_throughput": round(figures["request_throughput"], 2)}
-        record["preemptions"] = _metric(port, "vllm:num_preemptions_total") - preempted
-        points.append(record)
-        print(name, record, flush=True)
-    _post(port, "/stop_profile")
-    return {"points": points, "kernels": _kernel_split(name)}
+        points.append(profile_points.Point("steady", c, PROMPTS_PER_SLOT * c, rate, profile_points.STEADY_SPREAD))
+    measured = [_point(name, pid, point, profile=False) for point in points]
+    profiled_point = profile_points.Point(
+        "steady",
+        points[-1].concurrency,
+        PROFILED_PROMPTS_PER_SLOT * points[-1].concurrency,
+        points[-1].request_rate,
+        points[-1].spread,
+    )
+    profiled = _point(name, pid, profiled_point, profile=True)
+    _post(ENGINES[name][3], "/stop_profile")
+    return {"points": measured, "profiled_run": profiled, "kernels": _kernel_split(name)}
 
 
 def _bench_argv(url: str, point: profile_points.Point) -> list[str]:
@@ -231,7 +251,9 @@ def measure(out: Path, names: list[str], round_no: int, concurrencies: list[int]
     for name in ENGINES:
         log = Path(f"/tmp/sat-{name}.log")
         if log.exists():
-            (out / f"sat-{name}.log").write_text(re.sub(r"\n{3,}", "\n\n", log.read_text(errors="replace"))[-400_000:])
+            text = re.sub(r"\n{3,}", "\n\n", log.read_text(errors="replace"))
+            kept = text if len(text) < 400_000 else f"{text[:100_000]}\n[... cut ...]\n{text[-300_000:]}"
+            (out / f"sat-{name}.log").write_text(kept)  # the head holds start-up and the first error
         for table in sorted((PROFILE_DIR / name).glob("*profiler_out*.txt")):  # vLLM names it by version
             (out / f"profiler-{name}.txt").write_text(table.read_text()[:200_000])
 
