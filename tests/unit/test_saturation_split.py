@@ -1,7 +1,9 @@
-"""benchmarks/gpu/saturation_split.py: the pure parts of the saturation measurement (issue #21)."""
+"""benchmarks/gpu/saturation_split.py and saturation_report.py: the pure parts of the saturation
+measurement (issue #21) and its tables."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks" / "gpu"))
 
+import saturation_report as report
 import saturation_split as split
 
 
@@ -78,3 +81,36 @@ def test_cores_used_are_cpu_seconds_over_wall_seconds_for_processes_in_both_snap
 def test_nvidia_smi_samples_average_and_other_lines_are_ignored() -> None:
     assert split.mean_utilization(["100", " 90", "[N/A]", "", "95"]) == 95.0
     assert split.mean_utilization(["[N/A]"]) is None
+
+
+def _round(round_no: int, engines: dict) -> dict:
+    return {"round": round_no, "engines": engines}
+
+
+def _engine(*throughputs: float, kernels: dict | None = None) -> dict:
+    points = [
+        {"concurrency": c, "output_tokens_per_s": t, "ttft_p50_ms": 1, "ttft_p99_ms": 2, "tpot_p99_ms": 3}
+        for c, t in zip((96, 128), throughputs, strict=False)
+    ]
+    return {"points": points, "kernels": kernels or {"kernels": 0}}
+
+
+def test_the_report_puts_engines_of_one_round_side_by_side(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    engines = {"bf16": _engine(100.0, 200.0), "w8a8": _engine(125.0, 260.0), "w8a8-stream8": {"error": "refused"}}
+    (run / "saturation-round0.json").write_text(json.dumps(_round(0, engines)))
+    measured = report.rounds([run])
+    ratios = report.ratio_table(measured)
+    assert "| run r0 | w8a8 / bf16 | 96 | 1.250 |" in ratios
+    assert "| run r0 | w8a8 / bf16 | 128 | 1.300 |" in ratios
+    assert "fp8kv" not in ratios  # no such engine in the round: no ratio
+    assert "failed: refused" in report.points_table(measured)
+
+
+def test_the_report_gives_each_categorys_kernel_milliseconds() -> None:
+    kernels = {"kernels": 10, "window_ms": 12.0, "kernel_ms": 10.0, "busy_share": 0.83}
+    kernels["category_share"] = {"gemm": 0.6, "attention": 0.3, "quantize activations": 0.1}
+    engine = _engine(100.0, kernels=kernels) | {"profiled_run": {"running_at_end": 150.0}}
+    table = report.split_table([("run r0", _round(0, {"w8a8": engine}))])
+    assert "| run r0 | w8a8 | 150 | 12 | 10 | 83% | 6 (60%) | 3 (30%) | 1 (10%) | 0 (0%) |" in table
