@@ -60,6 +60,7 @@ W8A8 = ["--dtype", "bfloat16"]
 ENGINES = {  # name: (model folder, flags, weights kind, port)
     "bf16": (compare.DUMMY, ["--dtype", "bfloat16"], "bf16", 8100),
     "w8a8": (compare.W8A8_DUMMY, W8A8, "w8a8", 8101),
+    # died under its first load on vLLM 0.26 (EngineDeadError; benchmarks/results/goodput-saturation)
     "w8a8-stream8": (compare.W8A8_DUMMY, [*W8A8, "--stream-interval", "8"], "w8a8", 8102),
     "w8a8-throughput": (compare.W8A8_DUMMY, [*W8A8, "--performance-mode", "throughput"], "w8a8", 8103),
     "w8a8-fp8kv": (compare.W8A8_DUMMY, [*W8A8, "--kv-cache-dtype", "fp8"], "w8a8", 8104),
