@@ -26,18 +26,19 @@ shorter run at the last concurrency after them is the profiled one.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import json
 import os
 import re
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import compare  # this folder's: models, servers, waiting
+import goodput  # this folder's: plain vLLM servers and the goal's traffic
 import profile_points  # this folder's: steady points
 import saturation_split
 
@@ -82,15 +83,12 @@ def kv_bytes(total_bytes: int, names: list[str]) -> int:
 def start(timeout_s: float, names: list[str]) -> None:
     compare.stop_servers()
     compare.prepare_models()
-    kv = kv_bytes(_gpu_bytes(), names)
+    kv = kv_bytes(goodput._gpu_memory_bytes(), names)
     procs = {}
     for name in names:
         model, flags, _, port = ENGINES[name]
         extra = [*flags, "--kv-cache-memory-bytes", str(kv), "--gpu-memory-utilization", ENGINE_GPU_SHARE]
-        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)]
-        cmd += ["--load-format", "dummy", "--served-model-name", compare.MODEL, "--port", str(port)]
-        cmd += [*extra, *_profiler_flag(name)]
-        procs[name] = compare._spawn(cmd, Path(f"/tmp/sat-{name}.log"), {"CUDA_VISIBLE_DEVICES": "0"})
+        procs[name] = goodput._plain(port, [*extra, *_profiler_flag(name)], f"/tmp/sat-{name}.log", model)
     started = time.monotonic()
     ready = {}
     for name, proc in procs.items():
@@ -103,11 +101,6 @@ def start(timeout_s: float, names: list[str]) -> None:
             ready[name]["error"] = str(error)[-300:]
         print(name, ready[name], flush=True)
     STATE.write_text(json.dumps({"kv_cache_bytes": kv, "engines": ready}, indent=1))
-
-
-def _gpu_bytes() -> int:
-    query = ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"]
-    return int(subprocess.run(query, capture_output=True, text=True, check=True).stdout.split()[0]) * 1024**2
 
 
 def _snapshot() -> tuple[dict[int, int], dict[int, tuple[str, float]]]:
@@ -179,7 +172,7 @@ def _point(name: str, pid: int, point: profile_points.Point, profile: bool) -> d
     sampled: dict = {}
     sampler = threading.Thread(target=_sample_into, args=(sampled, port, pid, point.concurrency, profile))
     sampler.start()
-    figures = compare.vllm_bench.measure(_bench_argv(f"http://127.0.0.1:{port}", point))
+    figures = goodput._bench(f"http://127.0.0.1:{port}", profile_points.point_argv(point))
     sampler.join()
     record = profile_points.record(point, figures, None) | sampled
     record |= {"request_throughput": round(figures["request_throughput"], 2), "failed": figures.get("failed", 0)}
@@ -193,25 +186,14 @@ def measure_engine(name: str, pid: int, earlier: dict, concurrencies: list[int])
     kind = ENGINES[name][2]
     points = []
     for c in concurrencies:
-        rate = round(profile_points.STEADY_RATE_FACTOR * profile_points.expected_rps(earlier[kind], c, 128), 2)
+        expected = profile_points.expected_rps(earlier[kind], c, goodput.OUTPUT_TOKENS)
+        rate = round(profile_points.STEADY_RATE_FACTOR * expected, 2)
         points.append(profile_points.Point("steady", c, PROMPTS_PER_SLOT * c, rate, profile_points.STEADY_SPREAD))
     measured = [_point(name, pid, point, profile=False) for point in points]
-    profiled_point = profile_points.Point(
-        "steady",
-        points[-1].concurrency,
-        PROFILED_PROMPTS_PER_SLOT * points[-1].concurrency,
-        points[-1].request_rate,
-        points[-1].spread,
-    )
+    profiled_point = dataclasses.replace(points[-1], prompts=PROFILED_PROMPTS_PER_SLOT * points[-1].concurrency)
     profiled = _point(name, pid, profiled_point, profile=True)
     _post(ENGINES[name][3], "/stop_profile")
     return {"points": measured, "profiled_run": profiled, "kernels": _kernel_split(name)}
-
-
-def _bench_argv(url: str, point: profile_points.Point) -> list[str]:
-    argv = ["--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions", "--model", compare.MODEL]
-    argv += ["--tokenizer", str(compare.DUMMY), "--dataset-name", "random", "--random-input-len", "512"]
-    return [*argv, "--random-output-len", "128", "--ignore-eos", *profile_points.point_argv(point)]
 
 
 def _kernel_split(name: str) -> dict:

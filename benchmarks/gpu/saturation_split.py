@@ -65,8 +65,9 @@ def kernel_split(trace: Mapping) -> dict:
     per_category: dict[str, float] = {}
     per_name: dict[str, float] = {}
     for _, duration, name in kernels:
-        per_category[category(name)] = per_category.get(category(name), 0.0) + duration
         per_name[name] = per_name.get(name, 0.0) + duration
+    for name, duration in per_name.items():  # each distinct name matched once
+        per_category[category(name)] = per_category.get(category(name), 0.0) + duration
     top = sorted(per_name.items(), key=lambda item: -item[1])[:TOP_KERNELS]
     return {
         "kernels": len(kernels),
