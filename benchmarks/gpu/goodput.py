@@ -76,11 +76,15 @@ def _plain(port: int, extra: list[str], log: str, model: Path = compare.DUMMY) -
     return compare._spawn(cmd, Path(log), {"CUDA_VISIBLE_DEVICES": "0"})
 
 
-def _bench(url: str, extra: list[str]) -> dict:
+def bench_argv(url: str, extra: list[str]) -> list[str]:
+    """``vllm bench serve``'s arguments for the goal's traffic against ``url``, then ``extra``."""
     argv = ["--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions", "--model", compare.MODEL]
     argv += ["--tokenizer", str(compare.DUMMY), "--dataset-name", "random", "--random-input-len", str(INPUT_TOKENS)]
-    argv += ["--random-output-len", str(OUTPUT_TOKENS), "--ignore-eos", *extra]
-    return compare.vllm_bench.measure(argv)  # in this process: vLLM imported once for all runs
+    return [*argv, "--random-output-len", str(OUTPUT_TOKENS), "--ignore-eos", *extra]
+
+
+def _bench(url: str, extra: list[str]) -> dict:
+    return compare.vllm_bench.measure(bench_argv(url, extra))  # in this process: vLLM imported once for all runs
 
 
 def _profile_points(url: str, batched_tokens: int | None, earlier: list[dict] | None = None) -> list[dict]:

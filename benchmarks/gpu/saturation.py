@@ -65,6 +65,8 @@ ENGINES = {  # name: (model folder, flags, weights kind, port)
     "w8a8-stream8": (compare.W8A8_DUMMY, [*W8A8, "--stream-interval", "8"], "w8a8", 8102),
     "w8a8-throughput": (compare.W8A8_DUMMY, [*W8A8, "--performance-mode", "throughput"], "w8a8", 8103),
     "w8a8-fp8kv": (compare.W8A8_DUMMY, [*W8A8, "--kv-cache-dtype", "fp8"], "w8a8", 8104),
+    # a second W8A8 engine on the same GPU, for colocation.py
+    "w8a8-b": (compare.W8A8_DUMMY, W8A8, "w8a8", 8105),
 }
 
 
@@ -231,14 +233,21 @@ def measure(out: Path, names: list[str], round_no: int, concurrencies: list[int]
         except Exception as error:  # the next engine is still measured
             results["engines"][name] = {"error": repr(error)[-400:]}
         (out / f"saturation-round{round_no}.json").write_text(json.dumps(results, indent=1))
+    keep_logs(out)
+    for name in ENGINES:
+        for table in sorted((PROFILE_DIR / name).glob("*profiler_out*.txt")):  # vLLM names it by version
+            (out / f"profiler-{name}.txt").write_text(table.read_text()[:200_000])
+
+
+def keep_logs(out: Path) -> None:
+    """Each engine's log under ``out``, its head and tail where it is long (the head holds start-up
+    and the first error)."""
     for name in ENGINES:
         log = Path(f"/tmp/sat-{name}.log")
         if log.exists():
             text = re.sub(r"\n{3,}", "\n\n", log.read_text(errors="replace"))
             kept = text if len(text) < 400_000 else f"{text[:100_000]}\n[... cut ...]\n{text[-300_000:]}"
-            (out / f"sat-{name}.log").write_text(kept)  # the head holds start-up and the first error
-        for table in sorted((PROFILE_DIR / name).glob("*profiler_out*.txt")):  # vLLM names it by version
-            (out / f"profiler-{name}.txt").write_text(table.read_text()[:200_000])
+            (out / f"sat-{name}.log").write_text(kept)
 
 
 def main() -> None:
