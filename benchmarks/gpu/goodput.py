@@ -14,6 +14,7 @@ machine (servers outlive a call: they run in sessions of their own):
                                                           # one variant alone, added to profile P (then serve;
                                                           # --engine-flags F: more engine flags)
     python benchmarks/gpu/goodput.py ladder  --out $OUT --runs 0:fixed,0:spread   # (round:lengths)s
+                                                          # (--window S: seconds of arrivals per rate)
 
 Profile points (``profile_points.py``): ``burst`` (all ``c`` requests at once; ``profile`` without
 ``--profile``) or ``steady`` (``c`` kept in flight by Poisson arrivals at rates from an earlier
@@ -40,6 +41,7 @@ import time
 from pathlib import Path
 
 import compare  # this folder's: models, servers, waiting
+import goodput_ladder  # this folder's: the ladder
 import profile_points  # this folder's: the points each variant is measured at
 import yaml
 from goodput_variants import (  # this folder's: what each variant serves, and its gate
@@ -64,10 +66,7 @@ SIDE_ENGINE_UTILIZATION = 0.45  # a second engine on the GPU: passes vLLM's free
 # together on one GPU cannot size their caches from free memory (each would count the other's).
 BF16_WEIGHTS_GIB, ACTIVATIONS_GIB = 13.8, 3.0
 LADDER_LOADS = (0.5, 1.0, 1.25, 1.5, 2.0)  # offered rates, in units of plain vLLM's capacity
-LADDER_SECONDS = 10  # of Poisson arrivals per rate
-SLO = {"ttft": 500, "tpot": 50}  # ms, the goal's
 INPUT_TOKENS, OUTPUT_TOKENS = 512, 128  # the goal's traffic
-LENGTH_SPREAD = {"fixed": 0.0, "spread": 0.5}
 
 
 def _plain(port: int, extra: list[str], log: str, model: Path = compare.DUMMY) -> subprocess.Popen:
@@ -236,54 +235,13 @@ def _gpu_memory_bytes() -> int:
     return torch.cuda.get_device_properties(0).total_memory
 
 
-def error_kinds(errors: list[str]) -> dict[str, int]:
-    """vLLM's benchmark keeps each failed request's reason: a 429/503 (admission) is a rejection."""
-    kinds = {"rejected": 0, "timed_out": 0, "failed": 0}
-    for error in errors:
-        if not error:
-            continue
-        if "Too Many Requests" in error or "Service Unavailable" in error:
-            kinds["rejected"] += 1
-        elif "Timeout" in error:
-            kinds["timed_out"] += 1
-        else:
-            kinds["failed"] += 1
-    return kinds
-
-
-def ladder(out: Path, round_no: int, lengths: str) -> None:
-    rates = json.loads((STATE / "meta.json").read_text())["rates"]
-    servers = [("plain", compare.PLAIN_URL), ("stack", compare.STACK_URL)]
-    rows, path = [], out / f"ladder-round{round_no}-{lengths}.json"
-    for i, rate in enumerate(rates):
-        # The same prompts for both servers (one seed per round, lengths and rate); the first server
-        # alternates from rate to rate and from round to round.
-        seed = 1000 * round_no + 100 * list(LENGTH_SPREAD).index(lengths) + i
-        for name, url in servers if (round_no + i) % 2 == 0 else servers[::-1]:
-            row = {"round": round_no, "lengths": lengths, "rate": rate, "server": name, "seed": seed}
-            rows.append(row | run_rate(url, rate, seed, LENGTH_SPREAD[lengths]))
-            print(name, rate, {k: rows[-1].get(k) for k in ("request_goodput", "completed", "errors")}, flush=True)
-            path.write_text(json.dumps({"slo_ms": SLO, "runs": rows}, indent=1))
-
-
-def run_rate(url: str, rate: float, seed: int, spread: float) -> dict:
-    prompts = max(20, round(rate * LADDER_SECONDS))
-    extra = ["--num-prompts", str(prompts), "--seed", str(seed), "--random-range-ratio", str(spread)]
-    extra += ["--request-rate", str(rate), "--burstiness", "1.0", "--save-detailed"]
-    extra += ["--goodput", f"ttft:{SLO['ttft']}", f"tpot:{SLO['tpot']}"]
-    extra += ["--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99"]
-    figures = _bench(url, extra)
-    texts = figures.pop("error_texts", [])
-    # The kinds, and each distinct reason once: a failure must be explainable from the file.
-    return figures | {"errors": error_kinds(texts), "error_reasons": sorted(set(texts))[:10]}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("phase", choices=["gate", "profile", "profile-variant", "serve", "ladder"])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/out")))
     parser.add_argument("--timeout", type=float, default=400)
     parser.add_argument("--runs", default="0:fixed", help="ladder: round:lengths pairs, lengths fixed or spread")
+    parser.add_argument("--window", type=float, default=goodput_ladder.LADDER_SECONDS, help="ladder: seconds per rate")
     parser.add_argument("--gate-reports", type=Path, help="profile, serve: earlier gate reports (no gate phase)")
     parser.add_argument("--profile", type=Path, help="serve, profile-variant, profile: an earlier profile.json")
     variants = [v for v, _ in PROFILED_VARIANTS]
@@ -316,9 +274,11 @@ def main() -> None:
         else:
             compare.wait_for(compare.STACK_URL + "/ready", args.timeout)
             compare.wait_for(compare.PLAIN_URL + "/health", 60)
+            rates = json.loads((STATE / "meta.json").read_text())["rates"]
+            servers = [("plain", compare.PLAIN_URL), ("stack", compare.STACK_URL)]
             for pair in args.runs.split(","):
                 round_no, lengths = pair.split(":")
-                ladder(args.out, int(round_no), lengths)
+                goodput_ladder.ladder(_bench, servers, args.out, rates, (int(round_no), lengths), args.window)
     finally:
         compare.collect_logs(args.out)
 

@@ -5,7 +5,10 @@
 Per output-length mode, offered rate and server: the means over rounds of goodput (requests/s that
 met the SLO), request and output-token throughput, TTFT and TPOT percentiles, and the rejected,
 timed-out and failed requests summed over rounds. ``best_goodput_ratio``: the stack's best goodput
-over the ladder over plain vLLM's, per length mode; the headline is the lower of the two.
+over the ladder over plain vLLM's, per length mode; the headline is the lower of the two. Where the
+ladder kept its requests (``goodput_ladder.halves``), also the goodput of the requests sent in the
+second half of each rate's window, the share of each half's requests that met the SLO, and
+``second_half_goodput_ratio`` from the former: an overloaded server's queue grows through a window.
 """
 
 from __future__ import annotations
@@ -41,7 +44,17 @@ def cell(runs: list[dict]) -> dict:
     out["offered"] = sum(r["completed"] + sum(r["errors"].values()) for r in runs)
     out |= {"completed": sum(r["completed"] for r in runs)}
     out |= {kind: sum(r["errors"][kind] for r in runs) for kind in COUNTS[1:]}
+    if all("halves" in r for r in runs):  # ladders that kept their requests (goodput_ladder.halves)
+        out["second_half_goodput_rps"] = round(sum(r["halves"]["second_half_goodput_rps"] for r in runs) / len(runs), 3)
+        for half in ("first_half", "second_half"):
+            sent, good = (sum(r["halves"][half][key] for r in runs) for key in ("sent", "good"))
+            out[f"{half}_met_slo"] = round(good / sent, 3) if sent else None
     return out
+
+
+def _best_ratio(rows: list[dict], figure: str) -> tuple[dict, float | None]:
+    best = {s: max((r[figure] for r in rows if r["server"] == s), default=0.0) for s in ("plain", "stack")}
+    return best, (round(best["stack"] / best["plain"], 3) if best["plain"] else None)
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -55,27 +68,39 @@ def summarize(runs: list[dict]) -> dict:
             for (mode, rate, server) in sorted(groups)
             if mode == lengths
         ]
-        best = {s: max(r["goodput_rps"] for r in rows if r["server"] == s) for s in ("plain", "stack")}
-        ratio = round(best["stack"] / best["plain"], 3) if best["plain"] else None
+        best, ratio = _best_ratio(rows, "goodput_rps")
         doc["by_lengths"][lengths] = {"rows": rows, "best_goodput_rps": best, "best_goodput_ratio": ratio}
+        if all("second_half_goodput_rps" in r for r in rows):
+            best, ratio = _best_ratio(rows, "second_half_goodput_rps")
+            doc["by_lengths"][lengths] |= {"best_second_half_goodput_rps": best, "second_half_goodput_ratio": ratio}
     ratios = [m["best_goodput_ratio"] for m in doc["by_lengths"].values() if m["best_goodput_ratio"] is not None]
     doc["best_goodput_ratio"] = min(ratios) if ratios else None
     return doc
 
 
 def table(doc: dict) -> str:
+    halves = all("second_half_goodput_rps" in r for mode in doc["by_lengths"].values() for r in mode["rows"])
     head = "| lengths | offered req/s | server | goodput req/s | throughput req/s | output tok/s | TTFT p50 / p99 ms"
     head += " | TPOT p50 / p99 ms | completed | rejected | timed out | failed |"
-    lines = [head, "|" + "---|" * 12]
+    head += " second half: goodput req/s | met SLO, first / second half |" if halves else ""
+    lines = [head, "|" + "---|" * (14 if halves else 12)]
     for lengths, mode in doc["by_lengths"].items():
         for r in mode["rows"]:
-            lines.append(
+            line = (
                 f"| {lengths} | {r['rate']} | {r['server']} | {r['goodput_rps']:.2f} | {r['throughput_rps']:.2f}"
                 f" | {r['output_tokens_per_s']:,.0f} | {r['ttft_p50_ms']:.0f} / {r['ttft_p99_ms']:.0f}"
                 f" | {r['tpot_p50_ms']:.1f} / {r['tpot_p99_ms']:.1f} | {r['completed']} | {r['rejected']}"
                 f" | {r['timed_out']} | {r['failed']} |"
             )
+            if halves:
+                shares = f"{_share(r['first_half_met_slo'])} / {_share(r['second_half_met_slo'])}"
+                line += f" {r['second_half_goodput_rps']:.2f} | {shares} |"
+            lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
 
 
 def plot(doc: dict, path: Path) -> None:
@@ -112,6 +137,10 @@ def main(folder: Path) -> None:
     print(table(doc))
     per_mode = {k: v["best_goodput_ratio"] for k, v in doc["by_lengths"].items()}
     print("best_goodput_ratio:", doc["best_goodput_ratio"], per_mode)
+    by_lengths = doc["by_lengths"].items()
+    halves = {k: v["second_half_goodput_ratio"] for k, v in by_lengths if "second_half_goodput_ratio" in v}
+    if halves:
+        print("second_half_goodput_ratio:", halves)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
+DETAILED = ("start_times", "ttfts", "itls", "output_lens", "errors")  # per request, with --save-detailed
 
 
 def run(argv: list[str], timeout_s: float = 600) -> dict[str, Any]:
@@ -36,7 +37,8 @@ def run(argv: list[str], timeout_s: float = 600) -> dict[str, Any]:
 
 def measure(argv: list[str]) -> dict[str, Any]:
     """``vllm bench serve`` with these arguments in this process (vLLM imported once for many runs):
-    its numeric figures and, with ``--save-detailed``, each failed request's reason."""
+    its numeric figures and, with ``--save-detailed``, each failed request's reason and (under
+    ``detailed``) its per-request lists."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     from serve_app.engine import bench_serve
@@ -46,6 +48,8 @@ def measure(argv: list[str]) -> dict[str, Any]:
     figures = {k: result[k] for k in result if isinstance(result[k], int | float)}
     if args.save_detailed:  # a status line or a traceback per failed request, shortened
         figures["error_texts"] = [error[-300:] for error in result.get("errors") or [] if error]
+        # and each request's timings (goodput_ladder.request_records keeps them compactly)
+        figures["detailed"] = {key: result[key] for key in DETAILED if key in result}
     return figures
 
 
