@@ -5,6 +5,7 @@ its requests, so a server whose queue grows through a window shows it."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -125,3 +126,29 @@ def test_the_report_gives_second_half_goodput_where_the_ladder_kept_requests() -
     assert (plain_40["first_half_met_slo"], plain_40["second_half_met_slo"]) == (1.0, 0.4)
     assert "| 0.80 | 100% / 40% |" in goodput_report.table(doc)
     assert "second half" not in goodput_report.table(goodput_report.summarize([_run("plain", 20, 18)]))
+
+
+def test_a_ladder_round_alternates_the_first_server_and_writes_every_run(tmp_path: Path) -> None:
+    calls: list[tuple[str, str]] = []
+
+    def bench(url: str, extra: list[str]) -> dict:
+        calls.append((url, extra[extra.index("--seed") + 1]))
+        return {"completed": 20, "request_goodput": 1.0, "detailed": _detailed()}
+
+    servers = [("plain", "http://plain"), ("stack", "http://stack")]
+    goodput_ladder.ladder(bench, servers, tmp_path, [5.0, 10.0], (1, "spread"), seconds=8)
+    # round 1: the stack first at the first rate, plain first at the next; one seed per rate for both
+    assert calls == [
+        ("http://stack", "1100"),
+        ("http://plain", "1100"),
+        ("http://plain", "1101"),
+        ("http://stack", "1101"),
+    ]
+    runs = json.loads((tmp_path / "ladder-round1-spread.json").read_text())["runs"]
+    assert [(r["server"], r["rate"], r["window_s"]) for r in runs] == [
+        ("stack", 5.0, 8),
+        ("plain", 5.0, 8),
+        ("plain", 10.0, 8),
+        ("stack", 10.0, 8),
+    ]
+    assert all(len(r["requests"]) == 4 for r in runs)
