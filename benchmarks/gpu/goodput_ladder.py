@@ -2,7 +2,8 @@
 
 Each rate is ``seconds`` of Poisson arrivals. A server past its capacity does not fail at once: its
 queue or its batch grows through the window, and the requests sent late in it wait longest. So each
-run also keeps its requests (``request_records``: when each was sent, its TTFT and TPOT), and
+run also keeps its requests (``request_records``: when each was sent, its TTFT and TPOT; in a
+``-requests.jsonl.gz`` file beside the ladder's), and
 ``halves`` says how many of those sent in the window's first and second half met the SLO. The
 second half's goodput is closer to what the server would sustain at that rate for longer than one
 window; the issue's goodput (vLLM's ``--goodput``) counts the whole window.
@@ -10,6 +11,7 @@ window; the issue's goodput (vLLM's ``--goodput``) counts the whole window.
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -97,14 +99,27 @@ def ladder(
 ) -> None:
     """One round of one length mode: each rate on both servers, the first server alternating from
     rate to rate and from round to round; the same prompts for both (one seed per round, lengths
-    and rate). Written after every run, so a call cut short keeps what it measured."""
+    and rate). Written after every run, so a call cut short keeps what it measured. The requests go
+    to a file of their own, a compact line per run, gzipped: the tree travels with every device call."""
     round_no, lengths = run
     rows, path = [], out / f"ladder-round{round_no}-{lengths}.json"
+    requests_path = out / f"ladder-round{round_no}-{lengths}-requests.jsonl.gz"
+    requests_path.unlink(missing_ok=True)
     for i, rate in enumerate(rates):
         seed = 1000 * round_no + 100 * list(LENGTH_SPREAD).index(lengths) + i
         for name, url in servers if (round_no + i) % 2 == 0 else servers[::-1]:
             row = {"round": round_no, "lengths": lengths, "rate": rate, "server": name, "seed": seed}
-            rows.append(row | {"window_s": seconds} | run_rate(bench, url, rate, seed, LENGTH_SPREAD[lengths], seconds))
-            shown = {k: rows[-1].get(k) for k in ("request_goodput", "completed", "errors", "halves")}
+            row |= {"window_s": seconds} | run_rate(bench, url, rate, seed, LENGTH_SPREAD[lengths], seconds)
+            requests = row.pop("requests", [])
+            rows.append(row)
+            with gzip.open(requests_path, "at") as handle:  # one member per run: gzip reads them as one
+                handle.write(json.dumps({"rate": rate, "server": name, "requests": requests}) + "\n")
+            shown = {k: row.get(k) for k in ("request_goodput", "completed", "errors", "halves")}
             print(name, rate, shown, flush=True)
             path.write_text(json.dumps({"slo_ms": SLO, "runs": rows}, indent=1))
+
+
+def read_requests(path: Path) -> list[dict]:
+    """A ladder file's requests, one entry per run: its rate, server and ``request_records``."""
+    with gzip.open(path, "rt") as handle:
+        return [json.loads(line) for line in handle if line.strip()]

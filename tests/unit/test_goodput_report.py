@@ -151,4 +151,12 @@ def test_a_ladder_round_alternates_the_first_server_and_writes_every_run(tmp_pat
         ("plain", 10.0, 8),
         ("stack", 10.0, 8),
     ]
-    assert all(len(r["requests"]) == 4 for r in runs)
+    assert all("requests" not in r and r["halves"]["first_half"]["sent"] == 2 for r in runs)
+    kept = goodput_ladder.read_requests(tmp_path / "ladder-round1-spread-requests.jsonl.gz")
+    assert [(k["server"], k["rate"], len(k["requests"])) for k in kept] == [
+        ("stack", 5.0, 4),
+        ("plain", 5.0, 4),
+        ("plain", 10.0, 4),
+        ("stack", 10.0, 4),
+    ]
+    assert kept[0]["requests"][3] == [7.5, 300.0, 60.0, 4]
