@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gzip
 import json
 import os
@@ -35,6 +36,7 @@ import subprocess
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import compare  # this folder's: models, servers, waiting
@@ -132,13 +134,18 @@ def _post(port: int, path: str) -> None:
     urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="POST"), timeout=120)
 
 
-def _samples(port: int, pid: int, concurrency: int, profile: bool) -> dict:
-    """During a running point, once the engine holds half its slots: GPU utilization and CPU cores
-    over SAMPLE_FOR_S, then (``profile``) PROFILER_STEPS profiled engine steps."""
+def wait_until_half_full(loads: list[tuple[int, int]]) -> None:
+    """Until each engine (its port, its concurrency) runs half its slots, 60 s at most, then SETTLE_S."""
     deadline = time.monotonic() + 60
-    while _metric(port, "vllm:num_requests_running") < concurrency / 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    for port, concurrency in loads:
+        while _metric(port, "vllm:num_requests_running") < concurrency / 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
     time.sleep(SETTLE_S)
+
+
+def sample_busy_and_cores(pids: dict[str, int]) -> dict:
+    """Over SAMPLE_FOR_S: the GPU's busy share (``nvidia-smi`` every 100 ms), the CPU cores of each
+    named process tree (by its root pid) and of this process."""
     smi = subprocess.Popen(
         ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "100"],
         stdout=subprocess.PIPE,
@@ -147,22 +154,35 @@ def _samples(port: int, pid: int, concurrency: int, profile: bool) -> dict:
     before, cpu_before, t0 = _snapshot(), time.process_time(), time.monotonic()
     time.sleep(SAMPLE_FOR_S)
     after, cpu_after, wall = _snapshot(), time.process_time(), time.monotonic() - t0
-    running = _metric(port, "vllm:num_requests_running")
     smi.terminate()
     lines = smi.communicate(timeout=10)[0].splitlines()
-    engine = saturation_split.cores_used(_tree_cpu(before, pid), _tree_cpu(after, pid), wall, os.sysconf("SC_CLK_TCK"))
-    result = {"gpu_utilization_pct": saturation_split.mean_utilization(lines), "running_at_end": running}
-    result |= {"engine_cores": engine, "client_cores": round((cpu_after - cpu_before) / wall, 3)}
+    ticks = os.sysconf("SC_CLK_TCK")
+    cores = {}
+    for name, pid in pids.items():
+        cores[name] = saturation_split.cores_used(_tree_cpu(before, pid), _tree_cpu(after, pid), wall, ticks)
+    result = {"gpu_utilization_pct": saturation_split.mean_utilization(lines), "engine_cores": cores}
+    return result | {"client_cores": round((cpu_after - cpu_before) / wall, 3)}
+
+
+def sample_into(sampled: dict, sample: Callable[[], dict]) -> None:
+    """``sample()``'s figures into ``sampled`` (a thread's target), or why it failed: the point's
+    benchmark figures still count."""
+    try:
+        sampled.update(sample())
+    except Exception as error:
+        sampled["sample_error"] = repr(error)[-300:]
+
+
+def _samples(port: int, pid: int, concurrency: int, profile: bool) -> dict:
+    """During a running point, once the engine holds half its slots: GPU utilization and CPU cores
+    over SAMPLE_FOR_S, then (``profile``) PROFILER_STEPS profiled engine steps."""
+    wait_until_half_full([(port, concurrency)])
+    result = sample_busy_and_cores({"engine": pid})
+    result["engine_cores"] = result["engine_cores"]["engine"]
+    result["running_at_end"] = _metric(port, "vllm:num_requests_running")
     if profile:
         _post(port, "/start_profile")
     return result
-
-
-def _sample_into(sampled: dict, port: int, pid: int, concurrency: int, profile: bool) -> None:
-    try:
-        sampled.update(_samples(port, pid, concurrency, profile))
-    except Exception as error:  # the point's benchmark figures still count
-        sampled["sample_error"] = repr(error)[-300:]
 
 
 def _point(name: str, pid: int, point: profile_points.Point, profile: bool) -> dict:
@@ -172,7 +192,8 @@ def _point(name: str, pid: int, point: profile_points.Point, profile: bool) -> d
     port = ENGINES[name][3]
     preempted = _metric(port, "vllm:num_preemptions_total")
     sampled: dict = {}
-    sampler = threading.Thread(target=_sample_into, args=(sampled, port, pid, point.concurrency, profile))
+    sample = functools.partial(_samples, port, pid, point.concurrency, profile)
+    sampler = threading.Thread(target=sample_into, args=(sampled, sample))
     sampler.start()
     figures = goodput._bench(f"http://127.0.0.1:{port}", profile_points.point_argv(point))
     sampler.join()
@@ -183,14 +204,18 @@ def _point(name: str, pid: int, point: profile_points.Point, profile: bool) -> d
     return record
 
 
+def steady_point(kind: str, concurrency: int, earlier: dict) -> profile_points.Point:
+    """PROMPTS_PER_SLOT x ``concurrency`` prompts, Poisson arrivals at the steady factor over what
+    ``earlier`` (a profile's variants) measured for weights ``kind`` near ``concurrency``."""
+    expected = profile_points.expected_rps(earlier[kind], concurrency, goodput.OUTPUT_TOKENS)
+    rate = round(profile_points.STEADY_RATE_FACTOR * expected, 2)
+    prompts = PROMPTS_PER_SLOT * concurrency
+    return profile_points.Point("steady", concurrency, prompts, rate, profile_points.STEADY_SPREAD)
+
+
 def measure_engine(name: str, pid: int, earlier: dict, concurrencies: list[int]) -> dict:
     """Clean points at each concurrency, then a shorter one at the last that is profiled."""
-    kind = ENGINES[name][2]
-    points = []
-    for c in concurrencies:
-        expected = profile_points.expected_rps(earlier[kind], c, goodput.OUTPUT_TOKENS)
-        rate = round(profile_points.STEADY_RATE_FACTOR * expected, 2)
-        points.append(profile_points.Point("steady", c, PROMPTS_PER_SLOT * c, rate, profile_points.STEADY_SPREAD))
+    points = [steady_point(ENGINES[name][2], c, earlier) for c in concurrencies]
     measured = [_point(name, pid, point, profile=False) for point in points]
     profiled_point = dataclasses.replace(points[-1], prompts=PROFILED_PROMPTS_PER_SLOT * points[-1].concurrency)
     profiled = _point(name, pid, profiled_point, profile=True)
