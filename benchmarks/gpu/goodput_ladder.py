@@ -41,7 +41,8 @@ def error_kinds(errors: list[str]) -> dict[str, int]:
 def request_records(detailed: Mapping) -> list[list[float]]:
     """Per request, from ``vllm bench serve --save-detailed``'s lists: seconds after the first was
     sent, TTFT ms, TPOT ms (as vLLM's goodput counts it: the time after the first token over the
-    tokens after it) and output tokens; a failed request has TTFT, TPOT and tokens of -1."""
+    tokens after it) and output tokens; a failed request, or one with no output, has TTFT, TPOT
+    and tokens of -1 (it cannot have met the SLO)."""
     starts = detailed["start_times"]
     first = min(starts) if starts else 0.0
     records = []
